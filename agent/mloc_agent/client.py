@@ -1,0 +1,156 @@
+"""The agent's only HTTP code: typed calls to the coordinator, with retries by error type.
+
+Retry policy (stated per call, Buildkite-style): network faults and 5xx are retried with
+exponential backoff and full jitter; 4xx answers are definitive and never retried (a 409 means
+the lease is gone: stop the task). Presigned URLs for artifacts are fetched here too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urljoin
+
+import httpx
+from mloc_shared.errors import MlocError, error_from_body
+from mloc_shared.protocol import (
+    Completion,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    LogBatch,
+    PollRequest,
+    PollResponse,
+    RegisterRequest,
+    RegisterResponse,
+    UploadCommit,
+    UploadPlan,
+    UploadRequest,
+)
+from mloc_shared.version import PROTOCOL_HEADER, PROTOCOL_VERSION
+from pydantic import BaseModel
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+
+def retryable(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.TransportError):
+        return True
+    return isinstance(exc, MlocError) and exc.status >= 500
+
+
+async def with_retries(call: Callable[[], Awaitable[T]], budget_s: float, what: str) -> T:
+    """Retry ``call`` on network faults and 5xx for up to ``budget_s`` (backoff 0.2 s -> 10 s, jittered)."""
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception(retryable), stop=stop_after_delay(budget_s),
+        wait=wait_random_exponential(multiplier=0.2, max=10), reraise=True,
+        before_sleep=lambda rs: log.warning("%s failed (%s); retrying", what, rs.outcome.exception()),
+    ):
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable")
+
+
+class CoordinatorClient:
+    def __init__(self, base_url: str, *, ca_bundle: str | None = None, poll_hold_s: float = 25.0) -> None:
+        self.base_url = base_url.rstrip("/") + "/"
+        self.credential: str | None = None
+        self.poll_hold_s = poll_hold_s
+        verify: Any = ca_bundle if ca_bundle else True
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, verify=verify, timeout=httpx.Timeout(30.0, connect=10.0),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION)},
+        )
+        # artifact bytes go to presigned URLs, possibly on another host: no credential on those
+        self._blobs = httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(300.0, connect=10.0))
+
+    async def close(self) -> None:
+        await self._http.aclose()
+        await self._blobs.aclose()
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.credential}"} if self.credential else {}
+
+    async def _post(self, path: str, body: BaseModel, model: type[M] | None, *, timeout: float | None = None,
+                    headers: dict[str, str] | None = None) -> Any:
+        resp = await self._http.post(
+            path, content=body.model_dump_json(), headers={"Content-Type": "application/json", **self._auth(),
+                                                           **(headers or {})},
+            timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+        )
+        if resp.status_code >= 400:
+            try:
+                payload = resp.json()
+            except ValueError:
+                payload = {}
+            raise error_from_body(resp.status_code, payload)
+        return model.model_validate_json(resp.content) if model is not None else resp.json()
+
+    async def register(self, req: RegisterRequest, join_token: str | None) -> RegisterResponse:
+        headers = {"X-MLOC-Join-Token": join_token} if join_token else {}
+        return await self._post("api/v1/agents/register", req, RegisterResponse, headers=headers)
+
+    async def poll(self, req: PollRequest) -> PollResponse:
+        # the client waits the server's hold plus a margin (GitHub runner: 50 s hold / 60 s timeout)
+        return await self._post("api/v1/agents/poll", req, PollResponse, timeout=self.poll_hold_s + 15)
+
+    async def heartbeat(self, task_id: str, req: HeartbeatRequest, timeout: float) -> HeartbeatResponse:
+        return await self._post(f"api/v1/leases/{task_id}/heartbeat", req, HeartbeatResponse, timeout=timeout)
+
+    async def logs(self, task_id: str, batch: LogBatch) -> None:
+        await self._post(f"api/v1/leases/{task_id}/logs", batch, None)
+
+    async def complete(self, task_id: str, c: Completion) -> dict[str, Any]:
+        return await self._post(f"api/v1/leases/{task_id}/complete", c, None)
+
+    async def plan_upload(self, task_id: str, req: UploadRequest) -> UploadPlan:
+        return await self._post(f"api/v1/leases/{task_id}/uploads", req, UploadPlan)
+
+    async def commit_upload(self, task_id: str, upload_id: str, req: UploadCommit) -> dict[str, Any]:
+        return await self._post(f"api/v1/leases/{task_id}/uploads/{upload_id}/commit", req, None)
+
+    def absolute(self, url: str) -> str:
+        """Presigned URLs of the embedded store are relative to the coordinator."""
+        return urljoin(self.base_url, url.lstrip("/")) if url.startswith("/") else url
+
+    async def put_bytes(self, url: str, data: bytes, headers: dict[str, str] | None = None) -> str:
+        resp = await self._blobs.put(self.absolute(url), content=data, headers=headers or {})
+        if resp.status_code >= 400:
+            raise error_from_body(resp.status_code, _json_or_empty(resp))
+        return resp.headers.get("ETag", "")
+
+    async def put_file(self, url: str, path: str, headers: dict[str, str] | None = None) -> None:
+        async def chunks():
+            with open(path, "rb") as fh:
+                while block := fh.read(1 << 20):
+                    yield block
+
+        import os
+
+        hdrs = {"Content-Length": str(os.path.getsize(path)), **(headers or {})}
+        resp = await self._blobs.put(self.absolute(url), content=chunks(), headers=hdrs)
+        if resp.status_code >= 400:
+            raise error_from_body(resp.status_code, _json_or_empty(resp))
+
+    async def download(self, url: str, dest: str) -> int:
+        size = 0
+        async with self._blobs.stream("GET", self.absolute(url)) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                raise error_from_body(resp.status_code, _json_or_empty(resp))
+            with open(dest, "wb") as fh:
+                async for block in resp.aiter_bytes(1 << 20):
+                    fh.write(block)
+                    size += len(block)
+        return size
+
+
+def _json_or_empty(resp: httpx.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return {"error": {"message": resp.text[:200] or f"HTTP {resp.status_code}"}}

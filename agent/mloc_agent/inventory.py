@@ -1,0 +1,111 @@
+"""What this box has: GPUs from NVML (or declared in config), CPU, memory, disk.
+
+Without an NVIDIA driver ``nvmlInit`` raises NVMLError_LibraryNotFound: the agent still starts,
+with a CPU-only inventory, and says why in what it reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import socket
+from pathlib import Path
+
+from mloc_shared.protocol import Gpu, GpuStat, Inventory
+
+from mloc_agent.settings import AgentSettings, DeclaredGpu
+
+
+def _memory_mb() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
+    except (ValueError, OSError):
+        return 0
+
+
+def declared(gpus: list[DeclaredGpu], agent_name: str) -> list[Gpu]:
+    out = []
+    for i, g in enumerate(gpus):
+        uid = g.uuid or "DECLARED-" + hashlib.sha1(f"{agent_name}/{i}/{g.name}".encode()).hexdigest()[:12]
+        out.append(Gpu(index=i, uuid=uid, name=g.name, memory_total_mb=int(g.memory_gb * 1024),
+                       memory_free_mb=int(g.memory_gb * 1024), compute_capability=g.compute_capability,
+                       declared=True))
+    return out
+
+
+def nvml_gpus() -> tuple[list[Gpu], str | None]:
+    """GPUs from NVML, or ([], why not)."""
+    try:
+        import pynvml
+    except ImportError:
+        return [], "nvidia-ml-py is not installed"
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return [], f"NVML unavailable ({exc}); no NVIDIA driver on this box?"
+    try:
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        driver = driver.decode() if isinstance(driver, bytes) else driver
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(h)
+            uuid = pynvml.nvmlDeviceGetUUID(h)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
+            gpus.append(Gpu(
+                index=i, uuid=uuid.decode() if isinstance(uuid, bytes) else uuid,
+                name=name.decode() if isinstance(name, bytes) else name,
+                memory_total_mb=mem.total // (1 << 20), memory_free_mb=mem.free // (1 << 20),
+                compute_capability=f"{major}.{minor}", driver=driver,
+            ))
+        return gpus, None
+    except pynvml.NVMLError as exc:
+        return [], f"NVML query failed: {exc}"
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass
+
+
+def gpu_stats() -> list[GpuStat] | None:
+    """Utilisation and memory in use per GPU, for heartbeats and the status page (None without NVML)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+    try:
+        stats = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            util = pynvml.nvmlDeviceGetUtilizationRates(h)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            stats.append(GpuStat(index=i, utilization_pct=float(util.gpu), memory_used_mb=mem.used // (1 << 20)))
+        return stats
+    except Exception:
+        return None
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+def collect(settings: AgentSettings) -> Inventory:
+    if settings.declared_gpus is not None:
+        gpus, source, error = declared(settings.declared_gpus, settings.agent_name), "declared", None
+    else:
+        gpus, error = nvml_gpus()
+        source = "nvml" if gpus else "none"
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    disk = shutil.disk_usage(Path(settings.data_dir))
+    return Inventory(
+        hostname=socket.gethostname(), gpus=gpus, gpu_source=source, nvml_error=error,
+        cpu_count=os.cpu_count() or 1, memory_mb=_memory_mb(), disk_free_mb=disk.free // (1 << 20),
+        platform=f"{platform.system()} {platform.machine()} python{platform.python_version()}",
+    )

@@ -1,0 +1,242 @@
+"""The life of one lease on the agent: prepare, run the child, heartbeat, stream logs, upload,
+complete. Heartbeats come from here (the agent), never from the task process, so a busy task
+cannot starve them. If the lease cannot be renewed within its TTL the task is stopped here
+(self-fencing): by then the coordinator may have given it to another agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from mloc_shared.errors import LeaseLost, MlocError
+from mloc_shared.protocol import Completion, HeartbeatRequest, Lease, Progress
+
+from mloc_agent.client import retryable, with_retries
+from mloc_agent.log_streamer import LogStreamer
+from mloc_agent.modules.registry import load
+from mloc_agent.runner import TaskProcess
+from mloc_agent.uploads import fetch_checkpoint, upload
+
+if TYPE_CHECKING:
+    from mloc_agent.main import Agent
+
+log = logging.getLogger(__name__)
+SECRET_ENV = ("MLOC_JOIN_TOKEN", "MLOC_TOKEN", "MLOC_ADMIN_TOKEN", "MLOC_S3_SECRET_ACCESS_KEY")
+
+
+class LeaseRun:
+    def __init__(self, agent: Agent, lease: Lease) -> None:
+        self.agent = agent
+        self.lease = lease
+        self.task_id = lease.task_id
+        self.client = agent.client
+        self.proc: TaskProcess | None = None
+        self.progress: Progress | None = None
+        self.cancel_reason: str | None = None
+        self.fenced: str | None = None
+        self.done = asyncio.Event()
+        self.workdir = agent.settings.data_dir / "work" / f"{lease.task_id}-{lease.attempt}"
+        self.logs = LogStreamer(self.client, lease.task_id, lease.epoch, agent.settings.log_flush_s)
+        self._uploads: list[asyncio.Task[Any]] = []
+
+    # -- control from the agent -------------------------------------------------------------
+
+    async def cancel(self, reason: str) -> None:
+        if self.cancel_reason is None and self.fenced is None:
+            self.cancel_reason = reason
+            self.logs.write("system", f"[mloc] {reason}: stopping the task\n")
+            if self.proc is not None:
+                await self.proc.stop(self.agent.settings.cancel_grace_s)
+
+    async def fence(self, reason: str) -> None:
+        """Stop the task without reporting: the lease is no longer ours."""
+        if self.fenced is None:
+            self.fenced = reason
+            log.warning("task %s: %s; stopping it", self.task_id, reason)
+            if self.proc is not None:
+                await self.proc.stop(self.agent.settings.cancel_grace_s)
+
+    # -- the run ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        heartbeats = asyncio.create_task(self._heartbeat_loop(), name=f"hb-{self.task_id}")
+        self.logs.start()
+        completion: Completion | None = None
+        try:
+            completion = await self._execute()
+        except Exception as exc:  # an agent-side failure (download, spawn): report it as the task's
+            log.exception("task %s failed on the agent", self.task_id)
+            completion = Completion(epoch=self.lease.epoch, outcome="failed", error=f"agent error: {exc}")
+        finally:
+            self.done.set()
+            if self.proc is not None:
+                self.proc.reap_group()
+        if self.fenced is None:
+            await self.logs.close()
+            heartbeats.cancel()
+            await self._complete(completion)
+        else:
+            heartbeats.cancel()
+            await self.logs.close(timeout=2)
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeats
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    async def _execute(self) -> Completion:
+        lease, settings = self.lease, self.agent.settings
+        module_ref = self.agent.modules.get(lease.task_type)
+        if module_ref is None:
+            return Completion(epoch=lease.epoch, outcome="failed",
+                              error=f"this agent cannot run task type {lease.task_type!r}")
+        output_dir, ckpt_dir = self.workdir / "output", self.workdir / "checkpoints"
+        for d in (output_dir, ckpt_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLOC_") and k not in SECRET_ENV}
+        env.update(lease.spec.get("env") or {})
+        env.update({
+            "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in lease.gpus),
+            "MLOC_TASK_ID": lease.task_id, "MLOC_ATTEMPT": str(lease.attempt), "MLOC_WORKDIR": str(self.workdir),
+            "MLOC_GPUS": ",".join(str(g) for g in lease.gpus), "MLOC_OUTPUT_DIR": str(output_dir),
+            "MLOC_CHECKPOINT_DIR": str(ckpt_dir), "PYTHONUNBUFFERED": "1",
+        })
+        if lease.resume is not None:
+            self.logs.write("system", f"[mloc] resuming from checkpoint {lease.resume.name} "
+                                      f"(step {lease.resume.step})\n")
+            resume_dir = await fetch_checkpoint(self.client, lease.resume.url, self.workdir / "resume")
+            env["MLOC_RESUME_DIR"] = str(resume_dir)
+            if lease.resume.step is not None:
+                env["MLOC_RESUME_STEP"] = str(lease.resume.step)
+        module_cls = load(module_ref)
+        result_file = self.workdir / "result.json"
+        direct = module_cls.direct_argv(lease.spec)
+        if direct is None:
+            task_file = self.workdir / "task.json"
+            task_file.write_text(json.dumps({"spec": lease.spec, "module": module_ref}))
+            interpreter = settings.runtimes.get(lease.task_type, sys.executable)
+            direct = [interpreter, "-m", "mloc_agent.task_host"]
+            env.update({"MLOC_TASK_FILE": str(task_file), "MLOC_RESULT_FILE": str(result_file)})
+        self.proc = await TaskProcess.start(direct, env, self.workdir, self.agent.warden)
+        if self.cancel_reason is not None or self.fenced is not None:
+            await self.proc.stop(settings.cancel_grace_s)
+        pumps = [
+            asyncio.create_task(self.logs.pump(self.proc.proc.stdout, "stdout")),
+            asyncio.create_task(self.logs.pump(self.proc.proc.stderr, "stderr")),
+            asyncio.create_task(self._read_channel()),
+        ]
+        code = await self.proc.proc.wait()
+        self.proc.reap_group()
+        await asyncio.gather(*pumps, return_exceptions=True)
+        if self.fenced is not None:
+            return Completion(epoch=lease.epoch, outcome="failed", error=self.fenced)
+        await self._finish_uploads(output_dir)
+        outcome: dict[str, Any] = {}
+        if result_file.exists():
+            with contextlib.suppress(ValueError, OSError):
+                outcome = json.loads(result_file.read_text())
+        result = outcome.get("result") if isinstance(outcome.get("result"), dict) else {}
+        result = {"exit_code": code, **(result or {})}
+        if self.cancel_reason is not None:
+            return Completion(epoch=lease.epoch, outcome="cancelled", exit_code=code, result=result,
+                              error=self.cancel_reason)
+        if code == 0:
+            return Completion(epoch=lease.epoch, outcome="succeeded", exit_code=code, result=result)
+        tail = self.logs.tail["stderr"].strip()[-1500:]
+        error = outcome.get("error") or f"exited with code {code}"
+        return Completion(epoch=lease.epoch, outcome="failed", exit_code=code, result=result,
+                          error=f"{error}\n{tail}" if tail else error)
+
+    async def _read_channel(self) -> None:
+        """Progress, checkpoint and artifact messages from the task process (JSON lines)."""
+        assert self.proc is not None
+        reader = self.proc.channel
+        if reader is None:
+            return
+        while line := await reader.readline():
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            kind = msg.pop("type", "progress")
+            if kind == "progress":
+                self.progress = Progress.model_validate(msg)
+                if self.progress.step is not None and self.progress.total:
+                    self.progress.percent = round(100.0 * self.progress.step / self.progress.total, 2)
+            elif kind in ("checkpoint", "artifact"):
+                path = Path(msg.get("path", ""))
+                if not path.is_absolute():
+                    path = self.workdir / path
+                if not path.exists():
+                    self.logs.write("system", f"[mloc] {kind} {path} does not exist; not uploaded\n")
+                    continue
+                step = msg.get("step")
+                name = msg.get("name") or (f"checkpoints/step-{step}.tar" if kind == "checkpoint" else path.name)
+                self._uploads.append(asyncio.create_task(self._upload(path, name, kind, step)))
+
+    async def _upload(self, path: Path, name: str, kind: str, step: int | None) -> None:
+        try:
+            await upload(self.client, self.task_id, self.lease.epoch, path, name=name, kind=kind, step=step)
+            self.logs.write("system", f"[mloc] uploaded {kind} {name}\n")
+        except Exception as exc:
+            self.logs.write("system", f"[mloc] upload of {name} failed: {exc}\n")
+
+    async def _finish_uploads(self, output_dir: Path) -> None:
+        if self._uploads:
+            await asyncio.gather(*self._uploads, return_exceptions=True)
+        for path in sorted(p for p in output_dir.rglob("*") if p.is_file()):
+            await self._upload(path, str(path.relative_to(output_dir)), "artifact", None)
+
+    # -- talking to the coordinator ----------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.agent.timings.heartbeat_s
+        ttl = self.lease.ttl_s
+        last_ok_sent = time.monotonic()
+        while not self.done.is_set():
+            sent = time.monotonic()
+            try:
+                resp = await self.client.heartbeat(
+                    self.task_id, HeartbeatRequest(epoch=self.lease.epoch, progress=self.progress),
+                    timeout=max(1.0, min(interval, 10.0)))
+                last_ok_sent, ttl = sent, resp.ttl_s
+                if resp.cancel and self.cancel_reason is None:
+                    asyncio.create_task(self.cancel("cancel requested"))
+                wait = interval * random.uniform(0.9, 1.1)
+            except LeaseLost as exc:
+                asyncio.create_task(self.fence(f"lease lost: {exc.message}"))
+                return
+            except (httpx.TransportError, MlocError) as exc:
+                if isinstance(exc, MlocError) and not retryable(exc):
+                    asyncio.create_task(self.fence(f"heartbeat refused: {exc}"))
+                    return
+                if time.monotonic() - last_ok_sent > ttl:
+                    asyncio.create_task(self.fence(
+                        f"could not renew the lease within its TTL ({ttl:g}s): self-fencing"))
+                    return
+                wait = min(1.0, interval / 2) * random.uniform(0.5, 1.5)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.done.wait(), wait)
+
+    async def _complete(self, completion: Completion | None) -> None:
+        if completion is None:
+            return
+        if self.progress is not None and completion.result is not None:
+            completion.result.setdefault("progress", self.progress.model_dump(exclude_none=True))
+        try:
+            state = await asyncio.shield(with_retries(
+                lambda: self.client.complete(self.task_id, completion), 600, f"completion of {self.task_id}"))
+            log.info("task %s finished: %s", self.task_id, state.get("state"))
+        except LeaseLost as exc:
+            log.warning("task %s: completion refused (%s)", self.task_id, exc)
+        except Exception as exc:
+            log.error("task %s: could not report completion: %s", self.task_id, exc)

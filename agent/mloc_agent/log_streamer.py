@@ -1,0 +1,128 @@
+"""Streaming a task's stdout/stderr to the coordinator as numbered chunks.
+
+Chunks are numbered per attempt and the coordinator stores them idempotently, so a batch whose
+reply was lost is simply sent again. The buffer is bounded: during a long outage the oldest
+chunks are dropped (and a note says so) rather than the agent running out of memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import logging
+import random
+
+from mloc_shared.errors import MlocError
+from mloc_shared.protocol import LogBatch, LogChunk
+
+from mloc_agent.client import CoordinatorClient, retryable
+
+log = logging.getLogger(__name__)
+MAX_CHUNK = 64 * 1024
+MAX_BATCH_BYTES = 512 * 1024
+MAX_BUFFER_BYTES = 16 * 1024 * 1024
+
+
+class LogStreamer:
+    def __init__(self, client: CoordinatorClient, task_id: str, epoch: int, flush_s: float) -> None:
+        self.client = client
+        self.task_id = task_id
+        self.epoch = epoch
+        self.flush_s = flush_s
+        self.seq = 0
+        self.pending: list[LogChunk] = []
+        self.buffered = 0
+        self.dropped = 0
+        self.tail: dict[str, str] = {"stdout": "", "stderr": ""}
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self.lost = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"logs-{self.task_id}")
+
+    def write(self, stream: str, text: str) -> None:
+        if not text:
+            return
+        if stream in self.tail:
+            self.tail[stream] = (self.tail[stream] + text)[-4000:]
+        for i in range(0, len(text), MAX_CHUNK):
+            part = text[i : i + MAX_CHUNK]
+            self.pending.append(LogChunk(seq=self.seq, stream=stream, data=part))  # type: ignore[arg-type]
+            self.seq += 1
+            self.buffered += len(part)
+        while self.buffered > MAX_BUFFER_BYTES and len(self.pending) > 1:
+            old = self.pending.pop(0)
+            self.buffered -= len(old.data)
+            self.dropped += 1
+        if self.buffered >= MAX_BATCH_BYTES:
+            self._wake.set()
+
+    async def pump(self, reader: asyncio.StreamReader | None, stream: str) -> None:
+        if reader is None:
+            return
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while chunk := await reader.read(MAX_CHUNK):
+            self.write(stream, decoder.decode(chunk))
+        self.write(stream, decoder.decode(b"", final=True))
+
+    async def _send_some(self) -> None:
+        batch, size = [], 0
+        for chunk in self.pending:
+            if batch and (size + len(chunk.data) > MAX_BATCH_BYTES or len(batch) >= 500):
+                break
+            batch.append(chunk)
+            size += len(chunk.data)
+        if self.dropped:
+            note = f"[mloc] {self.dropped} log chunk(s) dropped while the coordinator was unreachable\n"
+            batch.append(LogChunk(seq=self.seq, stream="system", data=note))
+            self.seq += 1
+            self.dropped = 0
+        await self.client.logs(self.task_id, LogBatch(epoch=self.epoch, chunks=batch))
+        sent = {c.seq for c in batch}
+        self.pending = [c for c in self.pending if c.seq not in sent]
+        self.buffered = sum(len(c.data) for c in self.pending)
+
+    async def _run(self) -> None:
+        delay = 0.2
+        while True:
+            if not self.pending:
+                if self._closing:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.flush_s)
+                self._wake.clear()
+                continue
+            try:
+                await self._send_some()
+                delay = 0.2
+            except MlocError as exc:
+                if not retryable(exc):
+                    log.warning("task %s: coordinator refused logs (%s); dropping them", self.task_id, exc)
+                    self.lost = True
+                    self.pending.clear()
+                    return
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 10)
+            except Exception as exc:
+                if not retryable(exc):
+                    raise
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 10)
+            else:
+                if not self._closing:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.flush_s)
+                    self._wake.clear()
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Send what is left (retrying) before the completion goes out, so logs are complete."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, timeout)
+            except TimeoutError:
+                log.warning("task %s: gave up sending %d log chunk(s)", self.task_id, len(self.pending))

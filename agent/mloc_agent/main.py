@@ -1,0 +1,208 @@
+"""The agent loop, top to bottom: register, long-poll, start leases, drain on SIGTERM.
+
+Only outbound connections: the agent works behind NAT and firewalls that allow nothing inbound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import signal
+import time
+import uuid
+from typing import Any
+
+import httpx
+from mloc_shared.errors import MlocError, ProtocolMismatch, Unauthorized
+from mloc_shared.protocol import LeaseRef, PollRequest, RegisterRequest, Timings
+from mloc_shared.version import __version__
+
+from mloc_agent import inventory
+from mloc_agent.client import CoordinatorClient, retryable
+from mloc_agent.lease_run import LeaseRun
+from mloc_agent.modules import registry
+from mloc_agent.runner import Warden
+from mloc_agent.settings import AgentSettings
+
+log = logging.getLogger("mloc.agent")
+GPU_STATS_EVERY_S = 15.0
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.client = CoordinatorClient(settings.coordinator_url, ca_bundle=settings.ca_bundle)
+        self.warden = Warden()
+        self.modules: dict[str, str] = {}
+        self.runs: dict[str, LeaseRun] = {}
+        self.timings = Timings(poll_hold_s=25, heartbeat_s=10, lease_ttl_s=45)
+        self.draining = False
+        self.inventory = inventory.collect(settings)
+        self.max_tasks = settings.max_tasks or max(1, len(self.inventory.gpus))
+        self._idle = asyncio.Event()
+        self._last_gpu_stats = 0.0
+
+    # -- registration -------------------------------------------------------------------------
+
+    def _load_state(self) -> dict[str, Any] | None:
+        try:
+            state = json.loads(self.settings.state_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return state if state.get("coordinator_url") == self.settings.coordinator_url else None
+
+    def _save_state(self, agent_id: str, credential: str) -> None:
+        path = self.settings.state_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.touch(mode=0o600)
+        tmp.write_text(json.dumps({"agent_id": agent_id, "credential": credential,
+                                   "coordinator_url": self.settings.coordinator_url}))
+        tmp.replace(path)
+
+    async def register(self) -> None:
+        """Re-register with the saved credential (keeps our identity), else with the join token."""
+        req = RegisterRequest(
+            agent_version=__version__, name=self.settings.agent_name, labels=self.settings.agent_labels,
+            inventory=self.inventory, task_types=sorted(self.modules), max_tasks=self.max_tasks,
+        )
+        state = self._load_state()
+        delay = 0.5
+        while True:
+            try:
+                if state is not None:
+                    self.client.credential = state["credential"]
+                    try:
+                        resp = await self.client.register(req, None)
+                    except Unauthorized:
+                        state = None
+                        continue
+                else:
+                    self.client.credential = None
+                    resp = await self.client.register(req, self.settings.join_token)
+                break
+            except ProtocolMismatch:
+                raise
+            except (httpx.TransportError, MlocError) as exc:
+                if isinstance(exc, MlocError) and not retryable(exc) and exc.status not in (409,):
+                    raise
+                log.warning("registration failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 30)
+        self.client.credential = resp.credential
+        self.client.poll_hold_s = resp.timings.poll_hold_s
+        self.timings = resp.timings
+        self._save_state(resp.agent_id, resp.credential)
+        gpus = ", ".join(f"{g.name} ({g.memory_gb:.0f} GB{', declared' if g.declared else ''})"
+                         for g in self.inventory.gpus) or f"none ({self.inventory.nvml_error or 'CPU only'})"
+        log.info("registered as %s (%s); GPUs: %s; task types: %s; timings: %s", self.settings.agent_name,
+                 resp.agent_id, gpus, ", ".join(sorted(self.modules)), resp.timings.model_dump())
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        if not self.draining:
+            log.info("draining: finishing %d running task(s), taking no new ones", len(self.runs))
+            self.draining = True
+            if not self.runs:
+                self._idle.set()
+
+    async def run(self) -> None:
+        self.modules = registry.available(self.settings.disabled_task_types, self.settings.runtimes)
+        await self.warden.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.drain)
+        try:
+            await self.register()
+            await self._poll_loop()
+            if self.runs:
+                await asyncio.gather(*(r.done.wait() for r in self.runs.values()))
+        finally:
+            await self._shutdown()
+
+    async def _poll_loop(self) -> None:
+        poll_id = uuid.uuid4().hex
+        delay = 0.5
+        while not (self.draining and not self.runs):
+            req = PollRequest(
+                poll_id=poll_id, free_slots=0 if self.draining else max(0, self.max_tasks - len(self.runs)),
+                running=[LeaseRef(task_id=r.task_id, epoch=r.lease.epoch) for r in self.runs.values()],
+                draining=self.draining, gpu_stats=self._gpu_stats(),
+            )
+            poll = asyncio.create_task(self.client.poll(req))
+            idle = asyncio.create_task(self._idle.wait())
+            await asyncio.wait({poll, idle}, return_when=asyncio.FIRST_COMPLETED)
+            idle.cancel()
+            if not poll.done():  # drained while the poll was held: stop now
+                poll.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await poll
+                break
+            try:
+                resp = poll.result()
+            except Unauthorized:
+                log.warning("the coordinator no longer knows this agent; registering again")
+                self.settings.state_file.unlink(missing_ok=True)
+                await self.register()
+                continue
+            except (httpx.TransportError, MlocError) as exc:
+                if isinstance(exc, MlocError) and not retryable(exc):
+                    raise
+                log.warning("poll failed (%s); retrying in ~%.1fs", exc, delay)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # same poll_id: a retry is idempotent
+                delay = min(delay * 2, 30)
+                continue
+            delay = 0.5
+            poll_id = uuid.uuid4().hex
+            for lease in resp.leases:
+                if lease.task_id not in self.runs:
+                    self._start(lease)
+            for task_id in resp.cancel:
+                run = self.runs.get(task_id)
+                if run is not None:
+                    asyncio.create_task(run.cancel("cancel requested"))
+            for task_id in resp.lost:
+                run = self.runs.get(task_id)
+                if run is not None:
+                    asyncio.create_task(run.fence("the coordinator says this lease is no longer ours"))
+
+    def _start(self, lease) -> None:
+        run = LeaseRun(self, lease)
+        self.runs[lease.task_id] = run
+        log.info("task %s (%s) attempt %d on GPUs %s", lease.task_id, lease.task_type, lease.attempt,
+                 lease.gpus or "-")
+
+        async def go() -> None:
+            try:
+                await run.run()
+            finally:
+                # dropped from `running` only now that the completion is acknowledged
+                self.runs.pop(lease.task_id, None)
+                if self.draining and not self.runs:
+                    self._idle.set()
+
+        asyncio.create_task(go(), name=f"lease-{lease.task_id}")
+
+    def _gpu_stats(self):
+        if self.inventory.gpu_source != "nvml" or time.monotonic() - self._last_gpu_stats < GPU_STATS_EVERY_S:
+            return None
+        self._last_gpu_stats = time.monotonic()
+        return inventory.gpu_stats()
+
+    async def _shutdown(self) -> None:
+        for run in list(self.runs.values()):
+            await run.fence("agent shutting down")
+        await self.warden.stop()
+        await self.client.close()
+        log.info("agent stopped")
+
+
+def main(settings: AgentSettings) -> None:
+    from mloc_shared.logging_setup import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format)
+    asyncio.run(Agent(settings).run())

@@ -1,0 +1,82 @@
+"""The task module interface (the original README's shape: ``execute(progress_callback)``).
+
+A module runs inside a child process (task_host.py), never in the agent's event loop. It talks
+to the agent through ``TaskContext``: progress, checkpoints and artifacts are JSON lines on a
+pipe that the agent reads and turns into heartbeats and uploads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TaskContext:
+    task_id: str
+    attempt: int
+    spec: dict[str, Any]
+    gpus: list[int]
+    workdir: Path
+    output_dir: Path
+    checkpoint_dir: Path
+    resume_dir: Path | None = None
+    resume_step: int | None = None
+    channel_fd: int | None = None
+    _channel: Any = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, spec: dict[str, Any]) -> TaskContext:
+        env = os.environ
+        resume = env.get("MLOC_RESUME_DIR")
+        return cls(
+            task_id=env["MLOC_TASK_ID"], attempt=int(env.get("MLOC_ATTEMPT", "1")), spec=spec,
+            gpus=[int(g) for g in env.get("MLOC_GPUS", "").split(",") if g],
+            workdir=Path(env.get("MLOC_WORKDIR", ".")), output_dir=Path(env["MLOC_OUTPUT_DIR"]),
+            checkpoint_dir=Path(env["MLOC_CHECKPOINT_DIR"]), resume_dir=Path(resume) if resume else None,
+            resume_step=int(env["MLOC_RESUME_STEP"]) if env.get("MLOC_RESUME_STEP") else None,
+            channel_fd=int(env["MLOC_PROGRESS_FD"]) if env.get("MLOC_PROGRESS_FD") else None,
+        )
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Write one JSON line to the agent (no-op when run outside an agent)."""
+        if self.channel_fd is None:
+            return
+        if self._channel is None:
+            self._channel = os.fdopen(self.channel_fd, "w", buffering=1)
+        self._channel.write(json.dumps(message) + "\n")
+
+    def progress(self, update: dict[str, Any]) -> None:
+        self.send({"type": "progress", **update})
+
+    def save_checkpoint(self, path: Path | str, step: int | None = None) -> None:
+        """Ask the agent to upload a checkpoint (file or folder); the next attempt resumes from it."""
+        self.send({"type": "checkpoint", "path": str(path), "step": step})
+
+    def add_artifact(self, path: Path | str, name: str | None = None) -> None:
+        self.send({"type": "artifact", "path": str(path), "name": name})
+
+
+class BaseModule:
+    """Subclass, set ``task_type``, implement ``execute``; register in the registry or an entry point."""
+
+    task_type: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()  # importable names the module needs (checked without import)
+
+    def __init__(self, ctx: TaskContext) -> None:
+        self.ctx = ctx
+        self.spec = ctx.spec
+
+    @classmethod
+    def direct_argv(cls, spec: dict[str, Any]) -> list[str] | None:
+        """For modules that are just a program: the argv the agent runs directly (no Python host)."""
+        return None
+
+    async def execute(self, progress_callback: ProgressCallback | None = None) -> dict[str, Any] | None:
+        raise NotImplementedError

@@ -1,0 +1,57 @@
+"""Task modules by task type: the built-ins plus third-party ones from the ``mloc.modules`` entry
+point group. Looking a module up imports only its light module file; a module imports its heavy
+libraries (torch, trl, ...) inside ``execute``, in the child process."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from importlib.metadata import entry_points
+
+from mloc_agent.modules.base import BaseModule
+
+log = logging.getLogger(__name__)
+ENTRY_POINT_GROUP = "mloc.modules"
+BUILTIN: dict[str, str] = {
+    "command": "mloc_agent.modules.command:CommandModule",
+}
+
+
+def references() -> dict[str, str]:
+    """task type -> 'package.module:Class', built-ins first, entry points may add (not replace)."""
+    refs = dict(BUILTIN)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        refs.setdefault(ep.name, ep.value)
+    return refs
+
+
+def load(reference: str) -> type[BaseModule]:
+    module_name, _, attr = reference.partition(":")
+    cls = getattr(importlib.import_module(module_name), attr)
+    if not (isinstance(cls, type) and issubclass(cls, BaseModule)):
+        raise TypeError(f"{reference} is not a BaseModule subclass")
+    return cls
+
+
+def missing_requirements(cls: type[BaseModule]) -> list[str]:
+    return [name for name in cls.requires if importlib.util.find_spec(name) is None]
+
+
+def available(disabled: list[str], runtimes: dict[str, str]) -> dict[str, str]:
+    """The task types this agent can run: installed (or given a runtime), and not disabled."""
+    out: dict[str, str] = {}
+    for task_type, ref in references().items():
+        if task_type in disabled:
+            continue
+        try:
+            cls = load(ref)
+        except Exception as exc:  # a broken third-party module must not stop the agent
+            log.warning("task module %s (%s) cannot be loaded: %s", task_type, ref, exc)
+            continue
+        missing = [] if task_type in runtimes else missing_requirements(cls)
+        if missing:
+            log.info("task type %s unavailable: missing %s", task_type, ", ".join(missing))
+            continue
+        out[task_type] = ref
+    return out

@@ -1,0 +1,53 @@
+"""The agent's settings: one object, built once (flags > MLOC_* > YAML > defaults)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from mloc_shared.settings import MlocSettings, parse_labels
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import NoDecode
+
+
+class DeclaredGpu(BaseModel):
+    """A GPU declared in config (tests, demos, boxes without NVML): reported as declared."""
+
+    name: str
+    memory_gb: float = Field(gt=0)
+    compute_capability: str = "8.0"
+    uuid: str | None = None
+
+
+class AgentSettings(MlocSettings):
+    coordinator_url: str = "http://127.0.0.1:8000"
+    join_token: str | None = None
+    agent_name: str = Field(default_factory=socket.gethostname)
+    agent_labels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    declared_gpus: list[DeclaredGpu] | None = None
+    data_dir: Path = Path.home() / ".mloc" / "agent"
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    max_tasks: int | None = Field(None, ge=1, le=1024)
+    disabled_task_types: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    runtimes: dict[str, str] = Field(default_factory=dict)  # task type -> python interpreter
+    ca_bundle: str | None = None
+    cancel_grace_s: float = Field(10.0, ge=0)
+    log_flush_s: float = Field(0.5, gt=0)
+
+    @field_validator("agent_labels", mode="before")
+    @classmethod
+    def _labels(cls, value: Any) -> dict[str, str]:
+        return parse_labels(value)
+
+    @field_validator("disabled_task_types", mode="before")
+    @classmethod
+    def _types(cls, value: Any) -> list[str]:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return list(value or [])
+
+    @property
+    def state_file(self) -> Path:
+        return self.data_dir / "agent.json"

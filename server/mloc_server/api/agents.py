@@ -1,0 +1,85 @@
+"""The agent protocol: register, long-poll, and the lease-scoped calls (heartbeat, logs, complete,
+uploads). Every call but register carries the agent's credential and the protocol header."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from mloc_shared.errors import Conflict, ProtocolMismatch
+from mloc_shared.protocol import (
+    Completion,
+    HeartbeatRequest,
+    LogBatch,
+    PollRequest,
+    RegisterRequest,
+    UploadCommit,
+    UploadRequest,
+)
+from mloc_shared.version import PROTOCOL_VERSION, protocol_compatible
+
+from mloc_server.api.common import agent, check_protocol, ok, read_model, state
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/api/v1/agents/register")
+async def register(request: web.Request) -> web.Response:
+    check_protocol(request)
+    st = state(request)
+    req = await read_model(request, RegisterRequest)
+    if not protocol_compatible(req.protocol_version):
+        raise ProtocolMismatch(f"agent protocol {req.protocol_version} != coordinator {PROTOCOL_VERSION}")
+    if request.headers.get("Authorization"):
+        # a known agent re-registering (restart, new inventory): it keeps its identity
+        existing = st.agents.authenticate(request.headers.get("Authorization"))
+    else:
+        await st.auth.use_join_token(request.headers.get("X-MLOC-Join-Token"))
+        existing = next((a for a in st.leasing.agents.values() if a.name == req.name), None)
+        if existing is not None and existing.waiter is not None:
+            raise Conflict(f"an agent named {req.name!r} is connected right now; give this one another name",
+                           field="name")
+    return ok(await st.agents.register(req, existing), status=201)
+
+
+@routes.post("/api/v1/agents/poll")
+async def poll(request: web.Request) -> web.Response:
+    me = agent(request)
+    req = await read_model(request, PollRequest)
+    return ok(await state(request).leasing.poll(me, req))
+
+
+@routes.post("/api/v1/leases/{task_id}/heartbeat")
+async def heartbeat(request: web.Request) -> web.Response:
+    me = agent(request)
+    req = await read_model(request, HeartbeatRequest)
+    return ok(state(request).leasing.heartbeat(me, request.match_info["task_id"], req))
+
+
+@routes.post("/api/v1/leases/{task_id}/complete")
+async def complete(request: web.Request) -> web.Response:
+    me = agent(request)
+    req = await read_model(request, Completion)
+    final = await state(request).leasing.complete(me, request.match_info["task_id"], req)
+    return ok({"state": final})
+
+
+@routes.post("/api/v1/leases/{task_id}/logs")
+async def logs(request: web.Request) -> web.Response:
+    me = agent(request)
+    batch = await read_model(request, LogBatch)
+    await state(request).logs.append(me, request.match_info["task_id"], batch)
+    return ok({"accepted": len(batch.chunks)})
+
+
+@routes.post("/api/v1/leases/{task_id}/uploads")
+async def plan_upload(request: web.Request) -> web.Response:
+    me = agent(request)
+    req = await read_model(request, UploadRequest)
+    return ok(await state(request).artifacts.plan(me, request.match_info["task_id"], req), status=201)
+
+
+@routes.post("/api/v1/leases/{task_id}/uploads/{upload_id}/commit")
+async def commit_upload(request: web.Request) -> web.Response:
+    me = agent(request)
+    req = await read_model(request, UploadCommit)
+    st = state(request)
+    return ok(await st.artifacts.commit(me, request.match_info["task_id"], request.match_info["upload_id"], req))

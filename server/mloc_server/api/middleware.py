@@ -1,0 +1,37 @@
+"""Errors become JSON ``{"error": {...}}`` with the right status, in one place. Never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from mloc_shared.errors import MlocError
+
+log = logging.getLogger(__name__)
+
+
+@web.middleware
+async def errors(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except MlocError as exc:
+        return web.json_response(exc.to_body(), status=exc.status)
+    except web.HTTPRequestEntityTooLarge as exc:
+        body = {"error": {"code": "payload_too_large",
+                          "message": f"the body is larger than the limit of {exc.max_size} bytes"}}
+        return web.json_response(body, status=413)
+    except web.HTTPRedirection:
+        raise
+    except web.HTTPException as exc:
+        if exc.empty_body:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        body = {"error": {"code": code, "message": f"{exc.reason}: {request.method} {request.path}"}}
+        return web.json_response(body, status=exc.status, headers={
+            k: v for k, v in exc.headers.items() if k.lower() == "allow"})
+    except ConnectionResetError:
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        body = {"error": {"code": "internal", "message": "internal error; the coordinator's log has details"}}
+        return web.json_response(body, status=500)

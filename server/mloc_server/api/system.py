@@ -1,0 +1,118 @@
+"""Health, the fleet listing, drain/cordon, usage stats and token management."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+from aiohttp import web
+from mloc_shared.errors import ValidationFailed
+from mloc_shared.version import PROTOCOL_VERSION, __version__
+from pydantic import BaseModel, Field
+
+from mloc_server.api.common import admin, ok, read_model, state, user
+from mloc_server.store import repo
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    st = state(request)
+    healthy = st.db.healthy
+    body = {
+        "status": "ok" if healthy else "degraded", "version": __version__, "protocol_version": PROTOCOL_VERSION,
+        "uptime_s": round(time.time() - st.started_at, 1), "database": "ok" if healthy else st.db.last_error,
+        "queued": len(st.leasing.queue), "running": len(st.leasing.leases), "agents": len(st.leasing.agents),
+    }
+    return ok(body, status=200 if healthy else 503)
+
+
+@routes.get("/api/v1/workers")
+@routes.get("/api/v1/agents")
+async def workers(request: web.Request) -> web.Response:
+    user(request)
+    agents = state(request).agents.listing()
+    return ok({"workers": agents, "total": len(agents)})
+
+
+@routes.post("/api/v1/agents/{name}/drain")
+@routes.post("/api/v1/agents/{name}/cordon")
+async def drain(request: web.Request) -> web.Response:
+    admin(request)
+    st = state(request)
+    agent = await st.agents.set_state(request.match_info["name"], "draining")
+    return ok(st.agents.describe(agent))
+
+
+@routes.post("/api/v1/agents/{name}/undrain")
+@routes.post("/api/v1/agents/{name}/uncordon")
+async def undrain(request: web.Request) -> web.Response:
+    admin(request)
+    st = state(request)
+    agent = await st.agents.set_state(request.match_info["name"], "active")
+    return ok(st.agents.describe(agent))
+
+
+def _date(request: web.Request, name: str) -> float | None:
+    raw = request.query.get(name)
+    if not raw:
+        return None
+    try:
+        parsed = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValidationFailed(f"{name} must be a date like 2024-01-01", field=name) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
+
+
+@routes.get("/api/v1/stats")
+async def stats(request: web.Request) -> web.Response:
+    principal = user(request)
+    who = request.query.get("user") or None
+    if not principal.is_admin:
+        who = principal.user
+    start, end = _date(request, "start_date"), _date(request, "end_date")
+    body = await repo.stats(state(request).db, who, start, end)
+    body.update({"user": who, "start_date": request.query.get("start_date"),
+                 "end_date": request.query.get("end_date")})
+    return ok(body)
+
+
+class TokenCreate(BaseModel):
+    kind: str = Field("user", pattern="^(user|join)$")
+    user: str = Field("", max_length=100)
+    role: str = Field("user", pattern="^(user|admin)$")
+    ttl_s: float | None = Field(None, gt=0)
+    max_uses: int | None = Field(None, ge=1)
+    note: str = Field("", max_length=200)
+
+
+@routes.post("/api/v1/tokens")
+async def create_token(request: web.Request) -> web.Response:
+    admin(request)
+    req = await read_model(request, TokenCreate)
+    if req.kind == "user" and not req.user:
+        raise ValidationFailed("a user token needs a user name", field="user")
+    token_id, secret = await state(request).auth.create_token(
+        req.kind, user=req.user, role=req.role, ttl_s=req.ttl_s, max_uses=req.max_uses, note=req.note)
+    return ok({"id": token_id, "token": secret, "kind": req.kind, "user": req.user, "role": req.role}, status=201)
+
+
+@routes.get("/api/v1/tokens")
+async def list_tokens(request: web.Request) -> web.Response:
+    admin(request)
+    rows = await repo.list_tokens(state(request).db)
+    return ok({"tokens": [dict(r) for r in rows]})
+
+
+@routes.delete("/api/v1/tokens/{token_id}")
+async def revoke_token(request: web.Request) -> web.Response:
+    admin(request)
+    revoked = await state(request).auth.revoke(request.match_info["token_id"])
+    if not revoked:
+        from mloc_shared.errors import NotFound
+
+        raise NotFound(f"no token {request.match_info['token_id']}")
+    return ok({"id": request.match_info["token_id"], "revoked": True})

@@ -1,0 +1,104 @@
+"""User API for tasks: submit, list, get, cancel, logs."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+from mloc_shared.errors import BadRequest, ValidationFailed
+from mloc_shared.protocol import FINAL_STATES
+from mloc_shared.spec_parsing import parse_document, validate_spec
+
+from mloc_server.api.common import int_query, ok, state, user
+
+routes = web.RouteTableDef()
+STATES = ("queued", "running", *sorted(FINAL_STATES))
+MAX_BULK = 5000
+
+
+@routes.post("/api/v1/tasks")
+async def submit(request: web.Request) -> web.Response:
+    """Submit one task (YAML or JSON, whatever the Content-Type says) or a list of tasks."""
+    principal = user(request)
+    body = await request.read()
+    data, node = parse_document(body)
+    st = state(request)
+    if isinstance(data, dict) and isinstance(data.get("tasks"), list) and "taskType" not in data:
+        data = data["tasks"]
+    if isinstance(data, list):
+        if not data or len(data) > MAX_BULK:
+            raise BadRequest(f"a bulk submit holds 1..{MAX_BULK} tasks")
+        specs = []
+        for i, item in enumerate(data):
+            try:
+                specs.append(validate_spec(item))
+            except ValidationFailed as exc:
+                exc.field = f"tasks[{i}].{exc.field}" if exc.field else f"tasks[{i}]"
+                exc.message = f"tasks[{i}]: {exc.message}"
+                raise
+        return ok({"tasks": await st.tasks.submit_many(specs, principal)}, status=201)
+    spec = validate_spec(data, node)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 200:
+        raise ValidationFailed("Idempotency-Key must be 1..200 characters", field="Idempotency-Key")
+    record, created = await st.tasks.submit(spec, principal, key)
+    return ok(record, status=201 if created else 200)
+
+
+@routes.get("/api/v1/tasks")
+async def list_tasks(request: web.Request) -> web.Response:
+    principal = user(request)
+    task_state = request.query.get("state") or None
+    if task_state and task_state not in STATES:
+        raise ValidationFailed(f"state must be one of {', '.join(STATES)}", field="state")
+    result = await state(request).tasks.list(
+        principal, state=task_state, user=request.query.get("user") or None,
+        task_type=request.query.get("task_type") or request.query.get("type") or None,
+        page=int_query(request, "page", 1, 1, 10_000_000), page_size=int_query(request, "page_size", 20, 1, 500),
+    )
+    return ok(result)
+
+
+@routes.get("/api/v1/tasks/{task_id}")
+async def get_task(request: web.Request) -> web.Response:
+    return ok(await state(request).tasks.get(request.match_info["task_id"], user(request)))
+
+
+@routes.post("/api/v1/tasks/{task_id}/cancel")
+@routes.delete("/api/v1/tasks/{task_id}")
+async def cancel_task(request: web.Request) -> web.Response:
+    return ok(await state(request).tasks.cancel(request.match_info["task_id"], user(request)))
+
+
+@routes.get("/api/v1/tasks/{task_id}/logs")
+async def task_logs(request: web.Request) -> web.StreamResponse:
+    """Logs as JSON (cursor paging), or followed live: ``?follow=1`` streams text, SSE on request."""
+    principal = user(request)
+    st = state(request)
+    task_id = request.match_info["task_id"]
+    await st.tasks.get(task_id, principal)  # 404 unless visible
+    attempt = request.query.get("attempt")
+    attempt_no = int_query(request, "attempt", 0, 1, 1_000_000) if attempt else None
+    cursor = (int_query(request, "after_attempt", 0, 0, 1_000_000), int_query(request, "after_seq", -1, -1, 10**12))
+    follow = request.query.get("follow", "").lower() in ("1", "true", "yes")
+    sse = "text/event-stream" in request.headers.get("Accept", "")
+    if not follow and not sse:
+        chunks = await st.logs.read(task_id, attempt_no, cursor)
+        nxt = (chunks[-1]["attempt"], chunks[-1]["seq"]) if chunks else cursor
+        return ok({"chunks": chunks, "next": {"after_attempt": nxt[0], "after_seq": nxt[1]}})
+    resp = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream" if sse else "text/plain; charset=utf-8",
+        "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+    })
+    await resp.prepare(request)
+    async for chunks in st.logs.follow(task_id, attempt_no, cursor):
+        if sse:
+            payload = "".join(f"id: {c['attempt']}.{c['seq']}\ndata: {json.dumps(c)}\n\n" for c in chunks) or ": keepalive\n\n"
+        else:
+            payload = "".join(c["data"] for c in chunks)
+        if payload:
+            await resp.write(payload.encode())
+    if sse:
+        await resp.write(b"event: end\ndata: {}\n\n")
+    await resp.write_eof()
+    return resp

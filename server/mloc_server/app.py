@@ -1,0 +1,108 @@
+"""The coordinator's app factory and its lifecycle (open the database, load state, run the reaper)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from mloc_server.api import agents as agents_api
+from mloc_server.api import artifacts as artifacts_api
+from mloc_server.api import system as system_api
+from mloc_server.api import tasks as tasks_api
+from mloc_server.api.middleware import errors
+from mloc_server.artifacts.base import ArtifactStore
+from mloc_server.artifacts.local import LocalStore
+from mloc_server.services.agents import Agents
+from mloc_server.services.artifacts import Artifacts
+from mloc_server.services.auth import Auth
+from mloc_server.services.leasing import Leasing
+from mloc_server.services.logs import Logs
+from mloc_server.services.tasks import Tasks
+from mloc_server.settings import CoordinatorSettings
+from mloc_server.state import STATE, AppState
+from mloc_server.store.database import Database
+
+log = logging.getLogger("mloc.coordinator")
+
+
+def make_store(settings: CoordinatorSettings) -> ArtifactStore:
+    if settings.s3_bucket:
+        from mloc_server.artifacts.s3 import S3Store
+
+        return S3Store(
+            settings.s3_bucket, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+            access_key_id=settings.s3_access_key_id, secret_access_key=settings.s3_secret_access_key,
+            prefix=settings.s3_prefix, multipart_threshold=settings.multipart_threshold_mb << 20,
+            part_size=settings.multipart_part_mb << 20, expiry_s=settings.presign_expiry_s,
+        )
+    return LocalStore(settings.data_dir / "artifacts", settings.data_dir / "blob.key", settings.presign_expiry_s)
+
+
+def create_app(settings: CoordinatorSettings) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=int(settings.max_body_mb * (1 << 20)))
+    app.add_routes(tasks_api.routes)
+    app.add_routes(agents_api.routes)
+    app.add_routes(artifacts_api.routes)
+    app.add_routes(system_api.routes)
+    app.cleanup_ctx.append(lambda app: _lifecycle(app, settings))
+    return app
+
+
+async def _lifecycle(app: web.Application, settings: CoordinatorSettings) -> AsyncIterator[None]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.redis_url:
+        log.warning("MLOC_REDIS_URL is set but MLOC has no Redis any more: the coordinator keeps its "
+                    "state in SQLite (%s); the setting is ignored", settings.database_path)
+    db = Database(settings.database_path)
+    await db.open()
+    store = make_store(settings)
+    auth = Auth(db, settings.loopback_admin)
+    await auth.load()
+    leasing = Leasing(db, settings, resume_url=store.download_url)
+    await leasing.load()
+    st = AppState(
+        settings=settings, db=db, auth=auth, leasing=leasing, tasks=Tasks(leasing), agents=Agents(leasing),
+        artifacts=Artifacts(leasing, store, int(settings.max_artifact_gb * (1 << 30))), logs=Logs(leasing),
+        store=store, started_at=time.time(),
+    )
+    app[STATE] = st
+    await _bootstrap_tokens(st)
+    reaper = asyncio.create_task(leasing.run_reaper(), name="mloc-reaper")
+    try:
+        yield
+    finally:
+        reaper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reaper
+        with contextlib.suppress(Exception):
+            await leasing.flush()
+        await store.close()
+        await db.close()
+
+
+async def _bootstrap_tokens(st: AppState) -> None:
+    """A join token and an admin token always exist; first-start ones are printed once."""
+    s = st.settings
+    if s.join_token:
+        await st.auth.ensure_known("join", s.join_token)
+    else:
+        path = s.data_dir / "join.token"
+        fresh = not path.exists()
+        secret = await st.auth.bootstrap_secret("join", path)
+        if fresh:
+            log.warning("created a join token for agents (kept in %s): %s", path, secret)
+        else:
+            log.info("agents join with the token in %s", path)
+    if s.admin_token:
+        await st.auth.ensure_known("user", s.admin_token, user="admin", role="admin")
+    else:
+        path = s.data_dir / "admin.token"
+        fresh = not path.exists()
+        secret = await st.auth.bootstrap_secret("user", path, user="admin", role="admin")
+        if fresh:
+            log.warning("created an admin API token (kept in %s): %s", path, secret)

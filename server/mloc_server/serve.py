@@ -1,0 +1,42 @@
+"""Running the coordinator: logging, TLS, and the aiohttp runner."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+
+from aiohttp import web
+from mloc_shared.logging_setup import setup_logging
+
+from mloc_server.app import create_app
+from mloc_server.settings import CoordinatorSettings
+
+
+async def serve(settings: CoordinatorSettings) -> None:
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    ssl_ctx = None
+    if settings.tls_cert and settings.tls_key:
+        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_ctx.load_cert_chain(settings.tls_cert, settings.tls_key)
+    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_ctx, backlog=4096,
+                       reuse_address=True)
+    await site.start()
+    scheme = "https" if ssl_ctx else "http"
+    logging.getLogger("mloc.coordinator").info(
+        "coordinator listening on %s://%s:%d (database %s)", scheme, settings.host, settings.port,
+        settings.database_path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main(settings: CoordinatorSettings) -> None:
+    setup_logging(settings.log_level, settings.log_format)
+    asyncio.run(serve(settings))

@@ -1,0 +1,117 @@
+"""Agent registration, credentials, drain/cordon, and the fleet listing."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from typing import Any
+
+from mloc_shared.errors import NotFound, Unauthorized
+from mloc_shared.protocol import Inventory, RegisterRequest, RegisterResponse
+
+from mloc_server.services.auth import hash_secret, new_secret
+from mloc_server.services.fleet import AgentState
+from mloc_server.services.leasing import Leasing
+from mloc_server.store import repo
+
+
+def agent_from_row(row: sqlite3.Row) -> AgentState:
+    return AgentState(
+        id=row["id"], name=row["name"], credential_hash=row["credential_hash"],
+        labels=json.loads(row["labels"]), inventory=Inventory.model_validate_json(row["inventory"]),
+        task_types=frozenset(json.loads(row["task_types"])), max_tasks=row["max_tasks"], state=row["state"],
+        version=row["version"], registered_at=row["registered_at"], last_seen=row["last_seen"],
+    )
+
+
+class Agents:
+    def __init__(self, leasing: Leasing) -> None:
+        self.leasing = leasing
+
+    async def register(self, req: RegisterRequest, existing: AgentState | None) -> RegisterResponse:
+        """A new agent (join token checked by the caller) or a known one re-registering itself."""
+        now = time.time()
+        credential = new_secret("agent")
+        agent_id = existing.id if existing else uuid.uuid4().hex[:16]
+        agent = AgentState(
+            id=agent_id, name=req.name, credential_hash=hash_secret(credential), labels=req.labels,
+            inventory=req.inventory, task_types=frozenset(req.task_types), max_tasks=req.max_tasks,
+            state=existing.state if existing else "active", version=req.agent_version,
+            registered_at=existing.registered_at if existing else now, last_seen=now,
+        )
+        row = {
+            "id": agent.id, "name": agent.name, "credential_hash": agent.credential_hash,
+            "labels": json.dumps(agent.labels), "inventory": agent.inventory.model_dump_json(),
+            "task_types": json.dumps(sorted(agent.task_types)), "max_tasks": agent.max_tasks,
+            "state": agent.state, "version": agent.version, "registered_at": agent.registered_at,
+            "last_seen": now,
+        }
+
+        def write(con):
+            repo.upsert_agent(con, row)
+            con.execute("UPDATE agents SET credential_hash=? WHERE id=?", (agent.credential_hash, agent.id))
+
+        await self.leasing.db.write(write)
+        self.leasing.add_agent(agent)
+        for req_shape in self.leasing.queue.requirements():  # new capacity: wake it if work waits
+            self.leasing._wake_for(req_shape)
+        return RegisterResponse(agent_id=agent.id, credential=credential, timings=self.leasing.timings)
+
+    def authenticate(self, authorization: str | None) -> AgentState:
+        from mloc_server.services.auth import Auth
+
+        token = Auth.bearer(authorization)
+        agent = self.leasing.by_credential.get(hash_secret(token)) if token else None
+        if agent is None:
+            raise Unauthorized("unknown agent credential; register again with the join token")
+        return agent
+
+    def find(self, key: str) -> AgentState:
+        for agent in self.leasing.agents.values():
+            if key in (agent.id, agent.name):
+                return agent
+        raise NotFound(f"no agent named {key!r}")
+
+    async def set_state(self, key: str, state: str) -> AgentState:
+        agent = self.find(key)
+        await self.leasing.db.write(lambda con: repo.set_agent_state(con, agent.id, state))
+        agent.state = state
+        agent.wake("state")
+        if state == "active":
+            for req_shape in self.leasing.queue.requirements():
+                self.leasing._wake_for(req_shape)
+        return agent
+
+    def describe(self, agent: AgentState) -> dict[str, Any]:
+        hold = self.leasing.settings.poll_hold_s
+        stats = {s.index: s for s in agent.gpu_stats or []}
+        used = {g: lease.task_id for lease in agent.leases.values() for g in lease.gpus}
+        gpus = []
+        for gpu in agent.inventory.gpus:
+            d = gpu.model_dump(exclude_none=True)
+            stat = stats.get(gpu.index)
+            if stat is not None and stat.utilization_pct is not None:
+                d["utilization_pct"] = stat.utilization_pct
+            if stat is not None and stat.memory_used_mb is not None:
+                d["memory_used_mb"] = stat.memory_used_mb
+            d["task_id"] = used.get(gpu.index)
+            gpus.append(d)
+        connected = agent.connected(hold)
+        return {
+            "id": agent.id, "name": agent.name, "labels": agent.labels,
+            "state": agent.state if connected else "offline",
+            "draining": agent.self_draining or agent.state == "draining",
+            "connected": connected, "version": agent.version, "last_seen": agent.last_seen,
+            "registered_at": agent.registered_at, "max_tasks": agent.max_tasks,
+            "task_types": sorted(agent.task_types), "gpu_source": agent.inventory.gpu_source,
+            "hostname": agent.inventory.hostname, "cpu_count": agent.inventory.cpu_count,
+            "memory_mb": agent.inventory.memory_mb, "gpus": gpus,
+            "leases": [{"task_id": lease.task_id, "epoch": lease.epoch, "attempt": lease.attempt,
+                        "gpus": list(lease.gpus), "progress": lease.progress}
+                       for lease in agent.leases.values() if lease.epoch >= 0],
+        }
+
+    def listing(self) -> list[dict[str, Any]]:
+        return [self.describe(a) for a in sorted(self.leasing.agents.values(), key=lambda a: a.name)]

@@ -1,0 +1,136 @@
+"""Who is calling: user API tokens, join tokens, agent credentials, and the loopback allowance.
+
+Every secret is random (``secrets``), stored only as SHA-256 (the secrets are 256-bit random, so
+a fast hash is enough: there is nothing to brute-force) and compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from mloc_shared.errors import Forbidden, Unauthorized
+
+from mloc_server.store import repo
+from mloc_server.store.database import Database
+
+log = logging.getLogger(__name__)
+LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+
+
+def new_secret(kind: str) -> str:
+    return f"mloc_{kind}_{secrets.token_urlsafe(32)}"
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def same_hash(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+@dataclass(frozen=True)
+class Principal:
+    user: str
+    role: str  # admin | user
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+LOOPBACK_PRINCIPAL = Principal(user="local", role="admin")
+
+
+class Auth:
+    def __init__(self, db: Database, loopback_admin: bool) -> None:
+        self.db = db
+        self.loopback_admin = loopback_admin
+        self._users: dict[str, Principal] = {}
+
+    async def load(self) -> None:
+        rows = await self.db.read(
+            "SELECT token_hash, user, role, expires_at FROM tokens WHERE kind='user' AND revoked=0"
+        )
+        now = time.time()
+        self._users = {r["token_hash"]: Principal(r["user"], r["role"]) for r in rows
+                       if r["expires_at"] is None or r["expires_at"] > now}
+
+    @staticmethod
+    def bearer(header: str | None) -> str | None:
+        if not header:
+            return None
+        scheme, _, value = header.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+    def user(self, authorization: str | None, remote: str | None, forwarded: bool) -> Principal:
+        """The user behind a request; loopback callers are admins unless turned off."""
+        token = self.bearer(authorization)
+        if token is None:
+            if self.loopback_admin and remote in LOOPBACK and not forwarded:
+                return LOOPBACK_PRINCIPAL
+            raise Unauthorized("this API needs a token: send 'Authorization: Bearer <token>'",
+                               hint="create one with: mloc token create --user NAME")
+        digest = hash_secret(token)
+        principal = self._users.get(digest)
+        if principal is None:
+            raise Unauthorized("the token is not valid (unknown, revoked or expired)")
+        return principal
+
+    async def create_token(
+        self, kind: str, *, user: str = "", role: str = "user", ttl_s: float | None = None,
+        max_uses: int | None = None, note: str = "", secret: str | None = None,
+    ) -> tuple[str, str]:
+        """Create a user or join token; returns (token id, secret). Only the hash is stored."""
+        if kind not in ("user", "join"):
+            raise ValueError(kind)
+        if role not in ("admin", "user"):
+            raise Forbidden(f"unknown role {role!r}; use admin or user", field="role")
+        secret = secret or new_secret(kind)
+        token_id = uuid.uuid4().hex[:12]
+        now = time.time()
+        row = {
+            "id": token_id, "kind": kind, "token_hash": hash_secret(secret), "user": user, "role": role,
+            "created_at": now, "expires_at": now + ttl_s if ttl_s else None, "max_uses": max_uses, "note": note,
+        }
+        await self.db.write(lambda con: repo.insert_token(con, row))
+        if kind == "user":
+            self._users[row["token_hash"]] = Principal(user, role)
+        return token_id, secret
+
+    async def revoke(self, token_id: str) -> bool:
+        ok = await self.db.write(lambda con: repo.revoke_token(con, token_id))
+        await self.load()
+        return ok
+
+    async def ensure_known(self, kind: str, secret: str, **kwargs) -> None:
+        """Make sure a configured secret (MLOC_JOIN_TOKEN, MLOC_ADMIN_TOKEN) is a valid token."""
+        if await repo.token_by_hash(self.db, hash_secret(secret)) is None:
+            await self.create_token(kind, secret=secret, note="from settings", **kwargs)
+
+    async def bootstrap_secret(self, kind: str, path: Path, **kwargs) -> str:
+        """First start: create a token, keep it in a 0600 file so restarts reuse it."""
+        if path.exists():
+            secret = path.read_text().strip()
+            await self.ensure_known(kind, secret, **kwargs)
+            return secret
+        _, secret = await self.create_token(kind, note="created at first start", **kwargs)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secret + "\n")
+        return secret
+
+    async def use_join_token(self, secret: str | None) -> None:
+        if not secret:
+            raise Unauthorized("registration needs a join token (MLOC_JOIN_TOKEN)")
+        digest = hash_secret(secret)
+        ok = await self.db.write(lambda con: repo.use_join_token(con, digest, time.time()))
+        if not ok:
+            raise Unauthorized("the join token is not valid (unknown, revoked, expired or used up)")

@@ -1,0 +1,408 @@
+"""Leases: the long poll that hands out work, heartbeats that renew, completions, and the reaper.
+
+Rules (the protocol's contract, also in docs/protocol.md):
+- A claim is a compare-and-set on ``state='queued'`` and bumps the task's epoch (fencing token).
+- Every agent call about a task carries the epoch; a stale epoch or another agent's task is 409.
+- An agent keeps a lease in its poll's ``running`` list until its completion is acknowledged. A
+  lease missing from that list was lost by the agent (it restarted): it is requeued at once,
+  unless it was claimed for this very poll id — then the reply was lost and it is offered again.
+- Lease expiry lives in memory: heartbeats write nothing. After a restart every live lease gets
+  ``restart_grace_s`` before it can expire, so a coordinator blip never requeues healthy work.
+- Finished states are final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mloc_shared.errors import Conflict, LeaseLost, NotFound
+from mloc_shared.protocol import (
+    FINAL_STATES,
+    Checkpoint,
+    Completion,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    Lease,
+    PollRequest,
+    PollResponse,
+    Timings,
+)
+
+from mloc_server.services.fleet import AgentState, LeaseState
+from mloc_server.services.queue import QueuedTask, TaskMeta, TaskQueue
+from mloc_server.services.scheduler import Requirement, pick_gpus
+from mloc_server.settings import CoordinatorSettings
+from mloc_server.store import repo
+from mloc_server.store.database import Database
+
+log = logging.getLogger(__name__)
+
+
+class Leasing:
+    def __init__(
+        self,
+        db: Database,
+        settings: CoordinatorSettings,
+        resume_url: Callable[[str], str] | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.resume_url = resume_url
+        self.queue = TaskQueue()
+        self.agents: dict[str, AgentState] = {}
+        self.by_credential: dict[str, AgentState] = {}
+        self.leases: dict[str, LeaseState] = {}
+        self.waiting: dict[str, AgentState] = {}
+        self.on_task_final: list[Callable[[str, str], None]] = []
+        self.counters: dict[str, int] = {
+            "leases_granted": 0, "leases_expired": 0, "tasks_finished": 0, "polls": 0, "heartbeats": 0,
+        }
+
+    @property
+    def timings(self) -> Timings:
+        s = self.settings
+        return Timings(poll_hold_s=s.poll_hold_s, heartbeat_s=s.heartbeat_s, lease_ttl_s=s.lease_ttl_s)
+
+    # -- start-up -----------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Rebuild the in-memory mirror from SQLite; live leases get the restart grace."""
+        from mloc_server.services.agents import agent_from_row
+
+        for row in await repo.all_agents(self.db):
+            agent = agent_from_row(row)
+            self.add_agent(agent)
+        now, mono = time.time(), time.monotonic()
+        grace = max(self.settings.lease_ttl_s, self.settings.restart_grace_s)
+        for row in await repo.active_tasks(self.db):
+            spec = json.loads(row["spec"])
+            req = Requirement.from_json(row["requirement"])
+            meta = TaskMeta.from_spec(spec)
+            if row["state"] == "queued":
+                self.queue.add(QueuedTask.make(row["id"], req, meta, row["queued_at"], row["not_before"]), now)
+                continue
+            gpus = tuple(json.loads(row["lease_gpus"] or "[]"))
+            lease = LeaseState(
+                task_id=row["id"], agent_id=row["agent_id"], epoch=row["epoch"], attempt=row["attempts"],
+                gpus=gpus, expires_at=mono + grace, started_at=row["started_at"] or now, req=req, meta=meta,
+                claim_id=row["claim_id"], cancel_requested=bool(row["cancel_requested"]),
+                progress=json.loads(row["progress"]) if row["progress"] else None,
+            )
+            lease.offer = self._offer(lease, row["task_type"], spec, row["last_checkpoint"])
+            self.leases[lease.task_id] = lease
+            agent = self.agents.get(lease.agent_id)
+            if agent is not None:
+                agent.leases[lease.task_id] = lease
+        log.info("loaded %d agents, %d queued tasks, %d live leases (grace %.0fs)",
+                 len(self.agents), len(self.queue), len(self.leases), grace)
+
+    def add_agent(self, agent: AgentState) -> None:
+        old = self.agents.get(agent.id)
+        if old is not None:
+            self.by_credential.pop(old.credential_hash, None)
+            agent.leases = old.leases
+            old.wake("superseded")
+        self.agents[agent.id] = agent
+        self.by_credential[agent.credential_hash] = agent
+
+    # -- queueing -----------------------------------------------------------------------------
+
+    def enqueue(self, task_id: str, req: Requirement, meta: TaskMeta, queued_at: float, not_before: float = 0.0):
+        if self.queue.add(QueuedTask.make(task_id, req, meta, queued_at, not_before), time.time()):
+            self._wake_for(req)
+
+    def _wake_for(self, req: Requirement) -> None:
+        """Wake one waiting agent that could take a task of this shape now (no thundering herd)."""
+        for agent_id, agent in self.waiting.items():
+            if pick_gpus(req, agent.view()) is not None:
+                del self.waiting[agent_id]
+                agent.wake("task")
+                return
+
+    # -- the long poll ------------------------------------------------------------------------
+
+    async def poll(self, agent: AgentState, req: PollRequest) -> PollResponse:
+        self.counters["polls"] += 1
+        agent.last_seen = time.time()
+        agent.seen_dirty = True
+        agent.self_draining = req.draining
+        if req.gpu_stats is not None:
+            agent.gpu_stats = req.gpu_stats
+        agent.wake("superseded")  # an older poll of this agent still held: answer it empty
+        lost: list[str] = []
+        for c in req.completions:
+            try:
+                await self.complete(agent, c.task_id, c)
+            except LeaseLost:
+                lost.append(c.task_id)
+        reported = {r.task_id: r.epoch for r in req.running}
+        done = {c.task_id for c in req.completions}
+        reoffer: list[Lease] = []
+        for lease in list(agent.leases.values()):
+            if lease.task_id in reported or lease.task_id in done or lease.closing:
+                continue
+            if lease.claim_id == req.poll_id and lease.offer is not None:
+                reoffer.append(lease.offer.model_copy(update={"ttl_s": self.settings.lease_ttl_s}))
+            else:
+                await self.expire(lease, f"agent {agent.name} no longer runs it (it restarted or lost the offer)")
+        for task_id, epoch in reported.items():
+            lease = agent.leases.get(task_id)
+            if lease is None or lease.epoch != epoch:
+                lost.append(task_id)
+        agent.freed_since_poll = 0
+        deadline = time.monotonic() + self.settings.poll_hold_s
+        loop = asyncio.get_running_loop()
+        while True:
+            resp = PollResponse(lost=lost, drain=not agent.accepting, leases=reoffer)
+            for lease in agent.leases.values():
+                if lease.cancel_requested and not lease.cancel_sent:
+                    lease.cancel_sent = True
+                    resp.cancel.append(lease.task_id)
+            free = min(req.free_slots + agent.freed_since_poll, agent.max_tasks - len(agent.leases))
+            if not resp.leases and free > 0 and agent.accepting:
+                resp.leases = await self._claim(agent, free, req.poll_id)
+            if resp.leases or resp.cancel or resp.lost:
+                return resp
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return resp
+            waiter = loop.create_future()
+            agent.waiter = waiter
+            self.waiting[agent.id] = agent
+            try:
+                reason = await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                return resp
+            finally:
+                if agent.waiter is waiter:
+                    agent.waiter = None
+                    self.waiting.pop(agent.id, None)
+            if reason == "superseded":
+                return PollResponse(drain=not agent.accepting)
+
+    async def _claim(self, agent: AgentState, free: int, poll_id: str) -> list[Lease]:
+        picks = self.queue.pick(agent.view(free), free)
+        if not picks:
+            return []
+        now, mono = time.time(), time.monotonic()
+        provisional: dict[str, LeaseState] = {}
+        for qt, gpus in picks:  # reserve the GPUs before the await
+            lease = LeaseState(
+                task_id=qt.id, agent_id=agent.id, epoch=-1, attempt=0, gpus=gpus,
+                expires_at=mono + self.settings.lease_ttl_s, started_at=now, req=qt.req, meta=qt.meta,
+                claim_id=poll_id,
+            )
+            provisional[qt.id] = lease
+            agent.leases[qt.id] = lease
+            self.leases[qt.id] = lease
+        claims = [repo.Claim(qt.id, gpus) for qt, gpus in picks]
+        try:
+            claimed = await self.db.write(lambda con: repo.claim_tasks(con, agent.id, claims, poll_id, now))
+        except Exception:
+            for qt, _ in picks:
+                self._forget(provisional[qt.id])
+                self.queue.add(qt, now)
+            raise
+        got = {c.task_id: c for c in claimed}
+        offers: list[Lease] = []
+        for qt, _gpus in picks:
+            lease = provisional[qt.id]
+            c = got.get(qt.id)
+            if c is None:  # changed under us (cancelled): nothing to run
+                self._forget(lease)
+                continue
+            lease.epoch, lease.attempt = c.epoch, c.attempt
+            lease.offer = self._offer(lease, c.task_type, json.loads(c.spec), c.last_checkpoint)
+            offers.append(lease.offer)
+        self.counters["leases_granted"] += len(offers)
+        return offers
+
+    def _offer(self, lease: LeaseState, task_type: str, spec: dict[str, Any], checkpoint: str | None) -> Lease:
+        resume = None
+        if checkpoint and self.resume_url is not None:
+            ck = json.loads(checkpoint)
+            resume = Checkpoint(name=ck["name"], step=ck.get("step"), size=ck.get("size"),
+                                url=self.resume_url(ck["storage_key"]))
+        return Lease(
+            task_id=lease.task_id, epoch=lease.epoch, attempt=lease.attempt, task_type=task_type, spec=spec,
+            gpus=list(lease.gpus), ttl_s=self.settings.lease_ttl_s, resume=resume,
+        )
+
+    # -- renew / finish -----------------------------------------------------------------------
+
+    def own_lease(self, agent: AgentState, task_id: str, epoch: int) -> LeaseState:
+        lease = self.leases.get(task_id)
+        if lease is None or lease.agent_id != agent.id or lease.epoch != epoch or lease.epoch < 0:
+            raise LeaseLost(
+                f"task {task_id} is not leased to agent {agent.name} at epoch {epoch}",
+                hint="stop the task's process; the coordinator gave the task to another attempt or it ended",
+            )
+        return lease
+
+    def heartbeat(self, agent: AgentState, task_id: str, req: HeartbeatRequest) -> HeartbeatResponse:
+        """Renew a lease. In memory only: progress is flushed to SQLite by the reaper in batches."""
+        self.counters["heartbeats"] += 1
+        lease = self.own_lease(agent, task_id, req.epoch)
+        lease.expires_at = time.monotonic() + self.settings.lease_ttl_s
+        agent.last_seen = time.time()
+        agent.seen_dirty = True
+        if req.progress is not None:
+            lease.progress = req.progress.model_dump(exclude_none=True)
+            lease.progress_dirty = True
+        return HeartbeatResponse(cancel=lease.cancel_requested, ttl_s=self.settings.lease_ttl_s)
+
+    async def complete(self, agent: AgentState, task_id: str, c: Completion) -> str:
+        """Record a task's end; a retried completion that already committed answers the same."""
+        lease = self.leases.get(task_id)
+        if lease is None or lease.agent_id != agent.id or lease.epoch != c.epoch or lease.closing:
+            row = await repo.get_task(self.db, task_id)
+            if row is not None and row["agent_id"] == agent.id and row["epoch"] == c.epoch \
+                    and row["state"] in FINAL_STATES:
+                return row["state"]
+            raise LeaseLost(f"task {task_id} is not leased to agent {agent.name} at epoch {c.epoch}",
+                            hint="the task was requeued or finished elsewhere; its result is discarded")
+        state, error = c.outcome, c.error
+        if lease.timed_out:
+            state, error = "failed", f"timed out after {lease.meta.timeout_s:g}s (timeout_s)"
+        elif lease.cancel_requested and c.outcome != "succeeded":
+            state = "cancelled"
+        elif c.outcome == "failed" and lease.meta.retry_on_failure:
+            await self.expire(lease, f"failed: {c.error or 'exit code ' + str(c.exit_code)}", lost=False)
+            return "queued"
+        lease.closing = True
+        now = time.time()
+        try:
+            ok = await self.db.write(lambda con: repo.finish_task(
+                con, task_id, c.epoch, state, now, result=c.result, error=error, exit_code=c.exit_code,
+                progress=lease.progress))
+        except Exception:
+            lease.closing = False
+            raise
+        self._forget(lease, freed=True)
+        if not ok:
+            raise LeaseLost(f"task {task_id} changed state before its completion arrived")
+        self.counters["tasks_finished"] += 1
+        self._notify_final(task_id, state)
+        return state
+
+    async def expire(self, lease: LeaseState, reason: str, *, lost: bool = True) -> str | None:
+        """Give up a lease: queue the task again after a backoff, or fail it when out of attempts."""
+        if lease.closing:
+            return None
+        lease.closing = True
+        m = lease.meta
+        backoff = min(m.backoff_s * 2 ** max(0, lease.attempt - 1), m.backoff_max_s) * random.uniform(0.8, 1.2)
+        now = time.time()
+        try:
+            state = await self.db.write(
+                lambda con: repo.requeue_task(con, lease.task_id, lease.epoch, reason, now + backoff, now))
+        except Exception:
+            lease.closing = False
+            raise
+        self._forget(lease, freed=True)
+        if lost:
+            self.counters["leases_expired"] += 1
+        log.warning("task %s attempt %d: %s -> %s", lease.task_id, lease.attempt, reason, state)
+        if state == "queued":
+            self.enqueue(lease.task_id, lease.req, m, now, now + backoff)
+        elif state in FINAL_STATES:
+            self._notify_final(lease.task_id, state)
+        return state
+
+    def _forget(self, lease: LeaseState, freed: bool = False) -> None:
+        self.leases.pop(lease.task_id, None)
+        agent = self.agents.get(lease.agent_id)
+        if agent is not None and agent.leases.pop(lease.task_id, None) is not None and freed:
+            agent.freed_since_poll += 1
+            agent.wake("slot")
+
+    def _notify_final(self, task_id: str, state: str) -> None:
+        for callback in self.on_task_final:
+            callback(task_id, state)
+
+    # -- cancel -------------------------------------------------------------------------------
+
+    async def cancel(self, task_id: str) -> str:
+        now = time.time()
+        queued = self.queue.get(task_id)
+        if queued is not None:
+            self.queue.remove(task_id)
+            try:
+                ok = await self.db.write(lambda con: repo.cancel_queued(con, task_id, now))
+            except Exception:
+                self.queue.add(queued, now)
+                raise
+            if ok:
+                self._notify_final(task_id, "cancelled")
+                return "cancelled"
+        lease = self.leases.get(task_id)
+        if lease is not None:
+            await self.db.write(lambda con: repo.request_cancel(con, task_id, now))
+            lease.cancel_requested = True
+            agent = self.agents.get(lease.agent_id)
+            if agent is not None:
+                agent.wake("cancel")
+            return "cancelling"
+        row = await repo.get_task(self.db, task_id)
+        if row is None:
+            raise NotFound(f"no task {task_id}")
+        if row["state"] in FINAL_STATES:
+            raise Conflict(f"task {task_id} already {row['state']}; finished states are final")
+        raise Conflict(f"task {task_id} is {row['state']}; try again")
+
+    # -- the reaper ---------------------------------------------------------------------------
+
+    async def reap_once(self) -> None:
+        mono, now = time.monotonic(), time.time()
+        for lease in list(self.leases.values()):
+            if lease.closing or lease.epoch < 0:
+                continue
+            if lease.expires_at < mono:
+                agent = self.agents.get(lease.agent_id)
+                name = agent.name if agent else lease.agent_id
+                await self.expire(lease, f"lease expired: no heartbeat from agent {name} "
+                                         f"within {self.settings.lease_ttl_s:g}s")
+            elif lease.meta.timeout_s and not lease.cancel_requested and now - lease.started_at > lease.meta.timeout_s:
+                lease.timed_out = True
+                lease.cancel_requested = True
+                agent = self.agents.get(lease.agent_id)
+                if agent is not None:
+                    agent.wake("cancel")
+        for task in self.queue.promote_due(now):
+            self._wake_for(task.req)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write progress and agents' last-seen times gathered since the last flush."""
+        progress = [(lease.task_id, lease.epoch, lease.progress) for lease in self.leases.values()
+                    if lease.progress_dirty and lease.progress is not None]
+        seen = [(a.last_seen, a.id) for a in self.agents.values() if a.seen_dirty]
+        if not progress and not seen:
+            return
+        for lease in self.leases.values():
+            lease.progress_dirty = False
+        for agent in self.agents.values():
+            agent.seen_dirty = False
+
+        def write(con):
+            if progress:
+                repo.save_progress(con, progress)
+            if seen:
+                repo.touch_agents(con, seen)
+
+        await self.db.write(write)
+
+    async def run_reaper(self) -> None:
+        interval = min(1.0, self.settings.lease_ttl_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reap_once()
+            except Exception:
+                log.exception("reaper pass failed; retrying")

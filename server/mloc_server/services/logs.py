@@ -1,0 +1,60 @@
+"""Task logs: numbered chunks per attempt, stored idempotently, with live followers woken on write."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+
+from mloc_shared.protocol import FINAL_STATES, LogBatch
+
+from mloc_server.services.fleet import AgentState
+from mloc_server.services.leasing import Leasing
+from mloc_server.store import repo
+
+
+class Logs:
+    def __init__(self, leasing: Leasing) -> None:
+        self.leasing = leasing
+        self._events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        leasing.on_task_final.append(lambda task_id, _state: self._wake(task_id))
+
+    def _wake(self, task_id: str) -> None:
+        event = self._events.pop(task_id, None)
+        if event is not None:
+            event.set()
+
+    async def append(self, agent: AgentState, task_id: str, batch: LogBatch) -> None:
+        lease = self.leasing.own_lease(agent, task_id, batch.epoch)
+        chunks = [(c.seq, c.stream, c.data) for c in batch.chunks]
+        now = time.time()
+        await self.leasing.db.write(lambda con: repo.insert_logs(con, task_id, lease.attempt, chunks, now))
+        self._wake(task_id)
+
+    async def read(self, task_id: str, attempt: int | None, cursor: tuple[int, int]) -> list[dict[str, Any]]:
+        rows = await repo.task_logs(self.leasing.db, task_id, attempt, cursor)
+        return [{"attempt": r["attempt"], "seq": r["seq"], "stream": r["stream"], "data": r["data"]} for r in rows]
+
+    async def follow(
+        self, task_id: str, attempt: int | None, cursor: tuple[int, int], heartbeat_s: float = 15.0
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Yield new chunks as they arrive until the task is final and everything was sent.
+
+        An empty list is yielded every ``heartbeat_s`` so proxies keep the stream open.
+        """
+        while True:
+            event = self._events[task_id]
+            chunks = await self.read(task_id, attempt, cursor)
+            if chunks:
+                cursor = (chunks[-1]["attempt"], chunks[-1]["seq"])
+                yield chunks
+                continue
+            row = await repo.get_task(self.leasing.db, task_id)
+            if row is None or row["state"] in FINAL_STATES:
+                return
+            try:
+                await asyncio.wait_for(event.wait(), heartbeat_s)
+            except TimeoutError:
+                yield []

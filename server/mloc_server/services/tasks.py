@@ -1,0 +1,166 @@
+"""Submitting, reading and cancelling tasks (the user side of the coordinator)."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import sqlite3
+import time
+import uuid
+from typing import Any
+
+from mloc_shared.errors import Forbidden, NotFound
+from mloc_shared.protocol import FINAL_STATES
+from mloc_shared.taskspec import BUILTIN_TASK_TYPES, TaskSpec
+
+from mloc_server.services.auth import Principal
+from mloc_server.services.leasing import Leasing
+from mloc_server.services.queue import TaskMeta
+from mloc_server.services.scheduler import Requirement, unplaceable_reason
+from mloc_server.store import repo
+
+
+def new_task_id() -> str:
+    """Time-ordered and random: sorts by submission, unguessable."""
+    return f"{int(time.time() * 1000):011x}{uuid.uuid4().hex[:13]}"
+
+
+class Tasks:
+    def __init__(self, leasing: Leasing) -> None:
+        self.leasing = leasing
+        self.db = leasing.db
+
+    async def submit(
+        self, spec: TaskSpec, principal: Principal, idempotency_key: str | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """Store a validated task and queue it; returns (the task's record, created)."""
+        owner = principal.user
+        if spec.user and spec.user != principal.user:
+            if not principal.is_admin:
+                raise Forbidden(f"you cannot submit tasks as user {spec.user!r}", field="user")
+            owner = spec.user
+        wire = spec.wire()
+        body = json.dumps(wire, sort_keys=True)
+        req = Requirement.from_spec(spec)
+        now = time.time()
+        new = repo.NewTask(
+            id=new_task_id(), name=spec.display_name(), task_type=spec.task_type, owner=owner, spec=body,
+            priority=spec.priority, created_at=now, max_attempts=spec.retry.max_attempts,
+            gpus_required=req.gpus, requirement=req.to_json(),
+            idempotency_key=f"{owner}:{idempotency_key}" if idempotency_key else None,
+            body_hash=hashlib.sha256(body.encode()).hexdigest(),
+        )
+        task_id, created = await self.db.write(lambda con: repo.insert_task(con, new))
+        if created:
+            self.leasing.enqueue(task_id, req, TaskMeta.from_spec(wire), now)
+        record = await self.get(task_id, principal)
+        warnings = []
+        if spec.task_type not in BUILTIN_TASK_TYPES:
+            close = difflib.get_close_matches(spec.task_type, BUILTIN_TASK_TYPES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            warnings.append(f"taskType {spec.task_type!r} is not a built-in type{hint}")
+        if record["state"] == "queued":
+            unplaceable = unplaceable_reason(req, (a.view() for a in self.leasing.agents.values()))
+            if unplaceable:
+                warnings.append(unplaceable)
+        if warnings:
+            record["warnings"] = warnings
+        return record, created
+
+    async def submit_many(self, specs: list[TaskSpec], principal: Principal) -> list[dict[str, Any]]:
+        """Bulk submit: one transaction for all tasks (the fast path for many small tasks)."""
+        now = time.time()
+        rows, shapes = [], []
+        for spec in specs:
+            if spec.user and spec.user != principal.user and not principal.is_admin:
+                raise Forbidden(f"you cannot submit tasks as user {spec.user!r}", field="user")
+            wire = spec.wire()
+            req = Requirement.from_spec(spec)
+            rows.append(repo.NewTask(
+                id=new_task_id(), name=spec.display_name(), task_type=spec.task_type,
+                owner=spec.user or principal.user, spec=json.dumps(wire, sort_keys=True), priority=spec.priority,
+                created_at=now, max_attempts=spec.retry.max_attempts, gpus_required=req.gpus,
+                requirement=req.to_json(), idempotency_key=None, body_hash=None))
+            shapes.append((req, TaskMeta.from_spec(wire)))
+
+        def write(con):
+            return [repo.insert_task(con, r)[0] for r in rows]
+
+        ids = await self.db.write(write)
+        for task_id, (req, meta) in zip(ids, shapes, strict=True):
+            self.leasing.enqueue(task_id, req, meta, now)
+        return [{"id": task_id, "state": "queued"} for task_id in ids]
+
+    def _visible(self, row: sqlite3.Row | None, principal: Principal, task_id: str) -> sqlite3.Row:
+        if row is None or (not principal.is_admin and row["owner"] != principal.user):
+            raise NotFound(f"no task {task_id}")
+        return row
+
+    async def get(self, task_id: str, principal: Principal) -> dict[str, Any]:
+        row = self._visible(await repo.get_task(self.db, task_id), principal, task_id)
+        record = self.record(row)
+        record["attempt_history"] = [
+            {"attempt": a["attempt"], "epoch": a["epoch"], "agent": self._agent_name(a["agent_id"]),
+             "gpus": json.loads(a["gpus"]), "started_at": a["started_at"], "ended_at": a["ended_at"],
+             "outcome": a["outcome"] or ("running" if a["ended_at"] is None else None), "error": a["error"]}
+            for a in await repo.task_attempts(self.db, task_id)
+        ]
+        return record
+
+    def _agent_name(self, agent_id: str | None) -> str | None:
+        agent = self.leasing.agents.get(agent_id) if agent_id else None
+        return agent.name if agent else agent_id
+
+    def record(self, row: sqlite3.Row) -> dict[str, Any]:
+        """The public view of a task row, merged with live lease state (progress, cancel)."""
+        task_id = row["id"]
+        lease = self.leasing.leases.get(task_id)
+        progress = lease.progress if lease is not None and lease.progress else (
+            json.loads(row["progress"]) if row["progress"] else None)
+        record: dict[str, Any] = {
+            "id": task_id, "name": row["name"], "task_type": row["task_type"], "user": row["owner"],
+            "state": row["state"], "priority": row["priority"], "created_at": row["created_at"],
+            "started_at": row["started_at"], "finished_at": row["finished_at"], "attempts": row["attempts"],
+            "max_attempts": row["max_attempts"], "progress": progress,
+            "result": json.loads(row["result"]) if row["result"] else None, "error": row["error"],
+            "exit_code": row["exit_code"], "cancel_requested": bool(row["cancel_requested"]),
+            "resources": json.loads(row["requirement"]),
+            "spec": json.loads(row["spec"]),
+        }
+        if row["state"] == "running":
+            record["lease"] = {
+                "agent": self._agent_name(row["agent_id"]), "agent_id": row["agent_id"], "epoch": row["epoch"],
+                "gpus": json.loads(row["lease_gpus"] or "[]"),
+            }
+        elif row["state"] in FINAL_STATES and row["agent_id"]:
+            record["agent"] = self._agent_name(row["agent_id"])
+        if row["last_checkpoint"]:
+            ck = json.loads(row["last_checkpoint"])
+            record["last_checkpoint"] = {"name": ck["name"], "step": ck.get("step")}
+        if row["state"] == "queued":
+            record["pending_reason"] = self.pending_reason(row)
+        return record
+
+    def pending_reason(self, row: sqlite3.Row) -> str | None:
+        req = Requirement.from_json(row["requirement"])
+        reason = unplaceable_reason(req, (a.view() for a in self.leasing.agents.values()))
+        if reason:
+            return reason
+        queued = self.leasing.queue.get(row["id"])
+        if queued is not None and queued.not_before > time.time():
+            return f"retry backoff: eligible again in {queued.not_before - time.time():.0f}s"
+        return "waiting for a fitting agent to have free GPUs"
+
+    async def list(self, principal: Principal, *, state: str | None, user: str | None, task_type: str | None,
+                   page: int, page_size: int) -> dict[str, Any]:
+        owner = user if principal.is_admin else principal.user
+        rows, total = await repo.list_tasks(self.db, state=state, owner=owner, task_type=task_type,
+                                            page=page, page_size=page_size)
+        return {"tasks": [self.record(r) for r in rows], "page": page, "page_size": page_size, "total": total,
+                "pages": (total + page_size - 1) // page_size}
+
+    async def cancel(self, task_id: str, principal: Principal) -> dict[str, Any]:
+        self._visible(await repo.get_task(self.db, task_id), principal, task_id)
+        state = await self.leasing.cancel(task_id)
+        return {"id": task_id, "state": state}

@@ -1,0 +1,65 @@
+"""The coordinator's settings: one object, built once (flags > MLOC_* > YAML > defaults)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from mloc_shared.settings import MlocSettings
+from pydantic import Field, model_validator
+
+
+class CoordinatorSettings(MlocSettings):
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    data_dir: Path = Path.home() / ".mloc" / "coordinator"
+    database_url: str | None = None
+    join_token: str | None = None
+    admin_token: str | None = None
+
+    # timings handed to agents
+    poll_hold_s: float = Field(25.0, gt=0, le=300)
+    heartbeat_s: float = Field(10.0, gt=0, le=600)
+    lease_ttl_s: float = Field(45.0, gt=0, le=3600)
+    restart_grace_s: float = Field(60.0, ge=0, le=3600)
+
+    loopback_admin: bool = True  # requests from 127.0.0.1/::1 act as admin without a token
+    max_body_mb: float = Field(4.0, gt=0, le=1024)
+    max_artifact_gb: float = Field(200.0, gt=0)
+
+    # object store (S3-compatible); without a bucket, artifacts live in data_dir/artifacts
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_prefix: str = "mloc/"
+    multipart_threshold_mb: int = Field(64, ge=5)
+    multipart_part_mb: int = Field(64, ge=5)
+    presign_expiry_s: int = Field(3600, ge=60)
+
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    redis_url: str | None = None  # from the old design: warned about, never used
+
+    @model_validator(mode="after")
+    def _timings_make_sense(self) -> CoordinatorSettings:
+        if self.heartbeat_s * 2 > self.lease_ttl_s:
+            raise ValueError(
+                f"lease_ttl_s ({self.lease_ttl_s}) must be at least twice heartbeat_s ({self.heartbeat_s}) "
+                "so one lost heartbeat does not expire a lease"
+            )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
+
+    @property
+    def database_path(self) -> str:
+        from mloc_server.store.database import sqlite_path_from_url
+
+        if self.database_url:
+            return sqlite_path_from_url(self.database_url)
+        return str(self.data_dir / "mloc.db")

@@ -1,0 +1,34 @@
+"""The coordinator's typed application state (one object, stored under an aiohttp AppKey)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from mloc_server.artifacts.base import ArtifactStore
+from mloc_server.services.agents import Agents
+from mloc_server.services.artifacts import Artifacts
+from mloc_server.services.auth import Auth
+from mloc_server.services.leasing import Leasing
+from mloc_server.services.logs import Logs
+from mloc_server.services.tasks import Tasks
+from mloc_server.settings import CoordinatorSettings
+from mloc_server.store.database import Database
+
+
+@dataclass
+class AppState:
+    settings: CoordinatorSettings
+    db: Database
+    auth: Auth
+    leasing: Leasing
+    tasks: Tasks
+    agents: Agents
+    artifacts: Artifacts
+    logs: Logs
+    store: ArtifactStore
+    started_at: float
+
+
+STATE = web.AppKey("mloc_state", AppState)

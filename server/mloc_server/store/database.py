@@ -1,0 +1,166 @@
+"""The SQLite connection layer: one writer thread with group commit, one async reader.
+
+Why one writer: SQLite allows one writer at a time, and "database is locked" under concurrent
+writers is the most-filed bug of SQLite-backed schedulers. Every write is a small function run on
+the writer thread; writes that arrive together share one transaction (each in its own SAVEPOINT,
+so one failing write does not undo the others) and one commit. A write's awaitable resolves only
+after its commit, so an answered request is durable (WAL, synchronous=NORMAL: safe against a
+killed process; an OS crash may lose the last commits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+from mloc_shared.errors import MlocError, Unavailable
+
+from mloc_server.store.migrations import migrate
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_BATCH = 512
+_STOP = object()
+
+
+def sqlite_path_from_url(url: str) -> str:
+    """``sqlite:///abs/path.db`` or ``sqlite+aiosqlite:///...`` -> the file path."""
+    for prefix in ("sqlite+aiosqlite:///", "sqlite:///"):
+        if url.startswith(prefix):
+            return url[len(prefix) :]
+    raise ValueError(f"unsupported database URL {url.split(':', 1)[0]}:…; this version supports sqlite:///PATH")
+
+
+def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    con = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    con.row_factory = sqlite3.Row
+    con.execute("PRAGMA busy_timeout=30000")
+    con.execute("PRAGMA synchronous=NORMAL")
+    con.execute("PRAGMA foreign_keys=ON")
+    if readonly:
+        con.execute("PRAGMA query_only=1")
+    return con
+
+
+class Database:
+    """Owns the SQLite file: schema on open, group-committed writes, async reads."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self.healthy = True
+        self.last_error: str | None = None
+
+    async def open(self) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(migrate, self.path)
+        writer = _connect(self.path)
+        self._thread = threading.Thread(target=self._run_writer, args=(writer,), name="mloc-db-writer", daemon=True)
+        self._thread.start()
+        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+        self._reader.row_factory = sqlite3.Row
+        await self._reader.execute("PRAGMA busy_timeout=30000")
+        await self._reader.execute("PRAGMA query_only=1")
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            await asyncio.to_thread(self._thread.join, 10)
+            self._thread = None
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` inside a group-committed transaction; returns after the commit."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put((fn, fut, loop))
+        return await fut
+
+    async def read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        assert self._reader is not None, "database not open"
+        try:
+            async with self._reader.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as exc:
+            raise Unavailable(f"database read failed: {exc}") from None
+
+    async def read_one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        rows = await self.read(sql, params)
+        return rows[0] if rows else None
+
+    # -- the writer thread -------------------------------------------------------------------
+
+    def _run_writer(self, con: sqlite3.Connection) -> None:
+        try:
+            while True:
+                first = self._queue.get()
+                if first is _STOP:
+                    return
+                batch = [first]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        self._commit_batch(con, batch)
+                        return
+                    batch.append(item)
+                self._commit_batch(con, batch)
+        finally:
+            con.close()
+
+    def _commit_batch(self, con: sqlite3.Connection, batch: list[Any]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            for fn, _fut, _loop in batch:
+                con.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((True, fn(con)))
+                    con.execute("RELEASE op")
+                except Exception as exc:  # the op's own failure: undo it alone
+                    con.execute("ROLLBACK TO op")
+                    con.execute("RELEASE op")
+                    outcomes.append((False, self._wrap(exc)))
+            con.execute("COMMIT")
+            self.healthy, self.last_error = True, None
+        except sqlite3.Error as exc:
+            try:
+                con.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            self.healthy, self.last_error = False, str(exc)
+            log.error("database write failed: %s", exc)
+            err = Unavailable(f"database write failed: {exc}", hint="check the coordinator's disk and data dir")
+            outcomes = [(False, err)] * len(batch)
+        for (fn, fut, loop), (ok, value) in zip(batch, outcomes, strict=True):
+            loop.call_soon_threadsafe(_resolve, fut, ok, value)
+
+    @staticmethod
+    def _wrap(exc: Exception) -> Exception:
+        if isinstance(exc, MlocError):
+            return exc
+        if isinstance(exc, sqlite3.Error):
+            return Unavailable(f"database write failed: {exc}")
+        return exc
+
+
+def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if fut.done():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)

@@ -1,0 +1,143 @@
+"""Tables, as SQLModel models. JSON-shaped columns are TEXT holding JSON.
+
+The schema is created and migrated on start (store/migrations.py). Bump SCHEMA_VERSION and add a
+step there when a change is more than a new nullable column.
+"""
+
+from __future__ import annotations
+
+from sqlmodel import Field, SQLModel
+
+
+class TaskRow(SQLModel, table=True):
+    __tablename__ = "tasks"
+
+    id: str = Field(primary_key=True)
+    name: str
+    task_type: str = Field(index=True)
+    owner: str = Field(index=True)
+    spec: str
+    state: str = Field(index=True)
+    priority: int = 0
+    created_at: float = Field(index=True)
+    updated_at: float
+    queued_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    max_attempts: int = 3
+    not_before: float = 0.0
+    gpus_required: int = 0
+    requirement: str = "{}"
+    agent_id: str | None = Field(default=None, index=True)
+    epoch: int = 0
+    lease_gpus: str = "[]"
+    claim_id: str | None = None
+    progress: str | None = None
+    result: str | None = None
+    error: str | None = None
+    exit_code: int | None = None
+    cancel_requested: bool = False
+    idempotency_key: str | None = Field(default=None, unique=True)
+    body_hash: str | None = None
+    last_checkpoint: str | None = None
+
+
+class AttemptRow(SQLModel, table=True):
+    __tablename__ = "attempts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: str = Field(index=True)
+    attempt: int
+    epoch: int
+    agent_id: str
+    gpus: str = "[]"
+    gpu_count: int = 0
+    started_at: float
+    ended_at: float | None = None
+    outcome: str | None = None
+    error: str | None = None
+
+
+class AgentRow(SQLModel, table=True):
+    __tablename__ = "agents"
+
+    id: str = Field(primary_key=True)
+    name: str = Field(index=True)
+    credential_hash: str = Field(unique=True)
+    labels: str = "{}"
+    inventory: str = "{}"
+    task_types: str = "[]"
+    max_tasks: int = 1
+    state: str = "active"
+    version: str = ""
+    registered_at: float
+    last_seen: float
+
+
+class LogRow(SQLModel, table=True):
+    __tablename__ = "logs"
+
+    task_id: str = Field(primary_key=True)
+    attempt: int = Field(primary_key=True)
+    seq: int = Field(primary_key=True)
+    stream: str = "stdout"
+    data: str
+    created_at: float
+
+
+class ArtifactRow(SQLModel, table=True):
+    __tablename__ = "artifacts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: str = Field(index=True)
+    attempt: int
+    name: str
+    kind: str = "artifact"
+    step: int | None = None
+    size: int = 0
+    storage_key: str
+    created_at: float
+
+
+class UploadRow(SQLModel, table=True):
+    """An upload the coordinator presigned but the agent has not committed yet."""
+
+    __tablename__ = "uploads"
+
+    id: str = Field(primary_key=True)
+    task_id: str = Field(index=True)
+    epoch: int
+    attempt: int
+    name: str
+    kind: str
+    step: int | None = None
+    size: int
+    storage_key: str
+    multipart_id: str | None = None
+    created_at: float
+
+
+class TokenRow(SQLModel, table=True):
+    """User API tokens and agent join tokens; only a SHA-256 of each secret is stored."""
+
+    __tablename__ = "tokens"
+
+    id: str = Field(primary_key=True)
+    kind: str = Field(index=True)
+    token_hash: str = Field(unique=True)
+    user: str = ""
+    role: str = "user"
+    created_at: float
+    expires_at: float | None = None
+    max_uses: int | None = None
+    uses: int = 0
+    revoked: bool = False
+    note: str = ""
+
+
+class MetaRow(SQLModel, table=True):
+    __tablename__ = "meta"
+
+    key: str = Field(primary_key=True)
+    value: str

@@ -1,0 +1,304 @@
+"""The ``mloc`` command: start a coordinator or an agent, and drive the API.
+
+Settings come from flags, ``MLOC_*`` variables and a YAML file (``--config`` or MLOC_CONFIG).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mloc_shared.api_client import ApiClient
+from mloc_shared.errors import MlocError
+from mloc_shared.protocol import FINAL_STATES
+from mloc_shared.settings import ClientSettings, load_settings
+
+app = typer.Typer(help="MLOC: run LLM work on a fleet of GPU boxes behind NAT.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+token_app = typer.Typer(help="Manage API and join tokens (admin).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML settings file (or MLOC_CONFIG)")
+
+
+def _client(config: Path | None = None) -> ApiClient:
+    s = load_settings(ClientSettings, config)
+    return ApiClient(s.coordinator_url, s.token, s.ca_bundle)
+
+
+def _fail(exc: MlocError) -> None:
+    where = f" (field {exc.field})" if exc.field else ""
+    line = f" (line {exc.line})" if exc.line and f"line {exc.line}" not in exc.message else ""
+    err.print(f"[red]error:[/red] {exc.message}{where}{line}")
+    if exc.hint:
+        err.print(f"[yellow]hint:[/yellow] {exc.hint}")
+    raise typer.Exit(2)
+
+
+def _call(fn, *args, **kwargs) -> Any:
+    import httpx
+
+    try:
+        return fn(*args, **kwargs)
+    except MlocError as exc:
+        _fail(exc)
+    except httpx.TransportError as exc:
+        err.print(f"[red]error:[/red] cannot reach the coordinator: {exc}")
+        err.print("[yellow]hint:[/yellow] set MLOC_COORDINATOR_URL (default http://127.0.0.1:8000)")
+        raise typer.Exit(3) from None
+
+
+@app.command()
+def start(
+    node_type: str = typer.Option(None, "--node-type", "-t", help="orchestrator (coordinator) or worker (agent)"),
+    config: Path | None = ConfigOpt,
+    host: str | None = typer.Option(None, help="coordinator: listen address (MLOC_HOST)"),
+    port: int | None = typer.Option(None, help="coordinator: listen port (MLOC_PORT)"),
+    data_dir: Path | None = typer.Option(None, help="SQLite file, artifacts, agent state (MLOC_DATA_DIR)"),
+    coordinator_url: str | None = typer.Option(None, help="agent: coordinator URL (MLOC_COORDINATOR_URL)"),
+    join_token: str | None = typer.Option(None, help="join token (MLOC_JOIN_TOKEN)"),
+    name: str | None = typer.Option(None, help="agent: name (MLOC_AGENT_NAME)"),
+    labels: str | None = typer.Option(None, help="agent: labels k=v,k=v (MLOC_AGENT_LABELS)"),
+    log_level: str | None = typer.Option(None, help="MLOC_LOG_LEVEL"),
+) -> None:
+    """Start a coordinator (--node-type orchestrator) or an agent (--node-type worker)."""
+    kind = (node_type or os.environ.get("MLOC_NODE_TYPE") or "WORKER").lower()
+    try:
+        if kind in ("orchestrator", "coordinator", "server"):
+            try:
+                from mloc_server.serve import main as serve_main
+                from mloc_server.settings import CoordinatorSettings
+            except ImportError:
+                err.print("[red]error:[/red] the coordinator is not installed here: pip install ./server")
+                raise typer.Exit(2) from None
+            settings = load_settings(CoordinatorSettings, config, host=host, port=port, data_dir=data_dir,
+                                     join_token=join_token, log_level=log_level)
+            serve_main(settings)
+        elif kind in ("worker", "agent"):
+            try:
+                from mloc_agent.main import main as agent_main
+                from mloc_agent.settings import AgentSettings
+            except ImportError:
+                err.print("[red]error:[/red] the agent is not installed here: pip install ./agent")
+                raise typer.Exit(2) from None
+            settings = load_settings(AgentSettings, config, coordinator_url=coordinator_url, data_dir=data_dir,
+                                     join_token=join_token, agent_name=name, agent_labels=labels,
+                                     log_level=log_level)
+            agent_main(settings)
+        else:
+            err.print(f"[red]error:[/red] --node-type must be orchestrator or worker, not {node_type!r}")
+            raise typer.Exit(2)
+    except MlocError as exc:
+        _fail(exc)
+
+
+def _progress_text(task: dict[str, Any]) -> str:
+    p = task.get("progress") or {}
+    bits = []
+    if p.get("loss") is not None:
+        bits.append(f"loss {p['loss']:.4g}")
+    if p.get("tokens_per_s"):
+        bits.append(f"{p['tokens_per_s']:.0f} tok/s")
+    if p.get("message"):
+        bits.append(str(p["message"]))
+    return " ".join(bits)
+
+
+def _wait(client: ApiClient, task_id: str, follow: bool) -> dict[str, Any]:
+    """Show a progress bar (and logs when following) until the task is final."""
+    if follow:
+        for text in _call(client.follow_logs, task_id):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        return _call(client.get, f"/api/v1/tasks/{task_id}")
+    with Progress(TextColumn("[bold]{task.fields[state]:<9}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                  TimeRemainingColumn(), TextColumn("{task.fields[extra]}"), console=err) as bar:
+        row = bar.add_task("task", total=100, state="queued", extra="")
+        while True:
+            task = _call(client.get, f"/api/v1/tasks/{task_id}")
+            p = task.get("progress") or {}
+            pct = p.get("percent")
+            if pct is None and p.get("step") is not None and p.get("total"):
+                pct = 100.0 * p["step"] / p["total"]
+            extra = _progress_text(task) or (task.get("pending_reason") or "")[:60]
+            bar.update(row, completed=pct or (100 if task["state"] == "succeeded" else 0),
+                       state=task["state"], extra=extra)
+            if task["state"] in FINAL_STATES:
+                return task
+            time.sleep(0.5)
+
+
+@app.command()
+def submit(
+    file: Path = typer.Argument(..., exists=True, readable=True, help="task YAML or JSON"),
+    wait: bool = typer.Option(False, "--wait", "-w", help="show progress until the task ends"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="stream logs until the task ends"),
+    idempotency_key: str | None = typer.Option(None, help="makes a retried submit safe"),
+    config: Path | None = ConfigOpt,
+) -> None:
+    """Submit a task file (sent unchanged: line breaks and all)."""
+    client = _client(config)
+    task = _call(client.submit, file.read_bytes(), idempotency_key)
+    console.print(f"submitted [bold]{task['id']}[/bold] ({task['task_type']}) state={task['state']}")
+    for warning in task.get("warnings", []):
+        err.print(f"[yellow]note:[/yellow] {warning}")
+    if wait or follow:
+        task = _wait(client, task["id"], follow)
+        colour = "green" if task["state"] == "succeeded" else "red"
+        console.print(f"task {task['id']} [{colour}]{task['state']}[/{colour}]"
+                      + (f": {task['error']}" if task.get("error") else ""))
+        if task["state"] != "succeeded":
+            raise typer.Exit(1)
+
+
+@app.command("tasks")
+def list_tasks(
+    state: str | None = typer.Option(None, help="queued, running, succeeded, failed, cancelled"),
+    user: str | None = typer.Option(None),
+    task_type: str | None = typer.Option(None, "--type"),
+    page: int = typer.Option(1),
+    page_size: int = typer.Option(20),
+    config: Path | None = ConfigOpt,
+) -> None:
+    """List tasks, newest first."""
+    data = _call(_client(config).get, "/api/v1/tasks", state=state, user=user, task_type=task_type, page=page,
+                 page_size=page_size)
+    table = Table("id", "name", "type", "user", "state", "progress", "attempts", "agent / reason")
+    for t in data["tasks"]:
+        p = t.get("progress") or {}
+        prog = f"{p['percent']:.0f}%" if p.get("percent") is not None else ""
+        where = (t.get("lease") or {}).get("agent") or t.get("agent") or (t.get("pending_reason") or "")[:50]
+        table.add_row(t["id"], t["name"], t["task_type"], t["user"], t["state"], prog,
+                      f"{t['attempts']}/{t['max_attempts']}", where or "")
+    console.print(table)
+    console.print(f"page {data['page']}/{max(1, data['pages'])}, {data['total']} task(s)")
+
+
+@app.command()
+def show(task_id: str, config: Path | None = ConfigOpt) -> None:
+    """Show one task as JSON."""
+    console.print_json(data=_call(_client(config).get, f"/api/v1/tasks/{task_id}"))
+
+
+@app.command()
+def logs(task_id: str, follow: bool = typer.Option(False, "--follow", "-f"), config: Path | None = ConfigOpt) -> None:
+    """Print a task's logs; -f follows them until the task ends."""
+    client = _client(config)
+    if follow:
+        for text in _call(client.follow_logs, task_id):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        return
+    cursor: dict[str, int] = {"after_attempt": 0, "after_seq": -1}
+    while True:
+        data = _call(client.get, f"/api/v1/tasks/{task_id}/logs", **cursor)
+        for chunk in data["chunks"]:
+            sys.stdout.write(chunk["data"])
+        if not data["chunks"]:
+            return
+        cursor = data["next"]
+
+
+@app.command()
+def cancel(task_id: str, config: Path | None = ConfigOpt) -> None:
+    """Cancel a task (a running one gets SIGTERM, then SIGKILL after a grace)."""
+    result = _call(_client(config).post, f"/api/v1/tasks/{task_id}/cancel")
+    console.print(f"task {task_id}: {result['state']}")
+
+
+@app.command("agents")
+def agents(config: Path | None = ConfigOpt) -> None:
+    """List agents with their GPUs and leases."""
+    data = _call(_client(config).get, "/api/v1/workers")
+    table = Table("name", "state", "labels", "GPUs", "leases", "last seen")
+    for a in data["workers"]:
+        gpus = ", ".join(f"{g['name']} {g['memory_total_mb'] / 1024:.0f}G" + (" (declared)" if g.get("declared") else "")
+                         for g in a["gpus"]) or "CPU only"
+        labels = ",".join(f"{k}={v}" for k, v in a["labels"].items())
+        table.add_row(a["name"], a["state"] + (" (draining)" if a["draining"] else ""), labels, gpus,
+                      str(len(a["leases"])), f"{time.time() - a['last_seen']:.0f}s ago")
+    console.print(table)
+
+
+@app.command()
+def drain(name: str, undo: bool = typer.Option(False, "--undo", help="take work again"),
+          config: Path | None = ConfigOpt) -> None:
+    """Stop giving an agent new tasks (its running tasks finish); --undo reverses it."""
+    action = "undrain" if undo else "drain"
+    agent = _call(_client(config).post, f"/api/v1/agents/{name}/{action}")
+    console.print(f"agent {agent['name']}: {agent['state']}")
+
+
+@app.command()
+def stats(user: str | None = typer.Option(None), start_date: str | None = typer.Option(None),
+          end_date: str | None = typer.Option(None), config: Path | None = ConfigOpt) -> None:
+    """Usage: tasks by state and type, GPU-hours, queue wait."""
+    data = _call(_client(config).get, "/api/v1/stats", user=user, start_date=start_date, end_date=end_date)
+    table = Table("user", "tasks", "GPU-hours", "avg queue wait (s)")
+    for u in data["users"]:
+        table.add_row(u["user"], str(u["tasks"]), f"{u['gpu_hours']:.3f}", str(u["avg_queue_wait_s"]))
+    console.print(table)
+    console.print("by state: " + ", ".join(f"{k}={v}" for k, v in data["tasks_by_state"].items()))
+    console.print("by type: " + ", ".join(f"{k}={v}" for k, v in data["tasks_by_type"].items()))
+    console.print(f"total GPU-hours: {data['gpu_hours']:.3f}")
+
+
+@app.command()
+def artifacts(task_id: str, download: str | None = typer.Option(None, help="name of one to download"),
+              output: Path | None = typer.Option(None, "-o"), config: Path | None = ConfigOpt) -> None:
+    """List a task's artifacts, or download one."""
+    client = _client(config)
+    if download:
+        dest = output or Path(Path(download).name)
+        size = _call(client.download, task_id, download, str(dest))
+        console.print(f"saved {dest} ({size} bytes)")
+        return
+    data = _call(client.get, f"/api/v1/tasks/{task_id}/artifacts")
+    table = Table("name", "kind", "step", "size", "attempt")
+    for a in data["artifacts"]:
+        table.add_row(a["name"], a["kind"], str(a["step"] or ""), str(a["size"]), str(a["attempt"]))
+    console.print(table)
+
+
+@token_app.command("create")
+def token_create(user: str = typer.Option("", help="user name (user tokens)"),
+                 role: str = typer.Option("user", help="user or admin"),
+                 join: bool = typer.Option(False, "--join", help="an agent join token instead"),
+                 ttl: float | None = typer.Option(None, help="expires after this many seconds"),
+                 max_uses: int | None = typer.Option(None, help="join tokens: how many registrations"),
+                 config: Path | None = ConfigOpt) -> None:
+    """Create a token; its secret is shown once."""
+    body = {"kind": "join" if join else "user", "user": user, "role": role, "ttl_s": ttl, "max_uses": max_uses}
+    data = _call(_client(config).post, "/api/v1/tokens", json=body)
+    console.print(f"id {data['id']}  token {data['token']}")
+
+
+@token_app.command("list")
+def token_list(config: Path | None = ConfigOpt) -> None:
+    data = _call(_client(config).get, "/api/v1/tokens")
+    table = Table("id", "kind", "user", "role", "uses", "expires", "revoked")
+    for t in data["tokens"]:
+        table.add_row(t["id"], t["kind"], t["user"], t["role"], f"{t['uses']}/{t['max_uses'] or '∞'}",
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(t["expires_at"])) if t["expires_at"] else "",
+                      "yes" if t["revoked"] else "")
+    console.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: str, config: Path | None = ConfigOpt) -> None:
+    _call(_client(config).delete, f"/api/v1/tokens/{token_id}")
+    console.print(f"token {token_id} revoked")
+
+
+if __name__ == "__main__":
+    app()

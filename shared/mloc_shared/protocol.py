@@ -1,0 +1,211 @@
+"""The agent <-> coordinator wire protocol: typed models both sides import.
+
+Readers are lenient (unknown fields are ignored, so a newer peer may add fields); writers build
+these models, never hand-made dicts. See version.py for the compatibility rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mloc_shared.version import PROTOCOL_VERSION
+
+TaskState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+Outcome = Literal["succeeded", "failed", "cancelled"]
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Gpu(WireModel):
+    """One GPU as the agent sees it (NVML) or as it was declared in config."""
+
+    index: int
+    uuid: str
+    name: str
+    memory_total_mb: int
+    memory_free_mb: int | None = None
+    compute_capability: str | None = None
+    driver: str | None = None
+    utilization_pct: float | None = None
+    declared: bool = False
+
+    @property
+    def memory_gb(self) -> float:
+        return self.memory_total_mb / 1024
+
+    @property
+    def cc(self) -> float:
+        try:
+            return float(self.compute_capability or 0)
+        except ValueError:
+            return 0.0
+
+
+class Inventory(WireModel):
+    hostname: str
+    gpus: list[Gpu] = Field(default_factory=list)
+    gpu_source: Literal["nvml", "declared", "none"] = "none"
+    nvml_error: str | None = None
+    cpu_count: int = 1
+    memory_mb: int = 0
+    disk_free_mb: int | None = None
+    platform: str = ""
+
+
+class Timings(WireModel):
+    """Server-chosen intervals, handed to agents so the fleet is tuned in one place."""
+
+    poll_hold_s: float
+    heartbeat_s: float
+    lease_ttl_s: float
+
+
+class RegisterRequest(WireModel):
+    protocol_version: int = PROTOCOL_VERSION
+    agent_version: str
+    name: str = Field(min_length=1, max_length=100)
+    labels: dict[str, str] = Field(default_factory=dict)
+    inventory: Inventory
+    task_types: list[str]
+    max_tasks: int = Field(1, ge=1, le=1024)
+
+
+class RegisterResponse(WireModel):
+    protocol_version: int = PROTOCOL_VERSION
+    agent_id: str
+    credential: str
+    timings: Timings
+
+
+class LeaseRef(WireModel):
+    task_id: str
+    epoch: int
+
+
+class GpuStat(WireModel):
+    index: int
+    utilization_pct: float | None = None
+    memory_used_mb: int | None = None
+
+
+class Completion(WireModel):
+    epoch: int
+    outcome: Outcome
+    exit_code: int | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = Field(None, max_length=20000)
+
+
+class CompletionRef(Completion):
+    """A completion sent inside a poll (finish one task and ask for the next in one call)."""
+
+    task_id: str
+
+
+class PollRequest(WireModel):
+    poll_id: str = Field(min_length=8, max_length=64, description="agent-chosen; a retry returns the same leases")
+    free_slots: int = Field(ge=0, le=1024)
+    running: list[LeaseRef] = Field(default_factory=list)
+    completions: list[CompletionRef] = Field(default_factory=list)
+    draining: bool = False
+    gpu_stats: list[GpuStat] | None = None
+
+
+class Checkpoint(WireModel):
+    """The last checkpoint an earlier attempt uploaded; the next attempt resumes from it."""
+
+    name: str
+    step: int | None = None
+    url: str
+    size: int | None = None
+
+
+class Lease(WireModel):
+    task_id: str
+    epoch: int
+    attempt: int
+    task_type: str
+    spec: dict[str, Any]
+    gpus: list[int] = Field(default_factory=list)
+    ttl_s: float
+    resume: Checkpoint | None = None
+
+
+class PollResponse(WireModel):
+    leases: list[Lease] = Field(default_factory=list)
+    cancel: list[str] = Field(default_factory=list)
+    lost: list[str] = Field(default_factory=list)
+    drain: bool = False
+    timings: Timings | None = None
+
+
+class Progress(WireModel):
+    step: int | None = None
+    total: int | None = None
+    percent: float | None = None
+    loss: float | None = None
+    learning_rate: float | None = None
+    tokens_per_s: float | None = None
+    eta_s: float | None = None
+    message: str | None = Field(None, max_length=500)
+    metrics: dict[str, float] | None = None
+
+
+class HeartbeatRequest(WireModel):
+    epoch: int
+    progress: Progress | None = None
+
+
+class HeartbeatResponse(WireModel):
+    cancel: bool = False
+    ttl_s: float
+
+
+class LogChunk(WireModel):
+    seq: int = Field(ge=0)
+    stream: Literal["stdout", "stderr", "system"] = "stdout"
+    data: str = Field(max_length=1_000_000)
+
+
+class LogBatch(WireModel):
+    epoch: int
+    chunks: list[LogChunk] = Field(max_length=1000)
+
+
+class UploadRequest(WireModel):
+    epoch: int
+    name: str = Field(min_length=1, max_length=512)
+    size: int = Field(ge=0)
+    kind: Literal["artifact", "checkpoint"] = "artifact"
+    step: int | None = None
+
+
+class PartUrl(WireModel):
+    part_number: int
+    url: str
+
+
+class UploadPlan(WireModel):
+    """How to upload one file: a single PUT, or parts then a commit with their ETags."""
+
+    upload_id: str
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    part_size: int | None = None
+    parts: list[PartUrl] | None = None
+
+
+class UploadedPart(WireModel):
+    part_number: int
+    etag: str
+
+
+class UploadCommit(WireModel):
+    epoch: int
+    upload_id: str
+    parts: list[UploadedPart] | None = None

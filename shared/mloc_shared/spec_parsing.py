@@ -1,0 +1,190 @@
+"""Reading a submitted task body: JSON or YAML whatever the Content-Type says, with errors that
+name the field and the YAML line.
+
+The original README posts YAML with ``curl -H "Content-Type: application/json" -d @my_task.yaml``.
+``curl -d`` strips every line break from the file, so block YAML arrives as one line. We never
+guess what such a body meant: it is refused with the cause and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from mloc_shared.errors import BadRequest, ValidationFailed
+from mloc_shared.taskspec import FieldError, TaskSpec
+
+MAX_DEPTH = 32
+_KEY_TOKEN = re.compile(r"(?:^|[\"'\s\w])([A-Za-z_][A-Za-z0-9_]*):(?:\s|$)")
+CURL_HINT = (
+    "curl -d strips line breaks from the file, so block-style YAML arrives as one line. "
+    "Send the file unchanged with: curl -X POST <url>/api/v1/tasks --data-binary @my_task.yaml "
+    "(or use: mloc submit my_task.yaml)"
+)
+
+
+def parse_document(body: bytes) -> tuple[Any, yaml.Node | None]:
+    """Decode a JSON or YAML body into plain data plus its YAML node tree (for line numbers)."""
+    if not body.strip():
+        raise BadRequest("the request body is empty; send a task as YAML or JSON")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"the body is not UTF-8 text (byte {exc.start})") from None
+    if "\x00" in text:
+        raise BadRequest("the body contains a NUL byte; send a task as YAML or JSON text")
+    stripped = text.lstrip()
+    if stripped[:1] in "{[":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            if stripped[:1] == "{":
+                # maybe YAML flow style: {taskType: command, command: "true"}
+                return _parse_yaml(text)
+            raise BadRequest(
+                f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", line=exc.lineno
+            ) from None
+        _check_depth(data)
+        node = _compose_quietly(text)
+        return data, node
+    return _parse_yaml(text)
+
+
+def _parse_yaml(text: str) -> tuple[Any, yaml.Node | None]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        if _looks_like_flattened_yaml(text):
+            raise BadRequest("the YAML body arrived on a single line", hint=CURL_HINT) from None
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        where = f" at line {line}, column {mark.column + 1}" if mark is not None else ""
+        raise BadRequest(f"invalid YAML{where}: {problem}", line=line) from None
+    if node is None:
+        raise BadRequest("the request body holds no YAML document")
+    _check_node(node)
+    data = yaml.SafeLoader(text).get_single_data()
+    if (
+        isinstance(data, dict)
+        and "\n" not in text.strip()
+        and len(data) == 1
+        and _looks_like_flattened_yaml(text)
+    ):
+        raise BadRequest("the YAML body arrived on a single line", hint=CURL_HINT)
+    return data, node
+
+
+def _looks_like_flattened_yaml(text: str) -> bool:
+    """A one-line body with several ``key:`` tokens glued together is block YAML minus newlines."""
+    body = text.strip()
+    if "\n" in body or (body.startswith(("{", "[")) and body.endswith(("}", "]")) and _is_json(body)):
+        return False
+    return len(_KEY_TOKEN.findall(body)) >= 2
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _compose_quietly(text: str) -> yaml.Node | None:
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+
+
+def _check_node(node: yaml.Node, depth: int = 0, seen: set[int] | None = None) -> None:
+    """Refuse aliases (billion-laughs bodies) and absurd nesting before building any objects."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        raise BadRequest("YAML anchors and aliases are not accepted in task files", line=node.start_mark.line + 1)
+    seen.add(id(node))
+    if depth > MAX_DEPTH:
+        raise BadRequest(f"the document nests deeper than {MAX_DEPTH} levels", line=node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            _check_node(key, depth + 1, seen)
+            _check_node(value, depth + 1, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_node(item, depth + 1, seen)
+
+
+def _check_depth(data: Any, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise BadRequest(f"the document nests deeper than {MAX_DEPTH} levels")
+    if isinstance(data, dict):
+        for value in data.values():
+            _check_depth(value, depth + 1)
+    elif isinstance(data, list):
+        for value in data:
+            _check_depth(value, depth + 1)
+
+
+def line_of(node: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the deepest node along ``path`` (a pydantic error location)."""
+    if node is None:
+        return None
+    line = node.start_mark.line + 1
+    current = node
+    for part in path:
+        nxt = None
+        if isinstance(current, yaml.MappingNode):
+            for key, value in current.value:
+                if getattr(key, "value", None) == str(part):
+                    nxt = value
+                    line = key.start_mark.line + 1
+                    break
+        elif isinstance(current, yaml.SequenceNode) and isinstance(part, int) and part < len(current.value):
+            nxt = current.value[part]
+            line = nxt.start_mark.line + 1
+        if nxt is None:
+            break
+        current = nxt
+    return line
+
+
+def validate_spec(data: Any, node: yaml.Node | None = None) -> TaskSpec:
+    """Validate plain data as a TaskSpec; the first error names its field path and line."""
+    if not isinstance(data, dict):
+        raise ValidationFailed(
+            f"a task must be a mapping of fields (taskType, model, ...), not {type(data).__name__}",
+            line=node.start_mark.line + 1 if node is not None else None,
+        )
+    try:
+        return TaskSpec.model_validate(data)
+    except ValidationError as exc:
+        details = []
+        for err in exc.errors(include_url=False, include_input=False):
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, FieldError):
+                loc = (*loc, cause.field)
+            field = ".".join(str(p) for p in loc) or None
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = f"unknown field {field!r}"
+            elif err["type"] == "missing":
+                message = f"missing required field {field!r}"
+            details.append({"field": field, "line": line_of(node, loc), "message": message})
+        first = details[0]
+        where = f" (line {first['line']})" if first["line"] else ""
+        label = f"{first['field']}: " if first["field"] and first["field"] not in first["message"] else ""
+        raise ValidationFailed(
+            f"{label}{first['message']}{where}", field=first["field"], line=first["line"], details=details
+        ) from None
+
+
+def parse_task(body: bytes) -> TaskSpec:
+    """Body bytes -> a validated TaskSpec, or BadRequest/ValidationFailed naming the problem."""
+    data, node = parse_document(body)
+    return validate_spec(data, node)

@@ -1,0 +1,142 @@
+"""The task spec: the original README's YAML format, as pydantic models.
+
+The coordinator validates every submitted spec with these models (no ML library needed); agents
+receive the validated spec back in their lease. Unknown top-level keys are refused so a typo
+(``hyperparameter:``) is reported instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+BUILTIN_TASK_TYPES = (
+    "command",
+    "sft",
+    "ppo",
+    "dpo",
+    "grpo",
+    "reward_model",
+    "inference",
+    "rag_inference",
+    "agent_inference",
+)
+ML_TASK_TYPES = frozenset(BUILTIN_TASK_TYPES) - {"command"}
+_TASK_TYPE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+_LABEL_RE = re.compile(r"^[A-Za-z0-9_.\-/]{1,63}$")
+
+
+class FieldError(ValueError):
+    """A model-level check that still names the field it is about."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class SpecModel(BaseModel):
+    """Strict: a key we do not know is an error naming that key."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ModelSource(SpecModel):
+    type: Literal["huggingface", "local", "s3", "uri", "task"] = "huggingface"
+    identifier: str = Field(min_length=1, max_length=1024)
+    revision: str | None = None
+
+
+class Adapter(SpecModel):
+    type: Literal["none", "lora", "qlora"] = "none"
+    r: int = Field(16, ge=1, le=4096)
+    lora_alpha: int = Field(32, ge=1, le=65536)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | str | None = None
+
+
+class ModelSpec(SpecModel):
+    source: ModelSource
+    adapter: Adapter | None = None
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    parameters_b: float | None = Field(None, gt=0, description="parameter count in billions, if known")
+
+
+class Resources(SpecModel):
+    """What a task needs from one agent. ``gpus`` None means: derive it from the task type."""
+
+    gpus: int | None = Field(None, ge=0, le=64)
+    gpu_memory_gb: float | None = Field(None, gt=0, le=4096)
+    gpu_models: list[str] = Field(default_factory=list, max_length=32)
+    min_compute_capability: float | None = Field(None, ge=1.0, le=20.0)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_are_simple(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key, value in labels.items():
+            if not _LABEL_RE.match(key) or not _LABEL_RE.match(str(value)):
+                raise ValueError(f"label {key}={value} must use letters, digits, '_', '.', '-', '/'")
+        return labels
+
+
+class RetryPolicy(SpecModel):
+    max_attempts: int = Field(3, ge=1, le=100)
+    backoff_s: float = Field(5.0, ge=0, le=3600)
+    backoff_max_s: float = Field(300.0, ge=0, le=86400)
+    on_failure: bool = Field(False, description="also retry when the task itself fails, not only when its box is lost")
+
+
+class TaskSpec(SpecModel):
+    """One task as a user writes it (YAML or JSON)."""
+
+    task_type: str = Field(alias="taskType")
+    name: str | None = Field(None, max_length=200)
+    model: ModelSpec | None = None
+    dataset: dict[str, Any] | None = None
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    command: str | list[str] | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    priority: int = Field(0, ge=-1000, le=1000)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    timeout_s: float | None = Field(None, gt=0, le=30 * 86400)
+    user: str | None = Field(None, max_length=100)
+
+    @field_validator("task_type")
+    @classmethod
+    def _task_type_shape(cls, value: str) -> str:
+        if not _TASK_TYPE_RE.match(value):
+            raise ValueError("taskType must be lower-case letters, digits, '_', '.', '-' (e.g. 'sft')")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for key in env:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+                raise ValueError(f"env name {key!r} is not a valid variable name")
+        return env
+
+    @model_validator(mode="after")
+    def _command_only_for_command_tasks(self) -> TaskSpec:
+        if self.task_type == "command":
+            if self.command is None or self.command == "" or self.command == []:
+                raise FieldError("command", "a 'command' task needs 'command': a shell string or an argument list")
+        elif self.command is not None:
+            raise FieldError("command", f"'command' is only allowed with taskType 'command', not {self.task_type!r}")
+        return self
+
+    def required_gpus(self) -> int:
+        """GPUs the task needs: as asked, else none for commands and one for ML task types."""
+        if self.resources.gpus is not None:
+            return self.resources.gpus
+        return 1 if self.task_type in ML_TASK_TYPES else 0
+
+    def display_name(self) -> str:
+        return self.name or self.task_type
+
+    def wire(self) -> dict[str, Any]:
+        """The spec as stored and handed to agents (original key names, no unset noise)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
