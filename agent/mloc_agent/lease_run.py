@@ -210,17 +210,17 @@ class LeaseRun:
                     timeout=max(1.0, min(interval, 10.0)))
                 last_ok_sent, ttl = sent, resp.ttl_s
                 if resp.cancel and self.cancel_reason is None:
-                    asyncio.create_task(self.cancel("cancel requested"))
+                    self.agent.spawn(self.cancel("cancel requested"))
                 wait = interval * random.uniform(0.9, 1.1)
             except LeaseLost as exc:
-                asyncio.create_task(self.fence(f"lease lost: {exc.message}"))
+                self.agent.spawn(self.fence(f"lease lost: {exc.message}"))
                 return
             except (httpx.TransportError, MlocError) as exc:
                 if isinstance(exc, MlocError) and not retryable(exc):
-                    asyncio.create_task(self.fence(f"heartbeat refused: {exc}"))
+                    self.agent.spawn(self.fence(f"heartbeat refused: {exc}"))
                     return
                 if time.monotonic() - last_ok_sent > ttl:
-                    asyncio.create_task(self.fence(
+                    self.agent.spawn(self.fence(
                         f"could not renew the lease within its TTL ({ttl:g}s): self-fencing"))
                     return
                 wait = min(1.0, interval / 2) * random.uniform(0.5, 1.5)

@@ -43,6 +43,8 @@ class Agent:
         self.inventory = inventory.collect(settings)
         self.max_tasks = settings.max_tasks or max(1, len(self.inventory.gpus))
         self._idle = asyncio.Event()
+        self._repoll = asyncio.Event()  # set when the held poll no longer says the right thing
+        self._background: set[asyncio.Task[None]] = set()
         self._last_gpu_stats = 0.0
 
     # -- registration -------------------------------------------------------------------------
@@ -107,6 +109,7 @@ class Agent:
         if not self.draining:
             log.info("draining: finishing %d running task(s), taking no new ones", len(self.runs))
             self.draining = True
+            self._repoll.set()
             if not self.runs:
                 self._idle.set()
 
@@ -133,15 +136,22 @@ class Agent:
                 running=[LeaseRef(task_id=r.task_id, epoch=r.lease.epoch) for r in self.runs.values()],
                 draining=self.draining, gpu_stats=self._gpu_stats(),
             )
+            self._repoll.clear()
             poll = asyncio.create_task(self.client.poll(req))
             idle = asyncio.create_task(self._idle.wait())
-            await asyncio.wait({poll, idle}, return_when=asyncio.FIRST_COMPLETED)
+            repoll = asyncio.create_task(self._repoll.wait())
+            await asyncio.wait({poll, idle, repoll}, return_when=asyncio.FIRST_COMPLETED)
             idle.cancel()
-            if not poll.done():  # drained while the poll was held: stop now
+            repoll.cancel()
+            if not poll.done():
+                # drained, or our state changed while the poll was held: drop it and ask again with the
+                # same poll id (leases it may have claimed are offered again)
                 poll.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await poll
-                break
+                if self.draining and not self.runs:
+                    break
+                continue
             try:
                 resp = poll.result()
             except Unauthorized:
@@ -164,11 +174,17 @@ class Agent:
             for task_id in resp.cancel:
                 run = self.runs.get(task_id)
                 if run is not None:
-                    asyncio.create_task(run.cancel("cancel requested"))
+                    self.spawn(run.cancel("cancel requested"))
             for task_id in resp.lost:
                 run = self.runs.get(task_id)
                 if run is not None:
-                    asyncio.create_task(run.fence("the coordinator says this lease is no longer ours"))
+                    self.spawn(run.fence("the coordinator says this lease is no longer ours"))
+
+    def spawn(self, coro) -> None:
+        """Run a background coroutine, keeping a reference so it is not garbage-collected."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _start(self, lease) -> None:
         run = LeaseRun(self, lease)
@@ -185,7 +201,7 @@ class Agent:
                 if self.draining and not self.runs:
                     self._idle.set()
 
-        asyncio.create_task(go(), name=f"lease-{lease.task_id}")
+        self.spawn(go())
 
     def _gpu_stats(self):
         if self.inventory.gpu_source != "nvml" or time.monotonic() - self._last_gpu_stats < GPU_STATS_EVERY_S:

@@ -1,0 +1,44 @@
+"""Fixtures that start real coordinator and agent processes and always clean them up."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Agent, Coordinator
+
+A100 = {"name": "NVIDIA A100-SXM4-80GB", "memory_gb": 80, "compute_capability": "8.0"}
+RTX4090 = {"name": "NVIDIA GeForce RTX 4090", "memory_gb": 23.99, "compute_capability": "8.9"}
+
+
+@pytest.fixture
+def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
+    coord = Coordinator(tmp_path).start()
+    try:
+        yield coord
+    finally:
+        coord.stop()
+
+
+@pytest.fixture
+def agents(coordinator: Coordinator) -> Iterator[list[Agent]]:
+    """A list to append started agents to; every one is stopped at the end."""
+    started: list[Agent] = []
+    yield started
+    for agent in started:
+        if agent.proc is not None and agent.proc.alive():
+            agent.kill9()
+        elif agent.proc is not None:
+            agent.stop()
+
+
+@pytest.fixture
+def start_agent(coordinator: Coordinator, agents: list[Agent]):
+    def start(name: str, **kwargs) -> Agent:
+        agent = Agent(coordinator, name, **kwargs).start()
+        agents.append(agent)
+        return agent
+
+    return start
