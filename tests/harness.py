@@ -97,7 +97,7 @@ class Coordinator:
     """A real coordinator process; fast timings so lease expiry takes seconds in tests."""
 
     def __init__(self, root: Path, *, host: str = "127.0.0.1", port: int | None = None,
-                 heartbeat_s: float = 0.5, lease_ttl_s: float = 3.0, poll_hold_s: float = 10.0,
+                 heartbeat_s: float = 0.5, lease_ttl_s: float = 4.0, poll_hold_s: float = 10.0,
                  restart_grace_s: float = 3.0, scheme: str = "http", extra_env: dict[str, str] | None = None,
                  prefix: list[str] | None = None) -> None:
         self.root = root

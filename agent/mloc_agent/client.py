@@ -16,6 +16,8 @@ import httpx
 from mloc_shared.errors import MlocError, error_from_body
 from mloc_shared.protocol import (
     Completion,
+    CompletionBatch,
+    CompletionResults,
     HeartbeatRequest,
     HeartbeatResponse,
     LogBatch,
@@ -62,7 +64,8 @@ class CoordinatorClient:
         verify: Any = ca_bundle if ca_bundle else True
         self._http = httpx.AsyncClient(
             base_url=self.base_url, verify=verify, timeout=httpx.Timeout(30.0, connect=10.0),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            # few connections: httpcore scans its whole pool on every request
+            limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
             headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION)},
         )
         # artifact bytes go to presigned URLs, possibly on another host: no credential on those
@@ -106,6 +109,9 @@ class CoordinatorClient:
 
     async def complete(self, task_id: str, c: Completion) -> dict[str, Any]:
         return await self._post(f"api/v1/leases/{task_id}/complete", c, None)
+
+    async def complete_many(self, batch: CompletionBatch) -> CompletionResults:
+        return await self._post("api/v1/agents/completions", batch, CompletionResults)
 
     async def plan_upload(self, task_id: str, req: UploadRequest) -> UploadPlan:
         return await self._post(f"api/v1/leases/{task_id}/uploads", req, UploadPlan)

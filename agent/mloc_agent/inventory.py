@@ -6,6 +6,7 @@ with a CPU-only inventory, and says why in what it reports.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -65,10 +66,8 @@ def nvml_gpus() -> tuple[list[Gpu], str | None]:
     except pynvml.NVMLError as exc:
         return [], f"NVML query failed: {exc}"
     finally:
-        try:
+        with contextlib.suppress(pynvml.NVMLError):
             pynvml.nvmlShutdown()
-        except pynvml.NVMLError:
-            pass
 
 
 def gpu_stats() -> list[GpuStat] | None:
@@ -90,10 +89,8 @@ def gpu_stats() -> list[GpuStat] | None:
     except Exception:
         return None
     finally:
-        try:
+        with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
-        except Exception:
-            pass
 
 
 def collect(settings: AgentSettings) -> Inventory:

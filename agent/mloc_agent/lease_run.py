@@ -22,7 +22,7 @@ import httpx
 from mloc_shared.errors import LeaseLost, MlocError
 from mloc_shared.protocol import Completion, HeartbeatRequest, Lease, Progress
 
-from mloc_agent.client import retryable, with_retries
+from mloc_agent.client import retryable
 from mloc_agent.log_streamer import LogStreamer
 from mloc_agent.modules.registry import load
 from mloc_agent.runner import TaskProcess
@@ -91,7 +91,7 @@ class LeaseRun:
             await self.logs.close(timeout=2)
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeats
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, self.workdir, True)
 
     async def _execute(self) -> Completion:
         lease, settings = self.lease, self.agent.settings
@@ -100,8 +100,7 @@ class LeaseRun:
             return Completion(epoch=lease.epoch, outcome="failed",
                               error=f"this agent cannot run task type {lease.task_type!r}")
         output_dir, ckpt_dir = self.workdir / "output", self.workdir / "checkpoints"
-        for d in (output_dir, ckpt_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(_make_dirs, output_dir, ckpt_dir)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLOC_") and k not in SECRET_ENV}
         env.update(lease.spec.get("env") or {})
         env.update({
@@ -202,6 +201,9 @@ class LeaseRun:
         interval = self.agent.timings.heartbeat_s
         ttl = self.lease.ttl_s
         last_ok_sent = time.monotonic()
+        # the lease was just granted with a full TTL: the first renewal is due after one interval
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.done.wait(), interval * random.uniform(0.5, 1.0))
         while not self.done.is_set():
             sent = time.monotonic()
             try:
@@ -233,10 +235,14 @@ class LeaseRun:
         if self.progress is not None and completion.result is not None:
             completion.result.setdefault("progress", self.progress.model_dump(exclude_none=True))
         try:
-            state = await asyncio.shield(with_retries(
-                lambda: self.client.complete(self.task_id, completion), 600, f"completion of {self.task_id}"))
-            log.info("task %s finished: %s", self.task_id, state.get("state"))
+            state = await asyncio.shield(self.agent.completions.report(self.task_id, completion))
+            log.debug("task %s finished: %s", self.task_id, state)
         except LeaseLost as exc:
             log.warning("task %s: completion refused (%s)", self.task_id, exc)
         except Exception as exc:
             log.error("task %s: could not report completion: %s", self.task_id, exc)
+
+
+def _make_dirs(*dirs: Path) -> None:
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)

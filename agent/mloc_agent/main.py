@@ -9,10 +9,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import signal
+import sys
 import time
 import uuid
+import warnings
 from typing import Any
 
 import httpx
@@ -22,6 +25,7 @@ from mloc_shared.version import __version__
 
 from mloc_agent import inventory
 from mloc_agent.client import CoordinatorClient, retryable
+from mloc_agent.completions import CompletionReporter
 from mloc_agent.lease_run import LeaseRun
 from mloc_agent.modules import registry
 from mloc_agent.runner import Warden
@@ -36,6 +40,7 @@ class Agent:
         self.settings = settings
         self.client = CoordinatorClient(settings.coordinator_url, ca_bundle=settings.ca_bundle)
         self.warden = Warden()
+        self.completions = CompletionReporter(self.client)
         self.modules: dict[str, str] = {}
         self.runs: dict[str, LeaseRun] = {}
         self.timings = Timings(poll_hold_s=25, heartbeat_s=10, lease_ttl_s=45)
@@ -115,8 +120,10 @@ class Agent:
 
     async def run(self) -> None:
         self.modules = registry.available(self.settings.disabled_task_types, self.settings.runtimes)
-        await self.warden.start()
         loop = asyncio.get_running_loop()
+        _use_pidfd_child_watcher(loop)
+        await self.warden.start()
+        self.completions.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.drain)
         try:
@@ -212,9 +219,21 @@ class Agent:
     async def _shutdown(self) -> None:
         for run in list(self.runs.values()):
             await run.fence("agent shutting down")
+        await self.completions.stop()
         await self.warden.stop()
         await self.client.close()
         log.info("agent stopped")
+
+
+def _use_pidfd_child_watcher(loop: asyncio.AbstractEventLoop) -> None:
+    """Python 3.11 waits for each child in a thread of its own; pidfds are cheaper (3.12+ does it)."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    with contextlib.suppress(Exception), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        watcher = asyncio.PidfdChildWatcher()
+        watcher.attach_loop(loop)
+        asyncio.set_child_watcher(watcher)
 
 
 def main(settings: AgentSettings) -> None:

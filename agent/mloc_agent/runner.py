@@ -9,30 +9,27 @@ import logging
 import os
 import signal
 import sys
+import uuid
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 
 class Warden:
-    """Keeps the warden process fed with the process groups it must kill if the agent dies."""
+    """Starts the warden process (see warden.py) and keeps the pipe whose closing wakes it."""
 
     def __init__(self) -> None:
+        self.instance = uuid.uuid4().hex
         self._proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mloc_agent.warden", stdin=asyncio.subprocess.PIPE, start_new_session=True)
+            sys.executable, "-m", "mloc_agent.warden", self.instance, stdin=asyncio.subprocess.PIPE,
+            start_new_session=True)
 
-    def _send(self, line: str) -> None:
-        if self._proc is not None and self._proc.stdin is not None and not self._proc.stdin.is_closing():
-            self._proc.stdin.write(line.encode())
-
-    def add(self, pgid: int) -> None:
-        self._send(f"+{pgid}\n")
-
-    def remove(self, pgid: int) -> None:
-        self._send(f"-{pgid}\n")
+    def mark(self, env: dict[str, str]) -> dict[str, str]:
+        """The environment of a task process, marked so the warden can find it."""
+        return {**env, "MLOC_AGENT_INSTANCE": self.instance}
 
     async def stop(self) -> None:
         if self._proc is None or self._proc.stdin is None:
@@ -45,18 +42,18 @@ class Warden:
 class TaskProcess:
     """One running task process (the leader of its own process group)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, channel: asyncio.StreamReader | None, warden: Warden):
+    def __init__(self, proc: asyncio.subprocess.Process, channel: asyncio.StreamReader | None) -> None:
         self.proc = proc
         self.pgid = proc.pid
         self.channel = channel
-        self._warden = warden
+        self._reaped = False
 
     @classmethod
     async def start(
         cls, argv: list[str], env: dict[str, str], cwd: Path, warden: Warden
     ) -> TaskProcess:
         read_fd, write_fd = os.pipe()
-        env = {**env, "MLOC_PROGRESS_FD": str(write_fd)}
+        env = warden.mark({**env, "MLOC_PROGRESS_FD": str(write_fd)})
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -68,11 +65,10 @@ class TaskProcess:
             raise
         finally:
             os.close(write_fd)
-        warden.add(proc.pid)
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=1 << 20)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb"))
-        return cls(proc, reader, warden)
+        return cls(proc, reader)
 
     def signal_group(self, sig: int) -> bool:
         try:
@@ -93,6 +89,7 @@ class TaskProcess:
         return await self.proc.wait()
 
     def reap_group(self) -> None:
-        """Kill what is left of the group (children the task left behind) and forget it."""
-        self.signal_group(signal.SIGKILL)
-        self._warden.remove(self.pgid)
+        """Kill what is left of the group (children the task left behind)."""
+        if not self._reaped:
+            self._reaped = True
+            self.signal_group(signal.SIGKILL)

@@ -1,10 +1,12 @@
-"""The warden: a tiny process that kills the agent's task process groups if the agent dies.
+"""The warden: a tiny process that kills the agent's task processes if the agent dies.
 
 Task processes run in their own process groups (so a signal to the agent's terminal does not
-hit them and they can be killed as a whole). That also means nothing kills them when the agent is
-killed with -9. The agent starts one warden and writes ``+PGID`` / ``-PGID`` lines to its stdin;
-when stdin closes (the agent is gone, for whatever reason), the warden SIGTERMs every group still
-registered, waits a short grace, then SIGKILLs them, so no orphan keeps holding a GPU.
+hit them and they can be stopped as a whole). That also means nothing stops them when the agent
+is killed with -9. The agent starts one warden, holding a pipe to it, and marks every task
+process with ``MLOC_AGENT_INSTANCE=<id>`` in its environment (children inherit it). When the pipe
+closes — the agent is gone, however it died — the warden finds every process still carrying the
+mark, SIGTERMs their process groups, waits a short grace, then SIGKILLs them, so no orphan keeps
+holding a GPU. No per-task message is needed, so starting a task costs the agent nothing here.
 """
 
 from __future__ import annotations
@@ -17,7 +19,24 @@ import time
 GRACE_S = 3.0
 
 
-def _kill(groups: set[int], sig: int) -> set[int]:
+def marked_groups(instance: str) -> set[int]:
+    """Process groups of processes whose environment carries this agent instance's mark."""
+    mark = f"MLOC_AGENT_INSTANCE={instance}".encode()
+    groups = set()
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if mark in fh.read().split(b"\0"):
+                    groups.add(os.getpgid(int(entry)))
+        except (OSError, ProcessLookupError):
+            continue
+    return groups
+
+
+def _signal(groups: set[int], sig: int) -> set[int]:
     alive = set()
     for pgid in groups:
         try:
@@ -29,27 +48,17 @@ def _kill(groups: set[int], sig: int) -> set[int]:
 
 
 def main() -> int:
+    instance = sys.argv[1]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only the agent's death (stdin EOF) stops us
-    groups: set[int] = set()
-    for line in sys.stdin:
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            pgid = int(line[1:])
-        except ValueError:
-            continue
-        if line[0] == "+":
-            groups.add(pgid)
-        elif line[0] == "-":
-            groups.discard(pgid)
-    alive = _kill(groups, signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only the agent's death (EOF) stops us
+    while sys.stdin.buffer.read(4096):
+        pass
+    alive = _signal(marked_groups(instance), signal.SIGTERM)
     deadline = time.monotonic() + GRACE_S
     while alive and time.monotonic() < deadline:
         time.sleep(0.1)
-        alive = _kill(alive, 0)
-    _kill(alive, signal.SIGKILL)
+        alive = _signal(alive, 0)
+    _signal(alive | marked_groups(instance), signal.SIGKILL)
     return 0
 
 

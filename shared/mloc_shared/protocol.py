@@ -107,6 +107,23 @@ class CompletionRef(Completion):
     task_id: str
 
 
+class CompletionBatch(WireModel):
+    """Several completions in one call (many short tasks finishing together)."""
+
+    completions: list[CompletionRef] = Field(min_length=1, max_length=1000)
+
+
+class CompletionResult(WireModel):
+    task_id: str
+    state: str | None = None
+    error: str | None = None
+    code: str | None = None
+
+
+class CompletionResults(WireModel):
+    results: list[CompletionResult]
+
+
 class PollRequest(WireModel):
     poll_id: str = Field(min_length=8, max_length=64, description="agent-chosen; a retry returns the same leases")
     free_slots: int = Field(ge=0, le=1024)

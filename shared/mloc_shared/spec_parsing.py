@@ -49,8 +49,7 @@ def parse_document(body: bytes) -> tuple[Any, yaml.Node | None]:
                 f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", line=exc.lineno
             ) from None
         _check_depth(data)
-        node = _compose_quietly(text)
-        return data, node
+        return data, None  # JSON errors name the field; line numbers are for YAML
     return _parse_yaml(text)
 
 
@@ -93,13 +92,6 @@ def _is_json(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _compose_quietly(text: str) -> yaml.Node | None:
-    try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return None
 
 
 def _check_node(node: yaml.Node, depth: int = 0, seen: set[int] | None = None) -> None:

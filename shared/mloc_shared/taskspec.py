@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from mloc_shared.hyperparams import check_dataset, check_hyperparameters
 
 BUILTIN_TASK_TYPES = (
     "command",
@@ -109,6 +111,21 @@ class TaskSpec(SpecModel):
     def _task_type_shape(cls, value: str) -> str:
         if not _TASK_TYPE_RE.match(value):
             raise ValueError("taskType must be lower-case letters, digits, '_', '.', '-' (e.g. 'sft')")
+        return value
+
+    @field_validator("hyperparameters")
+    @classmethod
+    def _hyperparameters_fit_task_type(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Per-type models (hyperparams.py); errors keep their path, e.g. hyperparameters.learnin_rate."""
+        if "task_type" in info.data:
+            check_hyperparameters(info.data["task_type"], value)
+        return value
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_fits_task_type(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        if "task_type" in info.data:
+            check_dataset(info.data["task_type"], value)
         return value
 
     @field_validator("env")

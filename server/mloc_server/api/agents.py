@@ -4,9 +4,12 @@ uploads). Every call but register carries the agent's credential and the protoco
 from __future__ import annotations
 
 from aiohttp import web
-from mloc_shared.errors import Conflict, ProtocolMismatch
+from mloc_shared.errors import Conflict, MlocError, ProtocolMismatch
 from mloc_shared.protocol import (
     Completion,
+    CompletionBatch,
+    CompletionResult,
+    CompletionResults,
     HeartbeatRequest,
     LogBatch,
     PollRequest,
@@ -60,6 +63,23 @@ async def complete(request: web.Request) -> web.Response:
     req = await read_model(request, Completion)
     final = await state(request).leasing.complete(me, request.match_info["task_id"], req)
     return ok({"state": final})
+
+
+@routes.post("/api/v1/agents/completions")
+async def complete_many(request: web.Request) -> web.Response:
+    """Several completions at once; each answers on its own (a lost lease does not fail the rest)."""
+    me = agent(request)
+    batch = await read_model(request, CompletionBatch)
+    leasing = state(request).leasing
+    results = []
+    for c in batch.completions:
+        try:
+            results.append(CompletionResult(task_id=c.task_id, state=await leasing.complete(me, c.task_id, c)))
+        except MlocError as exc:
+            if exc.status >= 500:
+                raise
+            results.append(CompletionResult(task_id=c.task_id, error=exc.message, code=exc.code))
+    return ok(CompletionResults(results=results))
 
 
 @routes.post("/api/v1/leases/{task_id}/logs")

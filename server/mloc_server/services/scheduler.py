@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from mloc_shared.protocol import Gpu
+from mloc_shared.resources import estimate_gpu_memory
 from mloc_shared.taskspec import TaskSpec
 
 MEMORY_TOLERANCE = 0.97
@@ -27,17 +28,21 @@ class Requirement:
     gpu_models: tuple[str, ...] = ()
     min_compute_capability: float | None = None
     labels: tuple[tuple[str, str], ...] = ()
+    # how gpu_memory_gb was derived when the spec did not give it (shown on the task, not matched on)
+    gpu_memory_rule: str | None = field(default=None, compare=False)
 
     @classmethod
     def from_spec(cls, spec: TaskSpec) -> Requirement:
         r = spec.resources
+        estimate = estimate_gpu_memory(spec) if r.gpu_memory_gb is None else None
         return cls(
             task_type=spec.task_type,
             gpus=spec.required_gpus(),
-            gpu_memory_gb=r.gpu_memory_gb,
+            gpu_memory_gb=estimate.gb if estimate is not None else r.gpu_memory_gb,
             gpu_models=tuple(m.lower() for m in r.gpu_models),
             min_compute_capability=r.min_compute_capability,
             labels=tuple(sorted(r.labels.items())),
+            gpu_memory_rule=estimate.rule if estimate is not None else None,
         )
 
     def to_json(self) -> str:
@@ -49,6 +54,7 @@ class Requirement:
                 "gpu_models": list(self.gpu_models),
                 "min_compute_capability": self.min_compute_capability,
                 "labels": dict(self.labels),
+                **({"gpu_memory_rule": self.gpu_memory_rule} if self.gpu_memory_rule else {}),
             }
         )
 
@@ -62,6 +68,7 @@ class Requirement:
             gpu_models=tuple(d.get("gpu_models") or ()),
             min_compute_capability=d.get("min_compute_capability"),
             labels=tuple(sorted((d.get("labels") or {}).items())),
+            gpu_memory_rule=d.get("gpu_memory_rule"),
         )
 
     def describe(self) -> str:

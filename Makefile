@@ -1,0 +1,45 @@
+# MLOC developer commands. `make demo` and `make test` each set up their own virtual environment.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+STAMP  := $(VENV)/.installed
+ML_STAMP := $(VENV)/.installed-ml
+
+.PHONY: venv venv-ml demo test test-core lint bench chaos clean
+
+$(STAMP): pyproject.toml shared/pyproject.toml server/pyproject.toml agent/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e ./shared -e ./server -e ./agent -e ".[dev]"
+	touch $@
+
+# The ML stack for the agent's task modules. torch first, pinned, so nothing pulls a CUDA build.
+$(ML_STAMP): $(STAMP) agent/pyproject.toml
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -e "./agent[train,rag,agents]"
+	touch $@
+
+venv: $(STAMP)
+venv-ml: $(ML_STAMP)
+
+demo: $(ML_STAMP)
+	$(BIN)/mloc demo
+
+test: $(ML_STAMP)
+	$(BIN)/python -m pytest
+
+test-core: $(STAMP)
+	$(BIN)/python -m pytest -m "not ml"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.core
+
+chaos: $(STAMP)
+	$(BIN)/python -m pytest tests/chaos -v
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,116 @@
+"""Coordinator benchmark (issue 2): submit-to-lease latency and end-to-end throughput.
+
+    python -m bench.core [--latency-n 200] [--throughput-n 2000] [--agents 4] [--slots 8]
+
+Latency: a light in-process agent holds a long poll; 200 tasks are submitted one at a time and
+we time from sending the submit to the poll reply carrying its lease (same clock, loopback).
+Throughput: real agent processes (``mloc start --node-type worker``) run 2,000 no-op command
+tasks (``true``) submitted in bulk; we time from the submit to the last task succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.harness import Agent, Coordinator, wait_for  # noqa: E402
+
+PROTO = {"X-MLOC-Protocol": "1"}
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+async def register(http: httpx.AsyncClient, join_token: str, name: str) -> str:
+    body = {"agent_version": "bench", "name": name, "inventory": {"hostname": name}, "task_types": ["command"],
+            "max_tasks": 1}
+    resp = await http.post("/api/v1/agents/register", json=body, headers={**PROTO, "X-MLOC-Join-Token": join_token})
+    resp.raise_for_status()
+    return resp.json()["credential"]
+
+
+async def latency(coord: Coordinator, n: int) -> list[float]:
+    """ms from sending a submit to the waiting agent's poll reply carrying the lease."""
+    async with httpx.AsyncClient(base_url=coord.url, timeout=60) as http:
+        cred = await register(http, coord.join_token, f"lat-{uuid.uuid4().hex[:6]}")
+        auth = {**PROTO, "Authorization": f"Bearer {cred}"}
+        samples = []
+        for _ in range(n):
+            poll = asyncio.create_task(http.post("/api/v1/agents/poll", headers=auth, json={
+                "poll_id": uuid.uuid4().hex, "free_slots": 1, "running": []}))
+            await asyncio.sleep(0.01)  # let the poll be held
+            t0 = time.perf_counter()
+            sub = await http.post("/api/v1/tasks", json={"taskType": "command", "command": "true"})
+            sub.raise_for_status()
+            resp = await poll
+            t1 = time.perf_counter()
+            lease = resp.json()["leases"][0]
+            samples.append((t1 - t0) * 1000)
+            done = await http.post(f"/api/v1/leases/{lease['task_id']}/complete", headers=auth,
+                                   json={"epoch": lease["epoch"], "outcome": "succeeded", "exit_code": 0})
+            done.raise_for_status()
+        return samples
+
+
+def throughput(coord: Coordinator, n: int, agents: int, slots: int) -> tuple[float, float]:
+    procs = [Agent(coord, f"tp-{i}", max_tasks=slots).start() for i in range(agents)]
+    try:
+        time.sleep(1.0)
+        tasks = [{"taskType": "command", "command": ["true"]} for _ in range(n)]
+        t0 = time.perf_counter()
+        for i in range(0, n, 500):
+            resp = coord.http.post("/api/v1/tasks", content=json.dumps(tasks[i:i + 500]))
+            assert resp.status_code == 201, resp.text
+        submit_s = time.perf_counter() - t0
+
+        def done() -> bool:
+            total = coord.http.get("/api/v1/tasks", params={"state": "succeeded", "page_size": 1}).json()["total"]
+            return total >= n
+
+        wait_for(done, 600, f"{n} tasks succeeded", interval=0.02)
+        elapsed = time.perf_counter() - t0
+        failed = coord.http.get("/api/v1/tasks", params={"state": "failed", "page_size": 1}).json()["total"]
+        assert failed == 0, f"{failed} tasks failed"
+        return n / elapsed, submit_s
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--latency-n", type=int, default=200)
+    ap.add_argument("--throughput-n", type=int, default=2000)
+    ap.add_argument("--agents", type=int, default=4)
+    ap.add_argument("--slots", type=int, default=8)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        coord = Coordinator(Path(tmp), heartbeat_s=10, lease_ttl_s=45, poll_hold_s=25, restart_grace_s=60,
+                            extra_env={"MLOC_LOG_LEVEL": "WARNING"}).start()
+        try:
+            samples = asyncio.run(latency(coord, args.latency_n))
+            rate, submit_s = throughput(coord, args.throughput_n, args.agents, args.slots)
+        finally:
+            coord.stop()
+    print(f"submit-to-lease latency ({args.latency_n} tasks, one at a time, idle agent holding a poll):")
+    print(f"  p50 {statistics.median(samples):.2f} ms   p99 {percentile(samples, 99):.2f} ms   "
+          f"max {max(samples):.2f} ms")
+    print(f"end-to-end throughput ({args.throughput_n} no-op command tasks, {args.agents} agents x {args.slots} slots):")
+    print(f"  {rate:.0f} tasks/s   (bulk submit took {submit_s * 1000:.0f} ms)")
+
+
+if __name__ == "__main__":
+    main()
