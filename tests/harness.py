@@ -117,7 +117,8 @@ class Coordinator:
         self.admin_token = self.env["MLOC_ADMIN_TOKEN"]
         self.prefix = prefix
         self.proc: Proc | None = None
-        self.http = httpx.Client(base_url=self.url, timeout=30, verify=False)
+        self.http = httpx.Client(base_url=self.url, timeout=30, verify=False,
+                                 headers={"Authorization": f"Bearer {self.admin_token}"})
 
     def start(self, wait: bool = True) -> Coordinator:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -173,9 +174,9 @@ class Coordinator:
     def workers(self) -> list[dict[str, Any]]:
         return self.http.get("/api/v1/workers").json()["workers"]
 
-    def logs(self, task_id: str) -> str:
+    def logs(self, task_id: str, stream: str | None = None) -> str:
         data = self.http.get(f"/api/v1/tasks/{task_id}/logs").json()
-        return "".join(c["data"] for c in data["chunks"])
+        return "".join(c["data"] for c in data["chunks"] if stream is None or c["stream"] == stream)
 
 
 class Agent:

@@ -21,11 +21,12 @@ CHAT_TEMPLATE = (
     "{% else %}{{ m['content'] + '<|im_end|>' }}{% endif %}{{ '\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-_WORDS = (
+_VOCAB = (
     "the a an model answer question data train learn token step loss reward good bad yes no red blue green "
     "one two three four five six seven eight nine ten cat dog bird fish tree river city code python number "
     "what is how why when where who which add sum list print hello world please thank you system user assistant"
-).split()
+)
+_WORDS = _VOCAB.split(" ")
 MARKER = "tiny-mloc"  # written into config.json so tests can tell our tiny models apart
 
 
@@ -63,7 +64,8 @@ def _llama_config(tokenizer, hidden_size: int, layers: int, **extra):
 
     return LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
-        num_hidden_layers=layers, num_attention_heads=max(1, hidden_size // 64), num_key_value_heads=max(1, hidden_size // 64),
+        num_hidden_layers=layers, num_attention_heads=max(1, hidden_size // 64),
+        num_key_value_heads=max(1, hidden_size // 64),
         head_dim=64, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
         **extra,

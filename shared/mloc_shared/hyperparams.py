@@ -45,6 +45,7 @@ class TrainingHyperparameters(Hyperparameters):
     max_length: int | None = Field(1024, ge=8, le=1_048_576, description="tokens per example, longer ones truncated")
     gradient_checkpointing: bool = Field(True, description="trade ~20% speed for much less activation memory")
     merge_adapter: bool = Field(False, description="also write the base model with the adapter merged in")
+    callbacks: list[str] = Field(default_factory=list, description="'package.module:Class' TrainerCallbacks to add")
 
 
 class SFTHyperparameters(TrainingHyperparameters):
@@ -56,7 +57,7 @@ class SFTHyperparameters(TrainingHyperparameters):
 
 class DPOHyperparameters(TrainingHyperparameters):
     beta: float = Field(0.1, gt=0)
-    loss_type: str = "sigmoid"
+    loss_type: str | list[str] = "sigmoid"
     label_smoothing: float = Field(0.0, ge=0, le=0.5)
 
 
@@ -166,6 +167,28 @@ class InferenceHyperparameters(Hyperparameters):
     output_file: str = "generations.jsonl"
 
 
+class ChatModelSettings(Hyperparameters):
+    """The chat model of rag_inference/agent_inference: an OpenAI-compatible endpoint or local transformers."""
+
+    provider: Literal["openai", "transformers", "none"] | None = Field(
+        None, description="None: openai when base_url is set, else transformers on the task's model")
+    base_url: str | None = Field(None, description="e.g. http://gpu-box:8000/v1 (vLLM's OpenAI-compatible server)")
+    model: str | None = Field(None, description="served model name (None: the endpoint's first), or a path/hub id")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key ('EMPTY' if unset)")
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=20)
+
+
+class WebSearchSettings(Hyperparameters):
+    """Where agent_inference's web_search tool sends queries; without a url/key the tool says it is off."""
+
+    provider: Literal["searxng", "tavily"] = "searxng"
+    url: str | None = Field(None, description="searxng: the instance's base URL; tavily: defaults to its API")
+    api_key_env: str | None = Field(None, description="environment variable holding the provider's key")
+    max_results: int = Field(5, ge=1, le=50)
+    timeout_s: float = Field(15.0, gt=0)
+
+
 class RagInferenceHyperparameters(Hyperparameters):
     embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
     vector_db: Literal["chromadb"] = "chromadb"
@@ -176,7 +199,8 @@ class RagInferenceHyperparameters(Hyperparameters):
     persist_directory: str | None = None
     documents: list[str] | None = None
     questions: list[str] | None = None
-    chat_model: str | dict[str, Any] | None = None
+    questions_file: str | None = Field(None, description="a .txt (one per line) or .jsonl file/URL of questions")
+    chat_model: ChatModelSettings | str | None = None
     max_new_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0)
     prompt_template: str | None = None
@@ -187,12 +211,13 @@ class AgentInferenceHyperparameters(Hyperparameters):
     agent_type: Literal["react"] = "react"
     tools: list[str | dict[str, Any]] = Field(default_factory=list)
     max_iterations: int = Field(10, ge=1, le=1000)
-    chat_model: str | dict[str, Any] | None = None
+    chat_model: ChatModelSettings | str | None = None
     questions: list[str] | None = None
+    questions_file: str | None = Field(None, description="a .txt (one per line) or .jsonl file/URL of questions")
     system_prompt: str | None = None
     python_timeout_s: float = Field(30.0, gt=0)
     python_memory_mb: int = Field(512, ge=16)
-    web_search: dict[str, Any] | None = None
+    web_search: WebSearchSettings | None = None
     temperature: float = Field(0.0, ge=0)
     output_file: str = "answers.jsonl"
 
@@ -251,7 +276,9 @@ TRAINING_DATASET_TYPES = frozenset({"sft", "dpo", "grpo", "reward_model"})
 # -- the hook TaskSpec calls --------------------------------------------------------------------------
 
 
-def _unknown_key_error(model: type[BaseModel], data: dict[str, Any], what: str, where: str = "") -> ValidationError | None:
+def _unknown_key_error(
+    model: type[BaseModel], data: dict[str, Any], what: str, where: str = ""
+) -> ValidationError | None:
     """A friendlier error than pydantic's 'Extra inputs are not permitted': names the key and a guess."""
     fields = set(model.model_fields)
     unknown = [k for k in data if k not in fields]
@@ -261,8 +288,9 @@ def _unknown_key_error(model: type[BaseModel], data: dict[str, Any], what: str, 
     for key in unknown:
         close = difflib.get_close_matches(str(key), sorted(fields), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(fields))}"
+        message = f"unknown {what} {key!r}{where}{hint}"
         errors.append({
-            "type": PydanticCustomError("unknown_key", "{message}", {"message": f"unknown {what} {key!r}{where}{hint}"}),
+            "type": PydanticCustomError("unknown_key", "{message}", {"message": message}),
             "loc": (key,), "input": data[key],
         })
     return ValidationError.from_exception_data(model.__name__, errors)

@@ -1,17 +1,17 @@
 """GPU memory a task needs when its spec does not say: a documented rule, not a measurement.
 
 Used by the coordinator (no ML import) so that, say, a 7B QLoRA fine-tune is never placed on an
-8 GB card. The rule, in GB (1e9 parameters × bytes per parameter = GB):
+8 GB card. The rule, in GB (1e9 parameters * bytes per parameter = GB):
 
-    weights      = P × bytes/param       4-bit (qlora) 0.5, 8-bit 1, bf16/fp16/auto 2, fp32 4
-    train state  = full fine-tune: P × 12 (fp32 gradients 4 + AdamW moments 8);
+    weights      = P * bytes/param       4-bit (qlora) 0.5, 8-bit 1, bf16/fp16/auto 2, fp32 4
+    train state  = full fine-tune: P * 12 (fp32 gradients 4 + AdamW moments 8);
                    lora/qlora: 10 % of the weights (adapter, its optimizer state, dequant buffers)
-    reference    = dpo/ppo full fine-tune: a frozen copy of the weights (P × 2);
-                   ppo: + a value model (P × 2 × 1.1) — with an adapter both are the base itself
-    activations  = P × tokens/1024 × (0.1 with gradient checkpointing, else 0.6)
-                   tokens = per_device_train_batch_size × max_length (× 2 for chosen+rejected in
-                   dpo/reward_model; grpo: × num_generations, max_completion_length)
-    inference    = weights × 1.2 (KV cache, workspace); the vllm engine × 1.3
+    reference    = dpo/ppo full fine-tune: a frozen copy of the weights (P * 2);
+                   ppo: + a value model (P * 2 * 1.1) — with an adapter both are the base itself
+    activations  = P * tokens/1024 * (0.1 with gradient checkpointing, else 0.6)
+                   tokens = per_device_train_batch_size * max_length (* 2 for chosen+rejected in
+                   dpo/reward_model; grpo: * num_generations, max_completion_length)
+    inference    = weights * 1.2 (KV cache, workspace); the vllm engine * 1.3
     overhead     = 1.5 GB (CUDA context, cuBLAS workspace, allocator slack)
     need         = ceil(sum), at least 1 GB
 
@@ -79,15 +79,15 @@ def _hp(spec: TaskSpec, key: str) -> Any:
 def _training_tokens(spec: TaskSpec) -> tuple[float, str]:
     if spec.task_type == "ppo":
         batch, length = _hp(spec, "mini_batch_size"), (_hp(spec, "max_length") or 512)
-        return batch * length, f"{batch}×{length}"
+        return batch * length, f"{batch}*{length}"
     batch = _hp(spec, "per_device_train_batch_size") or 8
     if spec.task_type == "grpo":
         length = _hp(spec, "max_completion_length") or 256
         gens = _hp(spec, "num_generations") or 8
-        return max(batch, gens) * length, f"{max(batch, gens)}×{length}"
+        return max(batch, gens) * length, f"{max(batch, gens)}*{length}"
     length = _hp(spec, "max_length") or 1024
     pairs = 2 if spec.task_type in ("dpo", "reward_model") else 1
-    return batch * length * pairs, f"{batch}×{length}" + ("×2" if pairs == 2 else "")
+    return batch * length * pairs, f"{batch}*{length}" + ("*2" if pairs == 2 else "")
 
 
 def estimate_gpu_memory(spec: TaskSpec) -> MemoryEstimate | None:
@@ -102,16 +102,16 @@ def estimate_gpu_memory(spec: TaskSpec) -> MemoryEstimate | None:
     adapter = spec.model.adapter.type if spec.model.adapter else "none"
     per_param, precision = bytes_per_parameter(spec.model.dtype, adapter)
     weights = params * per_param
-    parts = [f"weights {params:g}B×{per_param:g} ({precision}) = {weights:.1f}"]
+    parts = [f"weights {params:g}B*{per_param:g} ({precision}) = {weights:.1f}"]
     total = weights + OVERHEAD_GB
     if spec.task_type in INFERENCE_TYPES:
         factor = 1.3 if spec.hyperparameters.get("engine") == "vllm" else 1.2
         total = weights * factor + OVERHEAD_GB
-        parts.append(f"×{factor:g} for KV cache")
+        parts.append(f"*{factor:g} for KV cache")
     else:
         if adapter == "none":
             state = params * 12
-            parts.append(f"full fine-tune state {params:g}B×12 = {state:.1f}")
+            parts.append(f"full fine-tune state {params:g}B*12 = {state:.1f}")
             if spec.task_type in ("dpo", "ppo"):
                 ref = params * 2 * (2.1 if spec.task_type == "ppo" else 1)
                 state += ref
@@ -123,7 +123,7 @@ def estimate_gpu_memory(spec: TaskSpec) -> MemoryEstimate | None:
         checkpointing = _hp(spec, "gradient_checkpointing") is not False and spec.task_type != "ppo"
         per = 0.1 if checkpointing else 0.6
         activations = params * tokens / 1024 * per
-        parts.append(f"activations {params:g}B×{shape}/1024×{per:g} = {activations:.1f}")
+        parts.append(f"activations {params:g}B*{shape}/1024*{per:g} = {activations:.1f}")
         total += state + activations
     gb = max(1.0, float(math.ceil(total - 1e-9)))
     parts.append(f"overhead {OVERHEAD_GB:g}")

@@ -15,6 +15,10 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "mloc.modules"
 BUILTIN: dict[str, str] = {
     "command": "mloc_agent.modules.command:CommandModule",
+    "sft": "mloc_agent.modules.sft:SFTModule",
+    "dpo": "mloc_agent.modules.dpo:DPOModule",
+    "grpo": "mloc_agent.modules.grpo:GRPOModule",
+    "reward_model": "mloc_agent.modules.reward:RewardModelModule",
 }
 
 

@@ -47,6 +47,7 @@ async def register(request: web.Request) -> web.Response:
 async def poll(request: web.Request) -> web.Response:
     me = agent(request)
     req = await read_model(request, PollRequest)
+    me.address = request.remote
     return ok(await state(request).leasing.poll(me, req))
 
 

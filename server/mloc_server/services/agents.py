@@ -103,7 +103,7 @@ class Agents:
             "id": agent.id, "name": agent.name, "labels": agent.labels,
             "state": agent.state if connected else "offline",
             "draining": agent.self_draining or agent.state == "draining",
-            "connected": connected, "version": agent.version, "last_seen": agent.last_seen,
+            "connected": connected, "address": agent.address, "version": agent.version, "last_seen": agent.last_seen,
             "registered_at": agent.registered_at, "max_tasks": agent.max_tasks,
             "task_types": sorted(agent.task_types), "gpu_source": agent.inventory.gpu_source,
             "hostname": agent.inventory.hostname, "cpu_count": agent.inventory.cpu_count,

@@ -51,6 +51,7 @@ class AgentState:
     version: str = ""
     registered_at: float = 0.0
     last_seen: float = 0.0
+    address: str | None = None  # where its last poll came from (behind NAT: the NAT's address)
     self_draining: bool = False  # the agent itself is shutting down (SIGTERM)
     leases: dict[str, LeaseState] = field(default_factory=dict)
     waiter: asyncio.Future[str] | None = None
