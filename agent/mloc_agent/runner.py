@@ -53,7 +53,8 @@ class TaskProcess:
         cls, argv: list[str], env: dict[str, str], cwd: Path, warden: Warden
     ) -> TaskProcess:
         read_fd, write_fd = os.pipe()
-        env = warden.mark({**env, "MLOC_PROGRESS_FD": str(write_fd)})
+        # MLOC_PROGRESS is a path any shell can write to (dash cannot redirect to fds above 9)
+        env = warden.mark({**env, "MLOC_PROGRESS_FD": str(write_fd), "MLOC_PROGRESS": f"/dev/fd/{write_fd}"})
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,

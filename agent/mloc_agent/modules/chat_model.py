@@ -91,6 +91,7 @@ def openai_chat(choice: ChatModelChoice, temperature: float, max_tokens: int | N
         model = first_served_model(s.base_url, api_key, min(s.timeout_s, 30.0))
     if model is None:
         raise ChatModelError("chat_model.model is required without a base_url")
+    choice.settings = s.model_copy(update={"model": model})
     return ChatOpenAI(model=model, base_url=s.base_url, api_key=api_key, temperature=temperature,
                       max_tokens=max_tokens, timeout=s.timeout_s, max_retries=s.max_retries,
                       use_responses_api=False, disable_streaming=True)

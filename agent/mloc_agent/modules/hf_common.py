@@ -215,6 +215,7 @@ def run_training(trainer: Any, ctx: TaskContext, record: Any) -> dict[str, Any]:
         "global_step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch,
         "train_loss": out.training_loss, "train_runtime_s": out.metrics.get("train_runtime"),
         "resumed_from_step": record.resumed_from_step, "checkpoint_steps": record.checkpoints,
+        "final_metrics": {k: v for k, v in record.last_logs.items() if k not in ("loss", "epoch")},
     }
     result.update(record.loss_summary())
     return result

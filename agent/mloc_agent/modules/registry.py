@@ -15,6 +15,8 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "mloc.modules"
 BUILTIN: dict[str, str] = {
     "command": "mloc_agent.modules.command:CommandModule",
+    "rag_inference": "mloc_agent.modules.rag:RagModule",
+    "agent_inference": "mloc_agent.modules.agent_inference:AgentInferenceModule",
     "sft": "mloc_agent.modules.sft:SFTModule",
     "dpo": "mloc_agent.modules.dpo:DPOModule",
     "grpo": "mloc_agent.modules.grpo:GRPOModule",

@@ -270,6 +270,14 @@ def artifacts(task_id: str, download: str | None = typer.Option(None, help="name
     console.print(table)
 
 
+@app.command()
+def demo(workdir: str | None = typer.Option(None, help="folder for the demo's data (default: a temp dir)")) -> None:
+    """Start a coordinator and a local agent, run a sample task (and a tiny fine-tune), stop both."""
+    from mloc_shared.cli.demo import run
+
+    raise typer.Exit(run(workdir))
+
+
 @token_app.command("create")
 def token_create(user: str = typer.Option("", help="user name (user tokens)"),
                  role: str = typer.Option("user", help="user or admin"),

