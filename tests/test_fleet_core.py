@@ -33,7 +33,7 @@ def curl(coord: Coordinator, *args: str) -> tuple[int, dict]:
 
 
 def test_readme_curl_submissions(coordinator: Coordinator, start_agent, tmp_path: Path) -> None:
-    start_agent("cpu-box", extra_env={"MLOC_DISABLED_TASK_TYPES": "command"})
+    start_agent("cpu-box", extra_env={"MLOC_DISABLED_TASK_TYPES": "command,sft"})
     yaml_file = tmp_path / "my_task.yaml"
     yaml_file.write_text(SFT_YAML)
     json_file = tmp_path / "my_task.json"

@@ -114,24 +114,37 @@ class GRPOHyperparameters(TrainingHyperparameters):
 
 
 class PPOHyperparameters(Hyperparameters):
-    """The original README's fields (reward_model, ppo_epochs, target_kl) plus classic TRL PPO ones."""
+    """The original README's fields (reward_model, ppo_epochs, target_kl) plus classic TRL PPO ones.
 
-    reward_model: str | None = None
+    Names and meanings follow TRL <= 0.11's PPOConfig (see docs/ppo.md): ``target_kl`` stops a
+    step's PPO epochs once the update's KL passes 1.5 x target_kl; ``kl_target`` (TRL's ``target``)
+    is what the adaptive controller steers the rollouts' KL to the reference towards.
+    """
+
+    reward_model: str = Field(min_length=1, description="path or hub id of a sequence-classification reward model")
     ppo_epochs: int = Field(4, ge=1, le=100)
-    target_kl: float | None = Field(0.1, gt=0)
+    target_kl: float | None = Field(0.1, gt=0, description="early stop when the update's KL > 1.5 x this")
+    early_stopping: bool = Field(True, description="apply target_kl (TRL's default was off)")
     learning_rate: float = Field(1.41e-5, gt=0, le=1)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="prompts per PPO step (rollout batch)")
     mini_batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     init_kl_coef: float = Field(0.2, ge=0)
     adap_kl_ctrl: bool = True
-    kl_horizon: int = Field(10000, ge=1)
+    kl_target: float = Field(6.0, gt=0, description="adaptive KL controller's target (TRL's 'target'), in nats")
+    kl_horizon: int = Field(10000, ge=1, description="adaptive KL controller's horizon (TRL's 'horizon')")
+    kl_penalty: Literal["kl", "abs", "mse"] = "kl"
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(0.95, ge=0, le=1)
     cliprange: float = Field(0.2, gt=0)
     cliprange_value: float = Field(0.2, gt=0)
     vf_coef: float = Field(0.1, ge=0)
+    ratio_threshold: float = Field(10.0, gt=0, description="skip minibatches whose mean ratio is above this")
+    max_grad_norm: float | None = Field(None, gt=0)
     whiten_rewards: bool = False
+    score_clip: float | None = Field(None, gt=0)
+    reward_input: Literal["auto", "pair", "chat", "text"] = Field(
+        "auto", description="how (prompt, response) reach the reward model; auto: chat if it has a template")
     max_new_tokens: int = Field(32, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_k: int = Field(0, ge=0)
@@ -140,9 +153,20 @@ class PPOHyperparameters(Hyperparameters):
     save_steps: int = Field(50, ge=1)
     logging_steps: int = Field(1, ge=1)
     seed: int = 42
-    query_dataset: str | None = None
-    max_length: int | None = Field(512, ge=8)
+    prompts: list[str] | None = Field(None, description="inline prompts (instead of a dataset)")
+    query_dataset: str | None = Field(None, description="prompts: a path, URL or hub id (instead of a dataset)")
+    max_length: int | None = Field(512, ge=8, description="prompt + response tokens; prompts are cut from the left")
     merge_adapter: bool = False
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> PPOHyperparameters:
+        step = self.mini_batch_size * self.gradient_accumulation_steps
+        if self.batch_size % step:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size x "
+                             f"gradient_accumulation_steps ({step})")
+        if self.max_length is not None and self.max_length <= self.max_new_tokens:
+            raise ValueError("max_length must leave room for the prompt: make it larger than max_new_tokens")
+        return self
 
 
 # -- inference, RAG, agents ----------------------------------------------------------------------
@@ -270,7 +294,7 @@ class TrainingDataset(Hyperparameters):
         return self
 
 
-TRAINING_DATASET_TYPES = frozenset({"sft", "dpo", "grpo", "reward_model"})
+TRAINING_DATASET_TYPES = frozenset({"sft", "dpo", "grpo", "reward_model", "ppo"})
 
 
 # -- the hook TaskSpec calls --------------------------------------------------------------------------

@@ -51,10 +51,16 @@ class Tasks:
             idempotency_key=f"{owner}:{idempotency_key}" if idempotency_key else None,
             body_hash=hashlib.sha256(body.encode()).hexdigest(),
         )
-        task_id, created = await self.db.write(lambda con: repo.insert_task(con, new))
+        def write(con):
+            task_id, created = repo.insert_task(con, new)
+            return repo.task_row(con, task_id), created
+
+        row, created = await self.db.write(write)
         if created:
-            self.leasing.enqueue(task_id, req, TaskMeta.from_spec(wire), now)
-        record = await self.get(task_id, principal)
+            self.leasing.enqueue(row["id"], req, TaskMeta.from_spec(wire), now)
+            record = self.record(row)  # a new task has no attempts yet: no second read
+        else:
+            record = await self.get(row["id"], principal)
         warnings = []
         if spec.task_type not in BUILTIN_TASK_TYPES:
             close = difflib.get_close_matches(spec.task_type, BUILTIN_TASK_TYPES, n=1)

@@ -74,6 +74,10 @@ def insert_task(con: sqlite3.Connection, t: NewTask) -> tuple[str, bool]:
     return t.id, True
 
 
+def task_row(con: sqlite3.Connection, task_id: str) -> sqlite3.Row:
+    return con.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
+
+
 @dataclass
 class Claim:
     task_id: str
