@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.harness import Agent, Coordinator, wait_for  # noqa: E402
+from tests.harness import Agent, Coordinator, wait_for
 
 PROTO = {"X-MLOC-Protocol": "1"}
 
@@ -108,7 +108,8 @@ def main() -> None:
     print(f"submit-to-lease latency ({args.latency_n} tasks, one at a time, idle agent holding a poll):")
     print(f"  p50 {statistics.median(samples):.2f} ms   p99 {percentile(samples, 99):.2f} ms   "
           f"max {max(samples):.2f} ms")
-    print(f"end-to-end throughput ({args.throughput_n} no-op command tasks, {args.agents} agents x {args.slots} slots):")
+    print(f"end-to-end throughput ({args.throughput_n} no-op command tasks, "
+          f"{args.agents} agents x {args.slots} slots):")
     print(f"  {rate:.0f} tasks/s   (bulk submit took {submit_s * 1000:.0f} ms)")
 
 

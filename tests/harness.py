@@ -47,7 +47,7 @@ class Proc:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (open for the life of the process)
         self.proc = subprocess.Popen(self.prefix + self.argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
                                      cwd=self.cwd)
 

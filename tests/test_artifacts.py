@@ -20,7 +20,7 @@ KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 @pytest.fixture
 def moto(tmp_path: Path) -> Iterator[str]:
     port = free_port()
-    log = open(tmp_path / "moto.log", "wb")
+    log = open(tmp_path / "moto.log", "wb")  # noqa: SIM115 (open for the life of the server)
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -216,7 +216,8 @@ def test_task_processes_die_with_a_killed_agent(coordinator: Coordinator, start_
     agent = start_agent("mortal")
     pids = tmp_path / "pids"
     # a shell that starts a grandchild in the background: both must go when the agent is killed
-    task = coordinator.submit({"taskType": "command", "command": f"sleep 300 & echo $! >> {pids}; echo $$ >> {pids}; wait"})
+    cmd = f"sleep 300 & echo $! >> {pids}; echo $$ >> {pids}; wait"
+    task = coordinator.submit({"taskType": "command", "command": cmd})
     coordinator.wait_state(task["id"], "running")
     found = wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2 and pids.read_text().split(), 10,
                      "task pids")

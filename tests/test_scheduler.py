@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from mloc_server.services.queue import QueuedTask, TaskMeta, TaskQueue
 from mloc_server.services.scheduler import AgentView, Requirement, pick_gpus, unplaceable_reason
 from mloc_shared.protocol import Gpu

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from mloc_shared.errors import BadRequest, ValidationFailed
 from mloc_shared.spec_parsing import parse_task
 
@@ -24,10 +23,11 @@ def test_readme_examples_are_accepted_as_written() -> None:
     ppo = b'taskType: "ppo"\nhyperparameters:\n  reward_model: "OpenAssistant/reward-model-deberta-v3-large-v2"\n' \
           b"  ppo_epochs: 4\n  target_kl: 0.1\n"
     assert parse_task(ppo).hyperparameters["target_kl"] == 0.1
-    rag = b'taskType: "rag_inference"\nhyperparameters:\n  embedding_model: "sentence-transformers/all-MiniLM-L6-v2"\n' \
-          b'  vector_db: "chromadb"\n  retrieval_k: 5\n'
+    rag = (b'taskType: "rag_inference"\nhyperparameters:\n'
+           b'  embedding_model: "sentence-transformers/all-MiniLM-L6-v2"\n  vector_db: "chromadb"\n  retrieval_k: 5\n')
     assert parse_task(rag).hyperparameters["retrieval_k"] == 5
-    agent = b'taskType: "agent_inference"\nhyperparameters:\n  agent_type: "react"\n  tools: ["python_repl", "web_search"]\n'
+    agent = (b'taskType: "agent_inference"\nhyperparameters:\n  agent_type: "react"\n'
+             b'  tools: ["python_repl", "web_search"]\n')
     assert parse_task(agent).hyperparameters["tools"] == ["python_repl", "web_search"]
 
 

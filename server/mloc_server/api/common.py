@@ -22,10 +22,7 @@ def state(request: web.Request) -> AppState:
 
 
 def ok(data: Any, status: int = 200) -> web.Response:
-    if isinstance(data, BaseModel):
-        text = data.model_dump_json()
-    else:
-        text = json.dumps(data, default=str)
+    text = data.model_dump_json() if isinstance(data, BaseModel) else json.dumps(data, default=str)
     return web.Response(text=text, status=status, content_type="application/json")
 
 

@@ -93,7 +93,8 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     async for chunks in st.logs.follow(task_id, attempt_no, cursor):
         if sse:
-            payload = "".join(f"id: {c['attempt']}.{c['seq']}\ndata: {json.dumps(c)}\n\n" for c in chunks) or ": keepalive\n\n"
+            events = (f"id: {c['attempt']}.{c['seq']}\ndata: {json.dumps(c)}\n\n" for c in chunks)
+            payload = "".join(events) or ": keepalive\n\n"
         else:
             payload = "".join(c["data"] for c in chunks)
         if payload:

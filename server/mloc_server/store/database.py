@@ -11,6 +11,7 @@ killed process; an OS crash may lose the last commits).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -137,15 +138,13 @@ class Database:
             con.execute("COMMIT")
             self.healthy, self.last_error = True, None
         except sqlite3.Error as exc:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 con.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
             self.healthy, self.last_error = False, str(exc)
             log.error("database write failed: %s", exc)
             err = Unavailable(f"database write failed: {exc}", hint="check the coordinator's disk and data dir")
             outcomes = [(False, err)] * len(batch)
-        for (fn, fut, loop), (ok, value) in zip(batch, outcomes, strict=True):
+        for (_fn, fut, loop), (ok, value) in zip(batch, outcomes, strict=True):
             loop.call_soon_threadsafe(_resolve, fut, ok, value)
 
     @staticmethod

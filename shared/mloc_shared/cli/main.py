@@ -222,8 +222,9 @@ def agents(config: Path | None = ConfigOpt) -> None:
     data = _call(_client(config).get, "/api/v1/workers")
     table = Table("name", "state", "labels", "GPUs", "leases", "last seen")
     for a in data["workers"]:
-        gpus = ", ".join(f"{g['name']} {g['memory_total_mb'] / 1024:.0f}G" + (" (declared)" if g.get("declared") else "")
-                         for g in a["gpus"]) or "CPU only"
+        gpus = ", ".join(f"{g['name']} {g['memory_total_mb'] / 1024:.0f}G"
+                         + (" (declared)" if g.get("declared") else "") for g in a["gpus"])
+        gpus = gpus or "CPU only"
         labels = ",".join(f"{k}={v}" for k, v in a["labels"].items())
         table.add_row(a["name"], a["state"] + (" (draining)" if a["draining"] else ""), labels, gpus,
                       str(len(a["leases"])), f"{time.time() - a['last_seen']:.0f}s ago")
