@@ -10,6 +10,16 @@ import pytest
 from tests.harness import Agent, Coordinator
 
 A100 = {"name": "NVIDIA A100-SXM4-80GB", "memory_gb": 80, "compute_capability": "8.0"}
+README_SFT_YAML = """taskType: "sft"
+model:
+  source:
+    type: "huggingface"
+    identifier: "mistralai/Mistral-7B-Instruct-v0.1"
+  adapter:
+    type: "qlora"
+    r: 16
+    lora_alpha: 32
+"""
 RTX4090 = {"name": "NVIDIA GeForce RTX 4090", "memory_gb": 23.99, "compute_capability": "8.9"}
 
 

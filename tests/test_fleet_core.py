@@ -10,19 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import A100, RTX4090
+from tests.conftest import A100, README_SFT_YAML, RTX4090
 from tests.harness import Agent, Coordinator, wait_for
-
-SFT_YAML = """taskType: "sft"
-model:
-  source:
-    type: "huggingface"
-    identifier: "mistralai/Mistral-7B-Instruct-v0.1"
-  adapter:
-    type: "qlora"
-    r: 16
-    lora_alpha: 32
-"""
 
 
 def curl(coord: Coordinator, *args: str) -> tuple[int, dict]:
@@ -35,7 +24,7 @@ def curl(coord: Coordinator, *args: str) -> tuple[int, dict]:
 def test_readme_curl_submissions(coordinator: Coordinator, start_agent, tmp_path: Path) -> None:
     start_agent("cpu-box", extra_env={"MLOC_DISABLED_TASK_TYPES": "command,sft"})
     yaml_file = tmp_path / "my_task.yaml"
-    yaml_file.write_text(SFT_YAML)
+    yaml_file.write_text(README_SFT_YAML)
     json_file = tmp_path / "my_task.json"
     json_file.write_text(json.dumps({"taskType": "command", "command": "echo hi"}, indent=2))
 

@@ -6,16 +6,9 @@ import pytest
 from mloc_shared.errors import BadRequest, ValidationFailed
 from mloc_shared.spec_parsing import parse_task
 
-README_SFT = b"""taskType: "sft"
-model:
-  source:
-    type: "huggingface"
-    identifier: "mistralai/Mistral-7B-Instruct-v0.1"
-  adapter:
-    type: "qlora"
-    r: 16
-    lora_alpha: 32
-"""
+from tests.conftest import README_SFT_YAML
+
+README_SFT = README_SFT_YAML.encode()
 
 
 def test_readme_examples_are_accepted_as_written() -> None:
