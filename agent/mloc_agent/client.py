@@ -25,6 +25,10 @@ from mloc_shared.protocol import (
     PollResponse,
     RegisterRequest,
     RegisterResponse,
+    SecretsRequest,
+    SecretsResponse,
+    SourcesRequest,
+    SourcesResponse,
     UploadCommit,
     UploadPlan,
     UploadRequest,
@@ -118,6 +122,12 @@ class CoordinatorClient:
 
     async def commit_upload(self, task_id: str, upload_id: str, req: UploadCommit) -> dict[str, Any]:
         return await self._post(f"api/v1/leases/{task_id}/uploads/{upload_id}/commit", req, None)
+
+    async def sources(self, task_id: str, req: SourcesRequest) -> SourcesResponse:
+        return await self._post(f"api/v1/leases/{task_id}/sources", req, SourcesResponse)
+
+    async def secrets(self, task_id: str, req: SecretsRequest) -> SecretsResponse:
+        return await self._post(f"api/v1/leases/{task_id}/secrets", req, SecretsResponse)
 
     def absolute(self, url: str) -> str:
         """Presigned URLs of the embedded store are relative to the coordinator."""

@@ -26,6 +26,8 @@ from mloc_agent.client import retryable
 from mloc_agent.log_streamer import LogStreamer
 from mloc_agent.modules.registry import load
 from mloc_agent.runner import TaskProcess
+from mloc_agent.sources import fetch_sources
+from mloc_agent.task_secrets import fetch_secrets
 from mloc_agent.uploads import fetch_checkpoint, upload
 
 if TYPE_CHECKING:
@@ -103,11 +105,15 @@ class LeaseRun:
         await asyncio.to_thread(_make_dirs, output_dir, ckpt_dir)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLOC_") and k not in SECRET_ENV}
         env.update(lease.spec.get("env") or {})
+        secret_env = await fetch_secrets(self.client, lease)  # only here, in the child's environment
+        self.logs.redactor.add(secret_env.values())
+        env.update(secret_env)
         env.update({
             "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in lease.gpus),
             "MLOC_TASK_ID": lease.task_id, "MLOC_ATTEMPT": str(lease.attempt), "MLOC_WORKDIR": str(self.workdir),
             "MLOC_GPUS": ",".join(str(g) for g in lease.gpus), "MLOC_OUTPUT_DIR": str(output_dir),
-            "MLOC_CHECKPOINT_DIR": str(ckpt_dir), "PYTHONUNBUFFERED": "1",
+            "MLOC_CHECKPOINT_DIR": str(ckpt_dir), "MLOC_AGENT_DATA_DIR": str(settings.data_dir),
+            "PYTHONUNBUFFERED": "1",
         })
         if lease.resume is not None:
             self.logs.write("system", f"[mloc] resuming from checkpoint {lease.resume.name} "
@@ -116,6 +122,11 @@ class LeaseRun:
             env["MLOC_RESUME_DIR"] = str(resume_dir)
             if lease.resume.step is not None:
                 env["MLOC_RESUME_STEP"] = str(lease.resume.step)
+        sources_dir = await fetch_sources(self.client, lease, self.workdir / "sources")
+        if sources_dir is not None:  # outputs of the finished tasks this one reads (model.source type task)
+            names = ", ".join(sorted(p.name for p in sources_dir.iterdir()))
+            self.logs.write("system", f"[mloc] fetched the outputs of task(s) {names}\n")
+            env["MLOC_SOURCES_DIR"] = str(sources_dir)
         module_cls = load(module_ref)
         result_file = self.workdir / "result.json"
         direct = module_cls.direct_argv(lease.spec)
@@ -234,6 +245,10 @@ class LeaseRun:
             return
         if self.progress is not None and completion.result is not None:
             completion.result.setdefault("progress", self.progress.model_dump(exclude_none=True))
+        if completion.error:  # the task's own output may echo a secret
+            completion.error = self.logs.redactor.mask(completion.error)
+        if completion.result:
+            completion.result = json.loads(self.logs.redactor.mask(json.dumps(completion.result)))
         try:
             state = await asyncio.shield(self.agent.completions.report(self.task_id, completion))
             log.debug("task %s finished: %s", self.task_id, state)

@@ -17,6 +17,7 @@ from mloc_shared.errors import MlocError
 from mloc_shared.protocol import LogBatch, LogChunk
 
 from mloc_agent.client import CoordinatorClient, retryable
+from mloc_agent.task_secrets import Redactor
 
 log = logging.getLogger(__name__)
 MAX_CHUNK = 64 * 1024
@@ -39,6 +40,7 @@ class LogStreamer:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.lost = False
+        self.redactor = Redactor()  # the task's secrets never leave the box in its output
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"logs-{self.task_id}")
@@ -65,8 +67,8 @@ class LogStreamer:
             return
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         while chunk := await reader.read(MAX_CHUNK):
-            self.write(stream, decoder.decode(chunk))
-        self.write(stream, decoder.decode(b"", final=True))
+            self.write(stream, self.redactor.feed(stream, decoder.decode(chunk)))
+        self.write(stream, self.redactor.feed(stream, decoder.decode(b"", final=True), final=True))
 
     async def _send_some(self) -> None:
         batch, size = [], 0

@@ -12,6 +12,10 @@ from aiohttp import web
 
 from mloc_server.api import agents as agents_api
 from mloc_server.api import artifacts as artifacts_api
+from mloc_server.api import metrics as metrics_api
+from mloc_server.api import openapi as openapi_api
+from mloc_server.api import pages as pages_api
+from mloc_server.api import secrets as secrets_api
 from mloc_server.api import system as system_api
 from mloc_server.api import tasks as tasks_api
 from mloc_server.api.middleware import errors
@@ -22,6 +26,7 @@ from mloc_server.services.artifacts import Artifacts
 from mloc_server.services.auth import Auth
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.logs import Logs
+from mloc_server.services.secrets import TaskSecrets
 from mloc_server.services.tasks import Tasks
 from mloc_server.settings import CoordinatorSettings
 from mloc_server.state import STATE, AppState
@@ -49,6 +54,10 @@ def create_app(settings: CoordinatorSettings) -> web.Application:
     app.add_routes(agents_api.routes)
     app.add_routes(artifacts_api.routes)
     app.add_routes(system_api.routes)
+    app.add_routes(secrets_api.routes)
+    app.add_routes(pages_api.routes)
+    metrics_api.install(app)
+    app.add_routes(openapi_api.routes)
     app.cleanup_ctx.append(lambda app: _lifecycle(app, settings))
     return app
 
@@ -65,10 +74,12 @@ async def _lifecycle(app: web.Application, settings: CoordinatorSettings) -> Asy
     await auth.load()
     leasing = Leasing(db, settings, resume_url=store.download_url)
     await leasing.load()
+    secrets = TaskSecrets(leasing, settings.data_dir / "secrets.key")
+    await secrets.load()
     st = AppState(
-        settings=settings, db=db, auth=auth, leasing=leasing, tasks=Tasks(leasing), agents=Agents(leasing),
+        settings=settings, db=db, auth=auth, leasing=leasing, tasks=Tasks(leasing, secrets), agents=Agents(leasing),
         artifacts=Artifacts(leasing, store, int(settings.max_artifact_gb * (1 << 30))), logs=Logs(leasing),
-        store=store, started_at=time.time(),
+        secrets=secrets, store=store, started_at=time.time(),
     )
     app[STATE] = st
     await _bootstrap_tokens(st)

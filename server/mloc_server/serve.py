@@ -12,11 +12,12 @@ from mloc_shared.logging_setup import setup_logging
 
 from mloc_server.app import create_app
 from mloc_server.settings import CoordinatorSettings
+from mloc_server.state import STATE
 
 
 async def serve(settings: CoordinatorSettings) -> None:
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     ssl_ctx = None
     if settings.tls_cert and settings.tls_key:
@@ -34,6 +35,10 @@ async def serve(settings: CoordinatorSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    state = app.get(STATE)
+    if state is not None:  # held polls and log streams would otherwise delay the stop by a poll hold
+        state.leasing.release_polls()
+        state.logs.release_followers()
     await runner.cleanup()
 
 

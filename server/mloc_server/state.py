@@ -12,6 +12,7 @@ from mloc_server.services.artifacts import Artifacts
 from mloc_server.services.auth import Auth
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.logs import Logs
+from mloc_server.services.secrets import TaskSecrets
 from mloc_server.services.tasks import Tasks
 from mloc_server.settings import CoordinatorSettings
 from mloc_server.store.database import Database
@@ -27,6 +28,7 @@ class AppState:
     agents: Agents
     artifacts: Artifacts
     logs: Logs
+    secrets: TaskSecrets
     store: ArtifactStore
     started_at: float
 

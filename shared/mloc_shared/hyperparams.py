@@ -181,6 +181,8 @@ class InferenceHyperparameters(Hyperparameters):
     do_sample: bool | None = None
     batch_size: int = Field(8, ge=1)
     prompts: list[str] | None = None
+    prompts_file: str | None = Field(None, description="a path on the agent or an http(s) URL: .txt (a prompt a "
+                                     "line), .jsonl/.json (prompt, messages, question or text), .csv")
     system_prompt: str | None = None
     chat: bool | None = Field(None, description="apply the chat template; None: when the tokenizer has one")
     stop: list[str] | None = None
@@ -294,7 +296,7 @@ class TrainingDataset(Hyperparameters):
         return self
 
 
-TRAINING_DATASET_TYPES = frozenset({"sft", "dpo", "grpo", "reward_model", "ppo"})
+TRAINING_DATASET_TYPES = frozenset({"sft", "dpo", "grpo", "reward_model", "ppo", "inference"})
 
 
 # -- the hook TaskSpec calls --------------------------------------------------------------------------

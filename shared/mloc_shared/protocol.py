@@ -6,7 +6,7 @@ these models, never hand-made dicts. See version.py for the compatibility rule.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,6 +15,8 @@ from mloc_shared.version import PROTOCOL_VERSION
 TaskState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 Outcome = Literal["succeeded", "failed", "cancelled"]
+# An integer the coordinator stores in a 64-bit SQLite column: a larger one is refused naming its field.
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
 
 class WireModel(BaseModel):
@@ -96,7 +98,7 @@ class GpuStat(WireModel):
 class Completion(WireModel):
     epoch: int
     outcome: Outcome
-    exit_code: int | None = None
+    exit_code: Int64 | None = None
     result: dict[str, Any] | None = None
     error: str | None = Field(None, max_length=20000)
 
@@ -184,7 +186,7 @@ class HeartbeatResponse(WireModel):
 
 
 class LogChunk(WireModel):
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=0, le=2**63 - 1)
     stream: Literal["stdout", "stderr", "system"] = "stdout"
     data: str = Field(max_length=1_000_000)
 
@@ -197,9 +199,9 @@ class LogBatch(WireModel):
 class UploadRequest(WireModel):
     epoch: int
     name: str = Field(min_length=1, max_length=512)
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, le=2**63 - 1)
     kind: Literal["artifact", "checkpoint"] = "artifact"
-    step: int | None = None
+    step: Int64 | None = None
 
 
 class PartUrl(WireModel):
@@ -218,7 +220,7 @@ class UploadPlan(WireModel):
 
 
 class UploadedPart(WireModel):
-    part_number: int
+    part_number: int = Field(ge=1, le=10_000)
     etag: str
 
 
@@ -226,3 +228,38 @@ class UploadCommit(WireModel):
     epoch: int
     upload_id: str
     parts: list[UploadedPart] | None = None
+
+
+class SourcesRequest(WireModel):
+    """Agent -> coordinator: the outputs of the finished tasks this lease's spec reads (chaining.py)."""
+
+    epoch: int
+
+
+class SourceArtifact(WireModel):
+    name: str
+    size: int | None = None
+    url: str
+
+
+class SourceTask(WireModel):
+    """A finished task another task reads: its outputs (presigned downloads) and its model source."""
+
+    task_id: str
+    task_type: str
+    model_source: dict[str, Any] | None = None
+    artifacts: list[SourceArtifact] = Field(default_factory=list)
+
+
+class SourcesResponse(WireModel):
+    sources: list[SourceTask] = Field(default_factory=list)
+
+
+class SecretsRequest(WireModel):
+    """Agent -> coordinator: the values of the secrets a lease's spec names (never in the lease itself)."""
+
+    epoch: int
+
+
+class SecretsResponse(WireModel):
+    secrets: dict[str, str] = Field(default_factory=dict)

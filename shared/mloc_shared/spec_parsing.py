@@ -19,6 +19,8 @@ from mloc_shared.errors import BadRequest, ValidationFailed
 from mloc_shared.taskspec import FieldError, TaskSpec
 
 MAX_DEPTH = 32
+# libyaml when installed: the pure-Python loader is several times slower on a large body
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _KEY_TOKEN = re.compile(r"(?:^|[\"'\s\w])([A-Za-z_][A-Za-z0-9_]*):(?:\s|$)")
 CURL_HINT = (
     "curl -d strips line breaks from the file, so block-style YAML arrives as one line. "
@@ -42,20 +44,40 @@ def parse_document(body: bytes) -> tuple[Any, yaml.Node | None]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
+            invalid = BadRequest(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+                                 line=exc.lineno)
             if stripped[:1] == "{":
-                # maybe YAML flow style: {taskType: command, command: "true"}
-                return _parse_yaml(text)
-            raise BadRequest(
-                f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", line=exc.lineno
-            ) from None
+                try:  # maybe YAML flow style: {taskType: command, command: "true"}
+                    return _parse_yaml(text)
+                except BadRequest:
+                    raise invalid from None  # it was meant as JSON: say what is wrong with that
+            raise invalid from None
+        except RecursionError:
+            raise BadRequest(f"the document nests deeper than {MAX_DEPTH} levels") from None
+        except ValueError as exc:  # e.g. an integer of thousands of digits
+            raise BadRequest(f"invalid JSON: {exc}") from None
         _check_depth(data)
+        _check_text(data, None)
         return data, None  # JSON errors name the field; line numbers are for YAML
-    return _parse_yaml(text)
+    data, node = _parse_yaml(text)
+    _check_text(data, node)
+    return data, node
 
 
 def _parse_yaml(text: str) -> tuple[Any, yaml.Node | None]:
+    loader = _YAML_LOADER(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        return _load_yaml(loader, text)
+    except RecursionError:
+        raise BadRequest(f"the document nests deeper than {MAX_DEPTH} levels") from None
+    finally:
+        loader.dispose()
+
+
+def _load_yaml(loader: yaml.SafeLoader, text: str) -> tuple[Any, yaml.Node | None]:
+    """Compose once (for line numbers and checks), then build the data from that node tree."""
+    try:
+        node = loader.get_single_node()
     except yaml.YAMLError as exc:
         if _looks_like_flattened_yaml(text):
             raise BadRequest("the YAML body arrived on a single line", hint=CURL_HINT) from None
@@ -67,7 +89,15 @@ def _parse_yaml(text: str) -> tuple[Any, yaml.Node | None]:
     if node is None:
         raise BadRequest("the request body holds no YAML document")
     _check_node(node)
-    data = yaml.SafeLoader(text).get_single_data()
+    try:
+        data = loader.construct_document(node)
+    except yaml.YAMLError as exc:  # a tag we do not build (!!python/...), an unhashable key
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise BadRequest(f"invalid YAML{f' at line {line}' if line else ''}: {problem}", line=line) from None
+    except ValueError as exc:  # e.g. an integer of thousands of digits
+        raise BadRequest(f"invalid YAML at line {node.start_mark.line + 1}: {exc}") from None
     if (
         isinstance(data, dict)
         and "\n" not in text.strip()
@@ -120,6 +150,33 @@ def _check_depth(data: Any, depth: int = 0) -> None:
     elif isinstance(data, list):
         for value in data:
             _check_depth(value, depth + 1)
+
+
+def _check_text(data: Any, node: yaml.Node | None, path: tuple[Any, ...] = ()) -> None:
+    """Refuse NUL and unpaired surrogates anywhere in a spec, naming the field.
+
+    Neither can reach a process (argv, environment, file names), and a lone surrogate cannot even be
+    encoded as UTF-8: stored, it would break every poll that hands the task to an agent.
+    """
+    if isinstance(data, dict):
+        for key, value in data.items():
+            _check_text(key, node, path)
+            _check_text(value, node, (*path, key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            _check_text(value, node, (*path, i))
+    elif isinstance(data, str) and ("\x00" in data or not _encodable(data)):
+        field = ".".join(str(p) for p in path) or None
+        what = "a NUL character" if "\x00" in data else "an unpaired surrogate (not valid Unicode)"
+        raise ValidationFailed(f"{field or 'the document'} holds {what}", field=field, line=line_of(node, path))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def line_of(node: yaml.Node | None, path: tuple[Any, ...]) -> int | None:

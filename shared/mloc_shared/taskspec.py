@@ -28,6 +28,7 @@ BUILTIN_TASK_TYPES = (
 ML_TASK_TYPES = frozenset(BUILTIN_TASK_TYPES) - {"command"}
 _TASK_TYPE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_.\-/]{1,63}$")
+SECRET_MIN, SECRET_MAX = 4, 65536
 
 
 class FieldError(ValueError):
@@ -93,13 +94,16 @@ class RetryPolicy(SpecModel):
 class TaskSpec(SpecModel):
     """One task as a user writes it (YAML or JSON)."""
 
-    task_type: str = Field(alias="taskType")
+    # the pattern is for the OpenAPI document; _task_type_shape checks it with a friendlier message
+    task_type: str = Field(alias="taskType", json_schema_extra={"pattern": _TASK_TYPE_RE.pattern})
     name: str | None = Field(None, max_length=200)
     model: ModelSpec | None = None
     dataset: dict[str, Any] | None = None
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     command: str | list[str] | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    # values reach only the task's environment: stored encrypted apart from the spec, masked in logs
+    secrets: dict[str, str] = Field(default_factory=dict, max_length=64)
     resources: Resources = Field(default_factory=Resources)
     priority: int = Field(0, ge=-1000, le=1000)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
@@ -136,6 +140,17 @@ class TaskSpec(SpecModel):
                 raise ValueError(f"env name {key!r} is not a valid variable name")
         return env
 
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names_and_sizes(cls, secrets: dict[str, str]) -> dict[str, str]:
+        for key, value in secrets.items():
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key) or key.startswith("MLOC_"):
+                raise ValueError(f"secret name {key!r} must be a variable name not starting with MLOC_")
+            if not SECRET_MIN <= len(value) <= SECRET_MAX:
+                # shorter values could not be masked in logs without masking ordinary text
+                raise ValueError(f"secret {key} must be {SECRET_MIN}..{SECRET_MAX} characters long")
+        return secrets
+
     @model_validator(mode="after")
     def _command_only_for_command_tasks(self) -> TaskSpec:
         if self.task_type == "command":
@@ -146,10 +161,13 @@ class TaskSpec(SpecModel):
         return self
 
     def required_gpus(self) -> int:
-        """GPUs the task needs: as asked, else none for commands and one for ML task types."""
+        """GPUs the task needs: as asked, else one for task types that run a model on the box.
+
+        Agents (their model is an endpoint) and commands need none by default.
+        """
         if self.resources.gpus is not None:
             return self.resources.gpus
-        return 1 if self.task_type in ML_TASK_TYPES else 0
+        return 1 if self.task_type in ML_TASK_TYPES - {"agent_inference"} else 0
 
     def display_name(self) -> str:
         return self.name or self.task_type

@@ -3,7 +3,10 @@ and helpers to submit training tasks to a real coordinator and read back their a
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,3 +92,19 @@ def download_folder(coord: Coordinator, task_id: str, prefix: str, dest: Path) -
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(resp.content)
     return dest / prefix
+
+
+@pytest.fixture
+def file_server(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A plain HTTP server over a folder: (folder, base URL) — stands in for presigned object-store URLs."""
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

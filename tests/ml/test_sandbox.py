@@ -9,16 +9,19 @@ layer at all, so a layer that silently stops working fails its test.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+import signal
 import socket
 import threading
 from pathlib import Path
 
 import pytest
-
 from mloc_agent.modules.sandbox import SandboxPolicy, run_python
 from mloc_agent.modules.sandbox_boot import landlock_abi
+
 from tests.harness import Coordinator, wait_for
 from tests.ml.conftest import run_to_end
 from tests.ml.fake_llm import FakeLLM
@@ -47,10 +50,8 @@ class TcpServer:
             self.accepted += 1
             with conn:
                 conn.settimeout(2)
-                try:
+                with contextlib.suppress(OSError):
                     self.received += conn.recv(1024)
-                except OSError:
-                    pass
 
     def close(self) -> None:
         self.sock.close()
@@ -116,7 +117,9 @@ def test_python_repl_in_an_agent_task_cannot_read_the_credential_or_reach_the_ne
         assert value not in transcript  # no secret of the agent's leaked into the task's output
     results = [json.loads(line) for line in transcript.splitlines() if '"tool_result"' in line]
     assert results[1]["details"]["timed_out"] is True and results[1]["details"]["duration_s"] < 6
-    assert set(results[0]["details"]["sandbox"]) == {"network_namespace", "landlock", "rlimits", "audit_hook"}
+    layers = results[0]["details"]["sandbox"]
+    assert set(layers) == {"namespaces", "landlock", "rlimits", "audit_hook"}
+    assert not [v for v in layers.values() if v.startswith("unavailable")], layers  # all four held on this host
 
 
 # -- each layer alone ------------------------------------------------------------------------------
@@ -133,7 +136,7 @@ def secret_file(tmp_path: Path) -> Path:
 
 
 def only(layer: str | None, protected: Path, **limits: float) -> SandboxPolicy:
-    off = {"network_namespace": False, "landlock": False, "audit_hook": False}
+    off = {"namespaces": False, "landlock": False, "audit_hook": False}
     if layer:
         off[layer] = True
     return SandboxPolicy(protected_paths=[protected], timeout_s=limits.get("timeout_s", 10), **off)
@@ -141,7 +144,7 @@ def only(layer: str | None, protected: Path, **limits: float) -> SandboxPolicy:
 
 def namespaces_work() -> bool:
     result = run_python("print('ok')", SandboxPolicy(landlock=False, audit_hook=False))
-    return not result.layers.get("network_namespace", "unavailable").startswith("unavailable")
+    return not result.layers.get("namespaces", "unavailable").startswith("unavailable")
 
 
 LAYERS = [
@@ -171,7 +174,7 @@ def test_each_layer_alone_blocks_the_credential_and_the_network(layer: str, secr
 def test_the_network_namespace_alone_blocks_the_network(secret_file: Path, tcp_server: TcpServer) -> None:
     if not namespaces_work():
         pytest.skip("this host allows no new network namespace")
-    result = run_python(steal_code(secret_file, tcp_server.port), only("network_namespace", secret_file.parent))
+    result = run_python(steal_code(secret_file, tcp_server.port), only("namespaces", secret_file.parent))
     assert "NET-BLOCKED OSError" in result.stdout  # no route: the namespace's loopback is down and empty
     assert tcp_server.accepted == 0
 
@@ -208,7 +211,8 @@ def _alive(pid: int) -> bool:
 
 def test_time_limit_kills_the_snippet_and_its_children(secret_file: Path) -> None:
     policy = dataclasses.replace(only(None, secret_file.parent), timeout_s=1.5)  # fork allowed: no audit hook
-    code = "import os, time\npid = os.fork()\nif pid == 0:\n    time.sleep(60)\nprint(pid, flush=True)\nwhile True:\n    pass"
+    code = ("import os, time\npid = os.fork()\nif pid == 0:\n    time.sleep(60)\n"
+            "print(pid, flush=True)\nwhile True:\n    pass")
     result = run_python(code, policy)
     assert result.timed_out and 1.4 < result.duration_s < 4
     assert "time limit reached" in result.text()
@@ -227,3 +231,32 @@ def test_memory_limit_stops_an_oversized_allocation(secret_file: Path) -> None:
 def test_a_final_expression_is_printed_like_a_repl_cell() -> None:
     result = run_python("x = 6\nx * 7", SandboxPolicy())
     assert result.ok and result.stdout.strip() == "42"
+
+
+ESCAPE = """
+import os, time
+r, w = os.pipe()
+if os.fork() == 0:
+    os.setsid()  # out of the process group the time limit kills
+    os.write(w, os.readlink('/proc/self').encode())
+    os.close(w)
+    time.sleep(60)
+    os._exit(0)
+os.close(w)
+print(os.read(r, 32).decode(), flush=True)
+"""
+
+
+def test_processes_the_snippet_starts_die_with_it_even_outside_its_process_group(secret_file: Path) -> None:
+    if not namespaces_work():
+        pytest.skip("this host allows no new PID namespace")
+    control = run_python(ESCAPE, only(None, secret_file.parent))  # no PID namespace: the child lingers
+    lingering = int(control.stdout.split()[0])
+    try:
+        assert _alive(lingering)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(lingering, signal.SIGKILL)
+    result = run_python(ESCAPE, only("namespaces", secret_file.parent))
+    child = int(result.stdout.split()[0])
+    wait_for(lambda: not _alive(child), 5, f"the snippet's setsid child {child} to die with the namespace")

@@ -126,6 +126,7 @@ def test_7b_qlora_task_skips_the_8gb_card_and_runs_on_the_24gb_one(
     spec = train_spec("sft", tiny_lm, {"rows": [{"text": "the model answer"}] * 8},
                       {"max_steps": 2, "save_steps": 50}, adapter="qlora")
     spec["model"]["parameters_b"] = 7.0
+    spec["hyperparameters"] = {"max_steps": 2, "save_steps": 50}  # default batch and length: the rule's 11 GB
     del spec["resources"]
     task = coordinator.submit(spec)
     assert task["resources"]["gpu_memory_gb"] == 11 and task["resources"]["gpus"] == 1

@@ -93,16 +93,24 @@ def test_sft_instruction_data_from_a_jsonl_file(
 
 
 def test_sft_qlora_trains_over_a_4bit_base(
-    coordinator: Coordinator, start_agent, tiny_lm: Path, tmp_path: Path
+    coordinator: Coordinator, start_agent, tiny_lm: Path, tmp_path: Path, file_server: tuple[Path, str]
 ) -> None:
-    """bitsandbytes 0.50 has a CPU backend: the base really is 4-bit (Linear4bit), LoRA trains on top."""
+    """bitsandbytes 0.50 has a CPU backend: the base really is 4-bit (Linear4bit), LoRA trains on top.
+    Model and data come from http URLs here (a model folder as .tar.gz, a .txt file), as from presigned URLs."""
+    import tarfile
+
+    served, url = file_server
+    with tarfile.open(served / "tiny-lm.tar.gz", "w:gz") as tar:
+        tar.add(tiny_lm, arcname="tiny-lm")
+    (served / "corpus.txt").write_text("\n".join(f"the model answer {i} is {i * 2}." for i in range(16)))
     start_agent("trainer")
-    rows = [{"text": f"the model answer {i} is {i * 2}."} for i in range(16)]
-    done = run_to_end(coordinator, train_spec("sft", tiny_lm, {"rows": rows},
-                                              {"max_steps": 8, "save_steps": 4, "merge_adapter": True},
-                                              adapter="qlora"))
+    spec = train_spec("sft", tiny_lm, {"uri": f"{url}/corpus.txt"},
+                      {"max_steps": 8, "save_steps": 4, "merge_adapter": True}, adapter="qlora")
+    spec["model"]["source"] = {"type": "uri", "identifier": f"{url}/tiny-lm.tar.gz?X-Amz-Signature=abc"}
+    done = run_to_end(coordinator, spec)
     result = assert_trained(done, 8)
     assert result["adapter"] == "qlora" and result["quantized_4bit"] is True
+    assert result["data_format"] == "text" and result["examples"] == 16
     assert result["outputs"] == {"adapter": "adapter/", "merged": "merged/"}
     assert lora_weights_moved(load_adapter(tiny_lm, download_folder(coordinator, done["id"], "adapter", tmp_path)))
     from transformers import AutoModelForCausalLM

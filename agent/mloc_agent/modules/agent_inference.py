@@ -91,8 +91,8 @@ class AgentInferenceModule(BaseModule):
                 tool_calls += row["tool_calls"]
                 if row["error"]:
                     failures.append(f"question {q['id']}: {row['error']}")
-                summary.append({"question": q["question"], "answer": row["answer"], "tool_calls": row["tool_calls"],
-                                "error": row["error"]})
+                summary.append({"question": q["question"][:300], "answer": (row["answer"] or "")[:500] or None,
+                                "tool_calls": row["tool_calls"], "error": row["error"]})
         report({"step": len(questions), "total": len(questions), "message": "done",
                 "metrics": {"tool_calls": float(tool_calls), "seconds": round(time.monotonic() - started, 2)}})
         if failures and len(failures) == len(questions):

@@ -28,6 +28,7 @@ class TaskContext:
     checkpoint_dir: Path
     resume_dir: Path | None = None
     resume_step: int | None = None
+    sources_dir: Path | None = None  # outputs of the finished tasks this one reads (see mloc_agent/sources.py)
     channel_fd: int | None = None
     _channel: Any = field(default=None, repr=False)
 
@@ -35,12 +36,14 @@ class TaskContext:
     def from_env(cls, spec: dict[str, Any]) -> TaskContext:
         env = os.environ
         resume = env.get("MLOC_RESUME_DIR")
+        sources = env.get("MLOC_SOURCES_DIR")
         return cls(
             task_id=env["MLOC_TASK_ID"], attempt=int(env.get("MLOC_ATTEMPT", "1")), spec=spec,
             gpus=[int(g) for g in env.get("MLOC_GPUS", "").split(",") if g],
             workdir=Path(env.get("MLOC_WORKDIR", ".")), output_dir=Path(env["MLOC_OUTPUT_DIR"]),
             checkpoint_dir=Path(env["MLOC_CHECKPOINT_DIR"]), resume_dir=Path(resume) if resume else None,
             resume_step=int(env["MLOC_RESUME_STEP"]) if env.get("MLOC_RESUME_STEP") else None,
+            sources_dir=Path(sources) if sources else None,
             channel_fd=int(env["MLOC_PROGRESS_FD"]) if env.get("MLOC_PROGRESS_FD") else None,
         )
 

@@ -66,14 +66,14 @@ def download(url: str, dest: Path, *, unpack: bool = True) -> Path:
 
 
 def resolve_task_output(task_id: str, ctx: TaskContext) -> Path:
-    """``model.source: {type: task, identifier: <task_id>}``: the output (adapter) of a finished task.
+    """``model.source: {type: task, identifier: <task_id>}``: the model a finished task left (its
+    merged/full model, else its adapter folder), fetched by the agent before the start (task_outputs.py)."""
+    from mloc_agent.modules.task_outputs import TaskOutputError, loadable_path
 
-    Left to the inference work: fetching another task's artifacts needs a coordinator call the
-    task process cannot make yet (it holds no credentials).
-    """
-    raise TaskInputError(f"model.source type 'task' ({task_id}) is not supported by the "
-                         f"{ctx.spec.get('taskType')} module yet; use the task's adapter artifact with source "
-                         "type 'local' or 'uri'")
+    try:
+        return loadable_path(task_id, ctx)
+    except TaskOutputError as exc:
+        raise TaskInputError(str(exc)) from None
 
 
 def resolve_model_source(source: dict[str, Any], ctx: TaskContext) -> str:

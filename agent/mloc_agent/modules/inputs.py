@@ -139,7 +139,7 @@ class _TextExtractor(html.parser.HTMLParser):
         self.parts: list[str] = []
         self._skipping = 0
 
-    def handle_starttag(self, tag: str, attrs: list) -> None:  # noqa: ARG002
+    def handle_starttag(self, tag: str, attrs: list) -> None:
         if tag in self.SKIP:
             self._skipping += 1
         elif tag in ("p", "br", "div", "li", "h1", "h2", "h3", "h4", "tr", "section"):

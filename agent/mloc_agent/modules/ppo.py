@@ -145,7 +145,7 @@ class PPORun:
         import torch
 
         folder = self.ctx.checkpoint_dir / f"checkpoint-{step}"
-        self.policy.save(folder / "policy")
+        self.policy.save(folder / "policy", folder / "value_head.safetensors")
         torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
         state = {"step": step, "kl_coef": self.kl_ctl.value, "history": self.history,
                  "checkpoints": [*self.checkpoints, step]}
@@ -180,7 +180,7 @@ class PPORun:
 
             loaded = AutoModelForCausalLM.from_pretrained(str(folder / "policy"), dtype=self.plan.torch_dtype())
             model.load_state_dict(loaded.state_dict())
-        self.policy.load_value_head(folder / "policy" / "value_head.safetensors")
+        self.policy.load_value_head(folder / "value_head.safetensors")
         self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=self.policy.device))
         self.kl_ctl.value = float(state["kl_coef"])
         self.history = list(state.get("history", []))
@@ -279,7 +279,8 @@ class PPORun:
             "policy_loss": sum(o.policy_loss for o in seen) / n, "value_loss": sum(o.value_loss for o in seen) / n,
             "approx_kl": sum(o.approx_kl for o in seen) / n, "policy_kl": seen[-1].policy_kl,
             "clipfrac": sum(o.clipfrac for o in seen) / n, "value_clipfrac": sum(o.value_clipfrac for o in seen) / n,
-            "ratio_mean": sum(o.ratio_mean for o in seen) / n, "skipped_minibatches": float(sum(o.skipped for o in seen)),
+            "ratio_mean": sum(o.ratio_mean for o in seen) / n,
+            "skipped_minibatches": float(sum(o.skipped for o in seen)),
             "ppo_epochs_run": float(epochs_run), "early_stopped": float(early_stopped),
             "response_length": float(lengths.float().mean()),
             "loss": sum(o.policy_loss + hp.vf_coef * o.value_loss for o in seen) / n,
@@ -291,9 +292,9 @@ class PPORun:
         out = self.ctx.output_dir
         is_adapter = self.policy.is_peft
         target = out / ("adapter" if is_adapter else "model")
-        self.policy.save(target)
+        self.policy.save(target, out / "value_head.safetensors")
         (out / "ppo_log.json").write_text(json.dumps(self.history, indent=1))
-        outputs = {target.name: target.name + "/"}
+        outputs = {target.name: target.name + "/", "value_head": "value_head.safetensors"}
         if is_adapter and self.hp.merge_adapter:
             merged = self.policy.model.merge_and_unload()
             merged.save_pretrained(out / "merged")

@@ -131,14 +131,15 @@ class PolicyWithValue:
 
     # -- saving --------------------------------------------------------------------------------------
 
-    def save(self, target: Path) -> None:
-        """Adapter (or full model) plus tokenizer into ``target``; the value head beside them."""
+    def save(self, target: Path, value_head: Path) -> None:
+        """Adapter (or full model) plus tokenizer into ``target``; the value head to its own file, so
+        the adapter folder loads anywhere a LoRA adapter does (peft, vLLM)."""
         from safetensors.torch import save_file
 
         target.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(target))
         self.tokenizer.save_pretrained(str(target))
-        save_file({k: v.contiguous() for k, v in self.v_head.state_dict().items()}, str(target / "value_head.safetensors"))
+        save_file({k: v.contiguous() for k, v in self.v_head.state_dict().items()}, str(value_head))
 
     def load_value_head(self, path: Path) -> None:
         from safetensors.torch import load_file

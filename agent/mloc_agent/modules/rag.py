@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,10 @@ DEFAULT_TEMPLATE = "Context:\n{context}\n\nQuestion: {question}"
 
 
 def agent_data_dir(workdir: Path) -> Path | None:
-    """The agent's data dir, from the task workdir it creates as ``<data_dir>/work/<task>-<attempt>``."""
+    """The agent's data dir: MLOC_AGENT_DATA_DIR, which the agent sets for every task process."""
+    value = os.environ.get("MLOC_AGENT_DATA_DIR")
+    if value:
+        return Path(value)
     return workdir.parent.parent if workdir.parent.name == "work" else None
 
 
@@ -84,7 +88,7 @@ class RagModule(BaseModule):
                                   "chat_model": choice.describe(), "embedding_model": params.embedding_model}
         if questions:
             result["answers_file"] = params.output_file
-            result["answers"] = [{"question": a["question"], "answer": a["answer"],
+            result["answers"] = [{"question": a["question"][:300], "answer": (a["answer"] or "")[:500] or None,
                                   "sources": [s["source"] for s in a["sources"]]} for a in answers[:20]]
         return result
 

@@ -18,14 +18,14 @@ from typing import Any
 
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
-import chromadb  # noqa: E402
-from chromadb.config import Settings  # noqa: E402
-from langchain_chroma import Chroma  # noqa: E402
-from langchain_core.documents import Document  # noqa: E402
-from langchain_core.embeddings import Embeddings  # noqa: E402
-from langchain_text_splitters import RecursiveCharacterTextSplitter  # noqa: E402
+import chromadb
+from chromadb.config import Settings
+from langchain_chroma import Chroma
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from mloc_agent.modules.inputs import SourceDocument  # noqa: E402
+from mloc_agent.modules.inputs import SourceDocument
 
 log = logging.getLogger(__name__)
 MINILM_NAMES = {"sentence-transformers/all-minilm-l6-v2", "all-minilm-l6-v2"}
@@ -93,8 +93,8 @@ class RagStore:
     def ingest(self, docs: list[SourceDocument], chunk_size: int, chunk_overlap: int,
                report: Callable[[int, int], None]) -> dict[str, int]:
         """Split, drop chunks already stored, embed and add the rest in batches (reporting each)."""
-        splitter = RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=min(chunk_overlap, chunk_size - 1),
-                                                  add_start_index=True)
+        overlap = min(chunk_overlap, chunk_size - 1)
+        splitter = RecursiveCharacterTextSplitter(chunk_size=chunk_size, chunk_overlap=overlap, add_start_index=True)
         chunks = splitter.split_documents(
             [Document(page_content=d.text, metadata={**d.metadata, "source": d.source}) for d in docs])
         ids = [chunk_id(c) for c in chunks]

@@ -21,6 +21,8 @@ BUILTIN: dict[str, str] = {
     "dpo": "mloc_agent.modules.dpo:DPOModule",
     "grpo": "mloc_agent.modules.grpo:GRPOModule",
     "reward_model": "mloc_agent.modules.reward:RewardModelModule",
+    "ppo": "mloc_agent.modules.ppo:PPOModule",
+    "inference": "mloc_agent.modules.inference:InferenceModule",
 }
 
 

@@ -3,13 +3,14 @@
 The code an agent's model writes is attacker-controlled as soon as the model reads anything an
 attacker wrote (a web page, a document). So ``python_repl`` never runs it in the task process:
 each call starts a fresh interpreter in a fresh temp dir, with a scrubbed environment, in its own
-session (killed as a group on timeout), and sandbox_boot.py confines it with a network
-namespace, Landlock, rlimits and an audit hook before it compiles the snippet. The threat model
+session (killed as a group on timeout), and sandbox_boot.py confines it with user, network and
+PID namespaces, Landlock, rlimits and an audit hook before it compiles the snippet. The threat model
 and what each layer does and does not stop are in docs/agents.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -41,7 +42,7 @@ class SandboxPolicy:
     open_files: int = 256
     max_output_chars: int = 20_000
     protected_paths: list[Path] = field(default_factory=list)  # never readable, even inside an allowed tree
-    network_namespace: bool = True
+    namespaces: bool = True
     landlock: bool = True
     audit_hook: bool = True
     python: str = sys.executable
@@ -116,7 +117,7 @@ def run_python(code: str, policy: SandboxPolicy) -> SandboxResult:
     reads, notes = read_paths(policy.protected_paths)
     cfg = {
         "read_paths": reads, "write_paths": [str(workdir)], "device_paths": list(DEVICE_PATHS),
-        "network_namespace": policy.network_namespace, "landlock": policy.landlock,
+        "namespaces": policy.namespaces, "landlock": policy.landlock,
         "audit_hook": policy.audit_hook, "memory_mb": policy.memory_mb,
         "cpu_s": max(1, int(policy.timeout_s + 1)), "file_mb": policy.file_mb,
         "open_files": policy.open_files, "parent_pid": os.getpid(),
@@ -158,13 +159,11 @@ def run_python(code: str, policy: SandboxPolicy) -> SandboxResult:
 
 
 def _kill_group(pgid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
-def _read(fh, limit: int) -> str:  # noqa: ANN001 - a binary file object
+def _read(fh, limit: int) -> str:
     fh.flush()
     fh.seek(0)
     data = fh.read(limit * 4 + 1).decode("utf-8", errors="replace")

@@ -6,8 +6,8 @@ process with the layers below, reports on STATUS_FD which ones held, closes that
 then compiles the snippet. Every layer is inherited by whatever the snippet starts.
 
 Layers (each independent, so one missing on a given kernel does not open the others):
-1. user + network namespace: no interface but a downed loopback, so no route anywhere;
-   capabilities are dropped afterwards;
+1. user + network + PID namespaces: no interface but a downed loopback, so no route anywhere;
+   the snippet runs as PID 1, so everything it starts dies with it; capabilities are dropped;
 2. Landlock (kernel 5.13+): the filesystem is read-only to the interpreter's own trees and
    read-write only to the temp dir; TCP bind/connect are denied (ABI 4+), as are signals and
    abstract Unix sockets outside the sandbox (ABI 6+);
@@ -21,12 +21,14 @@ from __future__ import annotations
 import ast
 import ctypes
 import json
+import linecache
 import os
 import resource
+import select
 import signal
 import sys
 
-CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
+CLONE_NEWUSER, CLONE_NEWNET, CLONE_NEWPID = 0x10000000, 0x40000000, 0x20000000
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP = 1, 38, 24
 SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
 # Landlock access rights by ABI version (linux/landlock.h)
@@ -66,25 +68,57 @@ def drop_capabilities() -> None:
     _check(_libc.capset(ctypes.byref(Header(0x20080522, 0)), data), "capset")
 
 
-def enter_network_namespace() -> str:
-    """A new network namespace; inside a new user namespace when the kernel allows (any user)."""
+def enter_namespaces() -> str:
+    """New network and PID namespaces, inside a new user namespace when the kernel allows (any user)."""
     uid, gid = os.getuid(), os.getgid()
     try:
-        _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNET), "unshare(user+net)")
+        _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID), "unshare(user+net+pid)")
         _write("/proc/self/setgroups", "deny")
         _write("/proc/self/uid_map", f"{uid} {uid} 1")
         _write("/proc/self/gid_map", f"{gid} {gid} 1")
-        kind = "user+network namespace"
+        kind = "user+network+pid namespaces"
     except OSError as user_err:
         if os.geteuid() != 0:
             raise
-        try:  # root where user namespaces are restricted: a plain network namespace
-            _check(_libc.unshare(CLONE_NEWNET), "unshare(net)")
+        try:  # root where user namespaces are restricted: plain network and PID namespaces
+            _check(_libc.unshare(CLONE_NEWNET | CLONE_NEWPID), "unshare(net+pid)")
         except OSError as net_err:
             raise OSError(f"{user_err}; {net_err}") from None
-        kind = "network namespace"
+        kind = "network+pid namespaces"
     drop_capabilities()
     return kind
+
+
+def become_pid_one(cfg: dict, status_fd: int) -> int:
+    """Fork the snippet's process as PID 1 of the new PID namespace; this process only waits for it.
+
+    When PID 1 dies the kernel kills everything else in the namespace, so nothing the snippet
+    starts (even with setsid, out of the process group the task kills) outlives it. PID 1 dies with
+    us (PDEATHSIG), and we die with the task process. Returns, in the child, a pipe that reads EOF
+    once this waiting parent is gone.
+    """
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != cfg["parent_pid"]:
+        os._exit(137)
+    alive_r, alive_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(alive_w)
+        return alive_r
+    os.close(alive_r)
+    os.close(status_fd)
+    os.close(0)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    if os.WIFSIGNALED(status):  # report the same death upwards
+        sig = os.WTERMSIG(status)
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    os._exit(os.waitstatus_to_exitcode(status))
 
 
 def landlock_abi() -> int:
@@ -198,6 +232,7 @@ def install_audit_hook(read_roots: tuple[str, ...], write_roots: tuple[str, ...]
 def run_snippet(code: str) -> int:
     """Run like a REPL cell: statements, then the value of a final bare expression is printed."""
     filename = "<python_repl>"
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)  # tracebacks show the lines
     tree = ast.parse(code, filename, "exec")
     last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
     scope: dict[str, object] = {"__name__": "__main__", "__builtins__": __builtins__}
@@ -209,16 +244,19 @@ def run_snippet(code: str) -> int:
     return 0
 
 
-def confine(cfg: dict) -> dict[str, str]:
+def confine(cfg: dict, status_fd: int) -> dict[str, str]:
     """Apply the layers the config asks for; each entry says what held or why it did not."""
     layers: dict[str, str] = {}
     read_roots = tuple(cfg["read_paths"])
     write_roots = tuple(cfg["write_paths"])
-    if cfg.get("network_namespace", True):
+    parent_alive: int | None = None
+    if cfg.get("namespaces", True):
         try:
-            layers["network_namespace"] = enter_network_namespace()
+            layers["namespaces"] = enter_namespaces()
         except OSError as exc:
-            layers["network_namespace"] = f"unavailable: {exc}"
+            layers["namespaces"] = f"unavailable: {exc}"
+        else:
+            parent_alive = become_pid_one(cfg, status_fd)
     _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     if cfg.get("landlock", True):
         try:
@@ -226,9 +264,12 @@ def confine(cfg: dict) -> dict[str, str]:
         except OSError as exc:
             layers["landlock"] = f"unavailable: {exc}"
     layers["rlimits"] = set_limits(cfg["memory_mb"], cfg["cpu_s"], cfg["file_mb"], cfg["open_files"])
-    # after every credential change (they reset it): die with the task process that started us
+    # after every credential change (they reset it): die with the process that started us
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != cfg["parent_pid"]:
+    if parent_alive is not None:
+        if select.select([parent_alive], [], [], 0)[0]:
+            os._exit(137)
+    elif os.getppid() != cfg["parent_pid"]:
         os._exit(137)
     if cfg.get("audit_hook", True):
         layers["audit_hook"] = install_audit_hook(read_roots + tuple(cfg.get("device_paths", [])), write_roots)
@@ -240,17 +281,22 @@ def main() -> int:
     status_fd = int(sys.argv[2])
     code = sys.stdin.read()
     os.chdir(cfg["write_paths"][0])
-    layers = confine(cfg)
+    layers = confine(cfg, status_fd)
     with os.fdopen(status_fd, "w") as status:
         status.write(json.dumps(layers))
     try:
         return run_snippet(code)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 0
-    except BaseException:
+    except BaseException as exc:
         import traceback
 
-        traceback.print_exc()
+        report = traceback.TracebackException.from_exception(exc)
+        # the model should see its own code's frames, not this bootstrap's
+        frames = [f for f in report.stack if f.filename != __file__]
+        first = next((i for i, f in enumerate(frames) if f.filename == "<python_repl>"), len(frames))
+        report.stack = traceback.StackSummary.from_list(frames[first:])
+        sys.stderr.write("".join(report.format()))
         return 1
 
 

@@ -14,12 +14,14 @@ from mloc_shared.protocol import (
     LogBatch,
     PollRequest,
     RegisterRequest,
+    SourcesRequest,
     UploadCommit,
     UploadRequest,
 )
 from mloc_shared.version import PROTOCOL_VERSION, protocol_compatible
 
 from mloc_server.api.common import agent, check_protocol, ok, read_model, state
+from mloc_server.services.sources import lease_sources
 
 routes = web.RouteTableDef()
 
@@ -48,7 +50,8 @@ async def poll(request: web.Request) -> web.Response:
     me = agent(request)
     req = await read_model(request, PollRequest)
     me.address = request.remote
-    return ok(await state(request).leasing.poll(me, req))
+    return ok(await state(request).leasing.poll(
+        me, req, peer_alive=lambda: request.transport is not None and not request.transport.is_closing()))
 
 
 @routes.post("/api/v1/leases/{task_id}/heartbeat")
@@ -104,3 +107,11 @@ async def commit_upload(request: web.Request) -> web.Response:
     req = await read_model(request, UploadCommit)
     st = state(request)
     return ok(await st.artifacts.commit(me, request.match_info["task_id"], request.match_info["upload_id"], req))
+
+
+@routes.post("/api/v1/leases/{task_id}/sources")
+async def sources(request: web.Request) -> web.Response:
+    """Presigned downloads of the finished tasks' outputs this lease reads (model.source type task)."""
+    me = agent(request)
+    req = await read_model(request, SourcesRequest)
+    return ok(await lease_sources(state(request).artifacts, me, request.match_info["task_id"], req))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -22,8 +23,24 @@ def state(request: web.Request) -> AppState:
 
 
 def ok(data: Any, status: int = 200) -> web.Response:
-    text = data.model_dump_json() if isinstance(data, BaseModel) else json.dumps(data, default=str)
+    if isinstance(data, BaseModel):
+        text = data.model_dump_json()
+    else:
+        try:
+            text = json.dumps(data, default=str, allow_nan=False)
+        except ValueError:  # NaN/Infinity a peer reported (progress, result): JSON has none, say null like pydantic
+            text = json.dumps(_finite(data), default=str)
     return web.Response(text=text, status=status, content_type="application/json")
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 async def read_model(request: web.Request, model: type[M]) -> M:

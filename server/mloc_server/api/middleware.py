@@ -16,9 +16,11 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
         return await handler(request)
     except MlocError as exc:
         return web.json_response(exc.to_body(), status=exc.status)
-    except web.HTTPRequestEntityTooLarge as exc:
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.client_max_size
         body = {"error": {"code": "payload_too_large",
-                          "message": f"the body is larger than the limit of {exc.max_size} bytes"}}
+                          "message": f"the body is larger than the limit of {limit} bytes ({limit / (1 << 20):g} MiB)",
+                          "hint": "the coordinator's max_body_mb setting (MLOC_MAX_BODY_MB) sets the limit"}}
         return web.json_response(body, status=413)
     except web.HTTPRedirection:
         raise

@@ -10,7 +10,8 @@ from mloc_shared.errors import ValidationFailed
 from mloc_shared.version import PROTOCOL_VERSION, __version__
 from pydantic import BaseModel, Field
 
-from mloc_server.api.common import admin, ok, read_model, state, user
+from mloc_server.api.common import admin, int_query, ok, read_model, state, user
+from mloc_server.services.overview import AGENT_STATES, select_agents
 from mloc_server.store import repo
 
 routes = web.RouteTableDef()
@@ -31,9 +32,21 @@ async def health(request: web.Request) -> web.Response:
 @routes.get("/api/v1/workers")
 @routes.get("/api/v1/agents")
 async def workers(request: web.Request) -> web.Response:
+    """Every agent; with page, page_size, state or q: one page of the matching ones (the status page)."""
     user(request)
-    agents = state(request).agents.listing()
-    return ok({"workers": agents, "total": len(agents)})
+    st = state(request)
+    q = request.query
+    if not any(k in q for k in ("page", "page_size", "state", "q")):
+        agents = st.agents.listing()
+        return ok({"workers": agents, "total": len(agents)})
+    wanted = q.get("state") or None
+    if wanted and wanted not in AGENT_STATES:
+        raise ValidationFailed(f"state must be one of {', '.join(AGENT_STATES)}", field="state")
+    page, size = int_query(request, "page", 1, 1, 1_000_000), int_query(request, "page_size", 50, 1, 500)
+    matching = select_agents(st.leasing, wanted, q.get("q") or None)
+    shown = [st.agents.describe(a) for a in matching[(page - 1) * size : page * size]]
+    return ok({"workers": shown, "total": len(matching), "page": page, "page_size": size,
+               "pages": (len(matching) + size - 1) // size})
 
 
 @routes.post("/api/v1/agents/{name}/drain")
@@ -84,8 +97,8 @@ class TokenCreate(BaseModel):
     kind: str = Field("user", pattern="^(user|join)$")
     user: str = Field("", max_length=100)
     role: str = Field("user", pattern="^(user|admin)$")
-    ttl_s: float | None = Field(None, gt=0)
-    max_uses: int | None = Field(None, ge=1)
+    ttl_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    max_uses: int | None = Field(None, ge=1, le=10**9)
     note: str = Field("", max_length=200)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from aiohttp import web
@@ -21,7 +22,7 @@ async def submit(request: web.Request) -> web.Response:
     """Submit one task (YAML or JSON, whatever the Content-Type says) or a list of tasks."""
     principal = user(request)
     body = await request.read()
-    data, node = parse_document(body)
+    data, node = await asyncio.to_thread(parse_document, body)  # a large YAML body parses for a while
     st = state(request)
     if isinstance(data, dict) and isinstance(data.get("tasks"), list) and "taskType" not in data:
         data = data["tasks"]
@@ -39,8 +40,8 @@ async def submit(request: web.Request) -> web.Response:
         return ok({"tasks": await st.tasks.submit_many(specs, principal)}, status=201)
     spec = validate_spec(data, node)
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key) <= 200:
-        raise ValidationFailed("Idempotency-Key must be 1..200 characters", field="Idempotency-Key")
+    if key is not None and not (1 <= len(key) <= 200 and key.isascii() and key.isprintable()):
+        raise ValidationFailed("Idempotency-Key must be 1..200 printable ASCII characters", field="Idempotency-Key")
     record, created = await st.tasks.submit(spec, principal, key)
     return ok(record, status=201 if created else 200)
 
@@ -48,11 +49,12 @@ async def submit(request: web.Request) -> web.Response:
 @routes.get("/api/v1/tasks")
 async def list_tasks(request: web.Request) -> web.Response:
     principal = user(request)
-    task_state = request.query.get("state") or None
-    if task_state and task_state not in STATES:
-        raise ValidationFailed(f"state must be one of {', '.join(STATES)}", field="state")
+    states = tuple(s for s in (request.query.get("state") or "").split(",") if s)  # state=a,b: either
+    if any(s not in STATES for s in states):
+        raise ValidationFailed(f"state must be one of {', '.join(STATES)} (or several, comma-separated)",
+                               field="state")
     result = await state(request).tasks.list(
-        principal, state=task_state, user=request.query.get("user") or None,
+        principal, state=states or None, user=request.query.get("user") or None,
         task_type=request.query.get("task_type") or request.query.get("type") or None,
         page=int_query(request, "page", 1, 1, 10_000_000), page_size=int_query(request, "page_size", 20, 1, 500),
     )

@@ -41,7 +41,7 @@ class LocalStore:
             expiry = int(exp or "")
         except ValueError:
             raise Forbidden("the URL is not signed") from None
-        if not sig or not hmac.compare_digest(sig, self._sign(method, key, expiry)):
+        if not sig or not sig.isascii() or not hmac.compare_digest(sig, self._sign(method, key, expiry)):
             raise Forbidden("bad signature for this URL")
         if expiry < time.time():
             raise Forbidden("this URL has expired; ask the coordinator for a new one")

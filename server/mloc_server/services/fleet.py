@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,8 @@ class AgentState:
     self_draining: bool = False  # the agent itself is shutting down (SIGTERM)
     leases: dict[str, LeaseState] = field(default_factory=dict)
     waiter: asyncio.Future[str] | None = None
+    # whether the connection of its held poll is still open (a killed agent's poll is not read)
+    peer_alive: Callable[[], bool] = field(default=lambda: True, repr=False)
     freed_since_poll: int = 0
     gpu_stats: list[GpuStat] | None = None
     seen_dirty: bool = False

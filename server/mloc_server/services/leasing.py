@@ -60,6 +60,7 @@ class Leasing:
         self.leases: dict[str, LeaseState] = {}
         self.waiting: dict[str, AgentState] = {}
         self.on_task_final: list[Callable[[str, str], None]] = []
+        self.shutting_down = False
         self.counters: dict[str, int] = {
             "leases_granted": 0, "leases_expired": 0, "tasks_finished": 0, "polls": 0, "heartbeats": 0,
         }
@@ -119,16 +120,21 @@ class Leasing:
 
     def _wake_for(self, req: Requirement) -> None:
         """Wake one waiting agent that could take a task of this shape now (no thundering herd)."""
-        for agent_id, agent in self.waiting.items():
+        for agent_id, agent in list(self.waiting.items()):
             if pick_gpus(req, agent.view()) is not None:
                 del self.waiting[agent_id]
                 agent.wake("task")
-                return
+                if agent.peer_alive():  # a hung-up poll claims nothing: wake another one
+                    return
 
     # -- the long poll ------------------------------------------------------------------------
 
-    async def poll(self, agent: AgentState, req: PollRequest) -> PollResponse:
+    async def poll(self, agent: AgentState, req: PollRequest,
+                   peer_alive: Callable[[], bool] | None = None) -> PollResponse:
+        """``peer_alive`` says whether the agent still waits for this answer (its connection is open):
+        a killed agent's held poll must not claim tasks that would then wait out a lease TTL."""
         self.counters["polls"] += 1
+        agent.peer_alive = peer_alive or (lambda: True)
         agent.last_seen = time.time()
         agent.seen_dirty = True
         agent.self_draining = req.draining
@@ -159,6 +165,8 @@ class Leasing:
         deadline = time.monotonic() + self.settings.poll_hold_s
         loop = asyncio.get_running_loop()
         while True:
+            if not agent.peer_alive():
+                return PollResponse(drain=not agent.accepting)
             resp = PollResponse(lost=lost, drain=not agent.accepting, leases=reoffer)
             for lease in agent.leases.values():
                 if lease.cancel_requested and not lease.cancel_sent:
@@ -170,7 +178,7 @@ class Leasing:
             if resp.leases or resp.cancel or resp.lost:
                 return resp
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self.shutting_down:
                 return resp
             waiter = loop.create_future()
             agent.waiter = waiter
@@ -355,6 +363,12 @@ class Leasing:
         if row["state"] in FINAL_STATES:
             raise Conflict(f"task {task_id} already {row['state']}; finished states are final")
         raise Conflict(f"task {task_id} is {row['state']}; try again")
+
+    def release_polls(self) -> None:
+        """Answer every held poll now (shutting down): agents poll again and find the new process."""
+        self.shutting_down = True
+        for agent in self.agents.values():
+            agent.wake("superseded")
 
     # -- the reaper ---------------------------------------------------------------------------
 

@@ -19,7 +19,14 @@ class Logs:
     def __init__(self, leasing: Leasing) -> None:
         self.leasing = leasing
         self._events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self.closing = False
         leasing.on_task_final.append(lambda task_id, _state: self._wake(task_id))
+
+    def release_followers(self) -> None:
+        """Wake every follower (shutting down) so open log streams end promptly."""
+        self.closing = True
+        for event in list(self._events.values()):
+            event.set()
 
     def _wake(self, task_id: str) -> None:
         event = self._events.pop(task_id, None)
@@ -52,7 +59,7 @@ class Logs:
                 yield chunks
                 continue
             row = await repo.get_task(self.leasing.db, task_id)
-            if row is None or row["state"] in FINAL_STATES:
+            if row is None or row["state"] in FINAL_STATES or self.closing:
                 return
             try:
                 await asyncio.wait_for(event.wait(), heartbeat_s)

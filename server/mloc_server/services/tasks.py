@@ -18,6 +18,7 @@ from mloc_server.services.auth import Principal
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.queue import TaskMeta
 from mloc_server.services.scheduler import Requirement, unplaceable_reason
+from mloc_server.services.secrets import TaskSecrets, split_secrets
 from mloc_server.store import repo
 
 
@@ -27,9 +28,10 @@ def new_task_id() -> str:
 
 
 class Tasks:
-    def __init__(self, leasing: Leasing) -> None:
+    def __init__(self, leasing: Leasing, secrets: TaskSecrets) -> None:
         self.leasing = leasing
         self.db = leasing.db
+        self.secrets = secrets
 
     async def submit(
         self, spec: TaskSpec, principal: Principal, idempotency_key: str | None = None
@@ -40,7 +42,8 @@ class Tasks:
             if not principal.is_admin:
                 raise Forbidden(f"you cannot submit tasks as user {spec.user!r}", field="user")
             owner = spec.user
-        wire = spec.wire()
+        wire, secret_values = split_secrets(spec.wire())
+        sealed = self.secrets.seal(secret_values) if secret_values else None
         body = json.dumps(wire, sort_keys=True)
         req = Requirement.from_spec(spec)
         now = time.time()
@@ -53,9 +56,13 @@ class Tasks:
         )
         def write(con):
             task_id, created = repo.insert_task(con, new)
+            if created and sealed:
+                self.secrets.insert(con, task_id, sealed, now)
             return repo.task_row(con, task_id), created
 
         row, created = await self.db.write(write)
+        if created and sealed:
+            self.secrets.stored(row["id"])
         if created:
             self.leasing.enqueue(row["id"], req, TaskMeta.from_spec(wire), now)
             record = self.record(row)  # a new task has no attempts yet: no second read
@@ -77,12 +84,14 @@ class Tasks:
     async def submit_many(self, specs: list[TaskSpec], principal: Principal) -> list[dict[str, Any]]:
         """Bulk submit: one transaction for all tasks (the fast path for many small tasks)."""
         now = time.time()
-        rows, shapes = [], []
+        rows, shapes, sealed = [], [], {}
         for spec in specs:
             if spec.user and spec.user != principal.user and not principal.is_admin:
                 raise Forbidden(f"you cannot submit tasks as user {spec.user!r}", field="user")
-            wire = spec.wire()
+            wire, secret_values = split_secrets(spec.wire())
             req = Requirement.from_spec(spec)
+            if secret_values:
+                sealed[len(rows)] = self.secrets.seal(secret_values)
             rows.append(repo.NewTask(
                 id=new_task_id(), name=spec.display_name(), task_type=spec.task_type,
                 owner=spec.user or principal.user, spec=json.dumps(wire, sort_keys=True), priority=spec.priority,
@@ -91,9 +100,14 @@ class Tasks:
             shapes.append((req, TaskMeta.from_spec(wire)))
 
         def write(con):
-            return [repo.insert_task(con, r)[0] for r in rows]
+            ids = [repo.insert_task(con, r)[0] for r in rows]
+            for i, blob in sealed.items():
+                self.secrets.insert(con, ids[i], blob, now)
+            return ids
 
         ids = await self.db.write(write)
+        for i in sealed:
+            self.secrets.stored(ids[i])
         for task_id, (req, meta) in zip(ids, shapes, strict=True):
             self.leasing.enqueue(task_id, req, meta, now)
         return [{"id": task_id, "state": "queued"} for task_id in ids]
@@ -158,8 +172,8 @@ class Tasks:
             return f"retry backoff: eligible again in {queued.not_before - time.time():.0f}s"
         return "waiting for a fitting agent to have free GPUs"
 
-    async def list(self, principal: Principal, *, state: str | None, user: str | None, task_type: str | None,
-                   page: int, page_size: int) -> dict[str, Any]:
+    async def list(self, principal: Principal, *, state: str | tuple[str, ...] | None, user: str | None,
+                   task_type: str | None, page: int, page_size: int) -> dict[str, Any]:
         owner = user if principal.is_admin else principal.user
         rows, total = await repo.list_tasks(self.db, state=state, owner=owner, task_type=task_type,
                                             page=page, page_size=page_size)

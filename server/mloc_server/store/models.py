@@ -136,6 +136,16 @@ class TokenRow(SQLModel, table=True):
     note: str = ""
 
 
+class TaskSecretRow(SQLModel, table=True):
+    """A task's secrets, encrypted (services/secrets.py), apart from its spec; deleted when it ends."""
+
+    __tablename__ = "task_secrets"
+
+    task_id: str = Field(primary_key=True)
+    ciphertext: str
+    created_at: float
+
+
 class MetaRow(SQLModel, table=True):
     __tablename__ = "meta"
 

