@@ -144,7 +144,7 @@ def one_size(agents: int, args: argparse.Namespace, root: Path) -> dict[str, Any
         if args.profile:
             Path(args.profile).mkdir(parents=True, exist_ok=True)
             spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(pid), "-d",
-                                    str(int(args.measure_s)), "-f", "raw", "-o",
+                                    str(int(args.measure_s)), "-f", "raw", "--gil", "-o",
                                     str(Path(args.profile) / f"scale-{agents}.txt")],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         w0, c0 = time.time(), cpu_seconds(pid)

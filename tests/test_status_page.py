@@ -6,12 +6,11 @@ import time
 from pathlib import Path
 
 import httpx
-from mloc_shared.protocol import Gpu, Inventory, RegisterRequest
-from mloc_shared.version import PROTOCOL_HEADER, PROTOCOL_VERSION
 
 from tests.browser import browser, keep_screenshot  # noqa: F401 (fixture)
 from tests.conftest import A100
 from tests.harness import Coordinator, wait_for
+from tests.raw_agent import PROTO, register_body
 
 # 50 steps, 0.25 s apart: the bar must move while the page is open
 PROGRESS_TASK = (
@@ -102,18 +101,13 @@ def test_page_asks_for_a_token_when_loopback_is_off(tmp_path: Path, browser) -> 
 
 
 def _register(http: httpx.Client, join: str, i: int) -> None:
-    inv = Inventory(hostname=f"host-{i:04d}", gpu_source="declared", gpus=[
-        Gpu(index=g, uuid=f"GPU-{i}-{g}", name="NVIDIA A100-SXM4-80GB", memory_total_mb=81920, declared=True)
-        for g in range(2)])
-    req = RegisterRequest(agent_version="0.1.0", name=f"agent-{i:04d}", labels={"site": f"s{i % 7}"}, inventory=inv,
-                          task_types=["command"])
-    resp = http.post("/api/v1/agents/register", content=req.model_dump_json(),
-                     headers={"X-MLOC-Join-Token": join, PROTOCOL_HEADER: str(PROTOCOL_VERSION)})
+    resp = http.post("/api/v1/agents/register", content=register_body(f"agent-{i:04d}", 2, {"site": f"s{i % 7}"}),
+                     headers={"X-MLOC-Join-Token": join})
     assert resp.status_code == 201, resp.text
 
 
 def test_page_stays_fast_with_1000_agents_and_10000_tasks(coordinator: Coordinator, browser, tmp_path: Path) -> None:  # noqa: F811
-    with httpx.Client(base_url=coordinator.url, timeout=30) as http:
+    with httpx.Client(base_url=coordinator.url, timeout=30, headers=PROTO) as http:
         for i in range(1000):
             _register(http, coordinator.join_token, i)
     spec = {"taskType": "command", "command": "true", "resources": {"gpus": 1, "gpu_models": ["H100"]}}
@@ -140,7 +134,7 @@ def test_page_stays_fast_with_1000_agents_and_10000_tasks(coordinator: Coordinat
     assert "page 1 of 400" in page.locator('.pager[data-for="queue"]').inner_text()
     page.click('.pager[data-for="agents"] button:has-text("next")')
     page.locator('tr[data-agent="agent-0025"]').wait_for(timeout=10_000)
-    page.fill("#agents-q", "host-0999")
+    page.fill("#agents-q", "agent-0999")
     page.locator('tr[data-agent="agent-0999"]').wait_for(timeout=10_000)
     wait_for(lambda: page.locator("#agents-body tr").count() == 1, 10, "the filter to leave one agent")
     keep_screenshot(page, tmp_path, "status-page-1000-agents.png")

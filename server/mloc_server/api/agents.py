@@ -74,15 +74,15 @@ async def complete_many(request: web.Request) -> web.Response:
     """Several completions at once; each answers on its own (a lost lease does not fail the rest)."""
     me = agent(request)
     batch = await read_model(request, CompletionBatch)
-    leasing = state(request).leasing
+    outcomes = await state(request).leasing.complete_many(me, [(c.task_id, c) for c in batch.completions])
     results = []
-    for c in batch.completions:
-        try:
-            results.append(CompletionResult(task_id=c.task_id, state=await leasing.complete(me, c.task_id, c)))
-        except MlocError as exc:
-            if exc.status >= 500:
-                raise
-            results.append(CompletionResult(task_id=c.task_id, error=exc.message, code=exc.code))
+    for c, outcome in zip(batch.completions, outcomes, strict=True):
+        if isinstance(outcome, MlocError):
+            if outcome.status >= 500:
+                raise outcome
+            results.append(CompletionResult(task_id=c.task_id, error=outcome.message, code=outcome.code))
+        else:
+            results.append(CompletionResult(task_id=c.task_id, state=outcome))
     return ok(CompletionResults(results=results))
 
 

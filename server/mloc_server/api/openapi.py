@@ -54,7 +54,8 @@ class Op:
 
 
 def _int(lo: int, hi: int) -> dict[str, Any]:
-    return {"type": "integer", "minimum": lo, "maximum": hi}
+    """An integer query parameter; empty (``?page=``) means its default."""
+    return {"anyOf": [{"type": "integer", "minimum": lo, "maximum": hi}, {"type": "string", "maxLength": 0}]}
 
 
 TEXT = {"type": "string"}
@@ -74,7 +75,7 @@ TASK_BODY = {
 SUBMIT_CONTENT = {
     "application/json": {"schema": TASK_BODY, "example": SUBMIT_EXAMPLE},
     "application/yaml": {"schema": TASK_BODY, "example": SUBMIT_EXAMPLE},
-    "text/plain": {"schema": TEXT, "description": "YAML or JSON text: the Content-Type is not consulted"},
+    "text/plain": {"schema": {"type": "string", "description": "YAML or JSON text: the Content-Type is not consulted"}},
 }
 
 OPERATIONS: tuple[Op, ...] = (
@@ -116,7 +117,8 @@ OPERATIONS: tuple[Op, ...] = (
        {201: s.BlobStored}, body={"application/octet-stream": {"type": "string", "format": "binary"}},
        params=SIGNED, errors=(403, 404, 413, 422)),
     Op("GET", "/api/v1/blobs/{key}", "Download from the embedded store through a presigned URL", "none",
-       {200: {"application/octet-stream": {"type": "string", "format": "binary"}}}, params=SIGNED,
+       {200: {"*/*": {"type": "string", "format": "binary", "description": "typed by the file name"}}},
+       params=SIGNED,
        errors=(403, 404, 422)),
     # -- the agent protocol (api/agents.py) -----------------------------------------------------------
     Op("POST", "/api/v1/agents/register", "Register an agent with a join token (or re-register with its credential)",
@@ -231,7 +233,7 @@ def _operation(op: Op) -> dict[str, Any]:
 
 
 def _operation_id(op: Op) -> str:
-    words = [w.strip("{}") for w in op.path.removeprefix("/api/v1").split("/") if w]
+    words = [w.strip("{}").replace(".", "_") for w in op.path.split("/") if w]
     return "_".join([op.method.lower(), *words]) if words else f"{op.method.lower()}_root"
 
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mloc_shared.errors import Conflict, LeaseLost, NotFound
+from mloc_shared.errors import Conflict, LeaseLost, MlocError, NotFound
 from mloc_shared.protocol import (
     FINAL_STATES,
     Checkpoint,
@@ -142,11 +142,9 @@ class Leasing:
             agent.gpu_stats = req.gpu_stats
         agent.wake("superseded")  # an older poll of this agent still held: answer it empty
         lost: list[str] = []
-        for c in req.completions:
-            try:
-                await self.complete(agent, c.task_id, c)
-            except LeaseLost:
-                lost.append(c.task_id)
+        if req.completions:
+            done_now = await self.complete_many(agent, [(c.task_id, c) for c in req.completions])
+            lost = [c.task_id for c, o in zip(req.completions, done_now, strict=True) if isinstance(o, LeaseLost)]
         reported = {r.task_id: r.epoch for r in req.running}
         done = {c.task_id for c in req.completions}
         reoffer: list[Lease] = []
@@ -267,37 +265,66 @@ class Leasing:
 
     async def complete(self, agent: AgentState, task_id: str, c: Completion) -> str:
         """Record a task's end; a retried completion that already committed answers the same."""
-        lease = self.leases.get(task_id)
-        if lease is None or lease.agent_id != agent.id or lease.epoch != c.epoch or lease.closing:
-            row = await repo.get_task(self.db, task_id)
-            if row is not None and row["agent_id"] == agent.id and row["epoch"] == c.epoch \
-                    and row["state"] in FINAL_STATES:
-                return row["state"]
-            raise LeaseLost(f"task {task_id} is not leased to agent {agent.name} at epoch {c.epoch}",
-                            hint="the task was requeued or finished elsewhere; its result is discarded")
-        state, error = c.outcome, c.error
-        if lease.timed_out:
-            state, error = "failed", f"timed out after {lease.meta.timeout_s:g}s (timeout_s)"
-        elif lease.cancel_requested and c.outcome != "succeeded":
-            state = "cancelled"
-        elif c.outcome == "failed" and lease.meta.retry_on_failure:
-            await self.expire(lease, f"failed: {c.error or 'exit code ' + str(c.exit_code)}", lost=False)
-            return "queued"
-        lease.closing = True
-        now = time.time()
-        try:
-            ok = await self.db.write(lambda con: repo.finish_task(
-                con, task_id, c.epoch, state, now, result=c.result, error=error, exit_code=c.exit_code,
-                progress=lease.progress))
-        except Exception:
-            lease.closing = False
-            raise
-        self._forget(lease, freed=True)
-        if not ok:
-            raise LeaseLost(f"task {task_id} changed state before its completion arrived")
-        self.counters["tasks_finished"] += 1
-        self._notify_final(task_id, state)
-        return state
+        (outcome,) = await self.complete_many(agent, [(task_id, c)])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def complete_many(
+        self, agent: AgentState, items: list[tuple[str, Completion]]
+    ) -> list[str | MlocError]:
+        """Record several tasks' ends in one transaction, then free their GPUs at once (so the
+        agent's held poll hands out the freed slots together). Each item answers on its own."""
+        outcomes: list[str | MlocError | None] = [None] * len(items)
+        batch: list[tuple[int, LeaseState, Completion, str, str | None]] = []
+        for i, (task_id, c) in enumerate(items):
+            lease = self.leases.get(task_id)
+            if lease is None or lease.agent_id != agent.id or lease.epoch != c.epoch or lease.closing:
+                outcomes[i] = await self._late_completion(agent, task_id, c)
+                continue
+            state, error = c.outcome, c.error
+            if lease.timed_out:
+                state, error = "failed", f"timed out after {lease.meta.timeout_s:g}s (timeout_s)"
+            elif lease.cancel_requested and c.outcome != "succeeded":
+                state = "cancelled"
+            elif c.outcome == "failed" and lease.meta.retry_on_failure:
+                await self.expire(lease, f"failed: {c.error or 'exit code ' + str(c.exit_code)}", lost=False)
+                outcomes[i] = "queued"
+                continue
+            lease.closing = True
+            batch.append((i, lease, c, state, error))
+        if batch:
+            now = time.time()
+
+            def write(con) -> list[bool]:
+                return [repo.finish_task(con, lease.task_id, c.epoch, state, now, result=c.result, error=error,
+                                         exit_code=c.exit_code, progress=lease.progress)
+                        for _, lease, c, state, error in batch]
+
+            try:
+                written = await self.db.write(write)
+            except Exception:
+                for _, lease, *_rest in batch:
+                    lease.closing = False
+                raise
+            for (i, lease, _c, state, _error), ok in zip(batch, written, strict=True):
+                self._forget(lease, freed=True)
+                if ok:
+                    self.counters["tasks_finished"] += 1
+                    self._notify_final(lease.task_id, state)
+                    outcomes[i] = state
+                else:
+                    outcomes[i] = LeaseLost(f"task {lease.task_id} changed state before its completion arrived")
+        return [o if o is not None else LeaseLost("no outcome") for o in outcomes]
+
+    async def _late_completion(self, agent: AgentState, task_id: str, c: Completion) -> str | MlocError:
+        """A completion for a lease we no longer hold: the same answer if it already committed."""
+        row = await repo.get_task(self.db, task_id)
+        if row is not None and row["agent_id"] == agent.id and row["epoch"] == c.epoch \
+                and row["state"] in FINAL_STATES:
+            return row["state"]
+        return LeaseLost(f"task {task_id} is not leased to agent {agent.name} at epoch {c.epoch}",
+                         hint="the task was requeued or finished elsewhere; its result is discarded")
 
     async def expire(self, lease: LeaseState, reason: str, *, lost: bool = True) -> str | None:
         """Give up a lease: queue the task again after a backoff, or fail it when out of attempts."""
