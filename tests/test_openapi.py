@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from mloc_server.api.openapi import OPENAPI_PATH, route_keys
 from mloc_server.app import create_app
 from mloc_server.settings import CoordinatorSettings
@@ -20,6 +22,8 @@ def test_document_is_valid_openapi_31_and_matches_every_route(coordinator: Coord
     doc = resp.json()
     assert doc["openapi"] == "3.1.0"
     validate(doc)
+    refs = set(re.findall(r'"#/components/schemas/([^"]+)"', resp.text))
+    assert refs and refs <= set(doc["components"]["schemas"]), refs - set(doc["components"]["schemas"])
     served = route_keys(create_app(CoordinatorSettings(data_dir=tmp_path)))
     documented = _operations(doc)
     assert served - documented == set(), "routes missing from api/openapi.py OPERATIONS"

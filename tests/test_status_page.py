@@ -14,8 +14,8 @@ from tests.raw_agent import PROTO, register_body
 
 # 50 steps, 0.25 s apart: the bar must move while the page is open
 PROGRESS_TASK = (
-    'for i in $(seq 1 50); do echo "{\\"step\\": $i, \\"total\\": 50, \\"message\\": \\"epoch 1\\"}" > "$MLOC_PROGRESS"; '
-    'echo "line $i"; sleep 0.25; done; echo done > "$MLOC_OUTPUT_DIR/report.txt"'
+    'for i in $(seq 1 50); do echo "{\\"step\\": $i, \\"total\\": 50, \\"message\\": \\"epoch 1\\"}" '
+    '> "$MLOC_PROGRESS"; echo "line $i"; sleep 0.25; done; echo done > "$MLOC_OUTPUT_DIR/report.txt"'
 )
 
 
@@ -55,7 +55,7 @@ def test_page_shows_agents_and_progress_advancing_without_reload(coordinator: Co
     assert page.evaluate("window.__sameDocument") == "yes", "the page reloaded instead of updating"
     row = page.locator(f'tr[data-task="{running["id"]}"]').inner_text()
     assert "gpu-box-1" in row and "epoch 1" in row and "/50" in row
-    assert page.locator(f'tr[data-task="{running["id"]}"] td.eta').inner_text() not in ("", "–")
+    assert page.locator(f'tr[data-task="{running["id"]}"] td.eta').inner_text() not in ("", "\u2013")  # en dash: no ETA
     assert page.locator(f'tr[data-agent="gpu-box-1"] a[href="/tasks/{running["id"]}"]').count() >= 1  # its lease
 
     queue_row = page.locator(f'#queue-body tr[data-task="{stuck["id"]}"]').inner_text()

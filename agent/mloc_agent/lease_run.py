@@ -217,10 +217,14 @@ class LeaseRun:
             await asyncio.wait_for(self.done.wait(), interval * random.uniform(0.5, 1.0))
         while not self.done.is_set():
             sent = time.monotonic()
+            # the lease is ours until last_ok_sent + ttl at best (the coordinator counts from a later receipt).
+            # No attempt or wait runs past that less one heartbeat, so the task is stopped before the
+            # coordinator can requeue it, not up to a heartbeat timeout after
+            left = last_ok_sent + ttl - min(interval, ttl / 4) - sent
             try:
                 resp = await self.client.heartbeat(
                     self.task_id, HeartbeatRequest(epoch=self.lease.epoch, progress=self.progress),
-                    timeout=max(1.0, min(interval, 10.0)))
+                    timeout=max(0.1, min(max(1.0, min(interval, 10.0)), left)))
                 last_ok_sent, ttl = sent, resp.ttl_s
                 if resp.cancel and self.cancel_reason is None:
                     self.agent.spawn(self.cancel("cancel requested"))
@@ -232,11 +236,12 @@ class LeaseRun:
                 if isinstance(exc, MlocError) and not retryable(exc):
                     self.agent.spawn(self.fence(f"heartbeat refused: {exc}"))
                     return
-                if time.monotonic() - last_ok_sent > ttl:
+                left = last_ok_sent + ttl - min(interval, ttl / 4) - time.monotonic()
+                if left <= 0:
                     self.agent.spawn(self.fence(
                         f"could not renew the lease within its TTL ({ttl:g}s): self-fencing"))
                     return
-                wait = min(1.0, interval / 2) * random.uniform(0.5, 1.5)
+                wait = min(min(1.0, interval / 2) * random.uniform(0.5, 1.5), left)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.done.wait(), wait)
 

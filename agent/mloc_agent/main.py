@@ -96,8 +96,13 @@ class Agent:
             except (httpx.TransportError, MlocError) as exc:
                 if isinstance(exc, MlocError) and not retryable(exc) and exc.status not in (409,):
                     raise
+                if self.draining:  # stopped (SIGTERM) before it ever registered: nothing to finish
+                    return
                 log.warning("registration failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                with contextlib.suppress(TimeoutError):  # a SIGTERM (drain sets _idle) ends the wait at once
+                    await asyncio.wait_for(self._idle.wait(), delay * random.uniform(0.5, 1.5))
+                if self.draining:
+                    return
                 delay = min(delay * 2, 30)
         self.client.credential = resp.credential
         self.client.poll_hold_s = resp.timings.poll_hold_s

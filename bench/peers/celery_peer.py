@@ -18,9 +18,10 @@ def main() -> None:
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     os.environ["BENCH_REDIS_URL"] = url
-    out = open(os.path.join(args.workdir, "celery.log"), "ab")
-    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", args.workdir], stdout=out, stderr=subprocess.STDOUT)
+    log_path = os.path.join(args.workdir, "celery.log")
+    with open(log_path, "ab") as out:  # the children keep their own copy of the descriptor
+        redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                  "--appendonly", "no", "--dir", args.workdir], stdout=out, stderr=subprocess.STDOUT)
     worker = None
     try:
         import celery
@@ -30,10 +31,11 @@ def main() -> None:
         from bench.peers.celery_tasks import app, noop, stamp
 
         wait_until(lambda: redis_client.Redis.from_url(url).ping(), 20, "redis-server")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "bench.peers.celery_tasks", "worker", "-P", "prefork", "-c", "2",
-             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING"],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "BENCH_REDIS_URL": url})
+        with open(log_path, "ab") as out:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "bench.peers.celery_tasks", "worker", "-P", "prefork", "-c",
+                 "2", "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING"],
+                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "BENCH_REDIS_URL": url})
         wait_until(lambda: app.control.ping(timeout=0.5), 60, "the celery worker")
         latency_loop(5, lambda: stamp.delay().get(timeout=30))
         log(f"celery: submit-to-start x{args.latency_n}")
@@ -50,7 +52,6 @@ def main() -> None:
                     proc.wait(20)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-        out.close()
     report("celery", celery.__version__, samples, args.throughput_n, elapsed[0])
 
 

@@ -24,9 +24,9 @@ def main() -> None:
     from bench.peers.huey_tasks import noop, stamp
 
     consumer_bin = Path(sys.executable).with_name("huey_consumer")
-    out = open(os.path.join(args.workdir, "huey.log"), "ab")
-    consumer = subprocess.Popen([str(consumer_bin), "bench.peers.huey_tasks.huey", *WORKERS, "-q"],
-                                stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+    with open(os.path.join(args.workdir, "huey.log"), "ab") as out:  # the child keeps its own descriptor
+        consumer = subprocess.Popen([str(consumer_bin), "bench.peers.huey_tasks.huey", *WORKERS, "-q"],
+                                    stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
     try:
         latency_loop(5, lambda: stamp()(blocking=True, timeout=60))
         log(f"huey: submit-to-start x{args.latency_n}")
@@ -42,7 +42,6 @@ def main() -> None:
             consumer.wait(20)
         except subprocess.TimeoutExpired:
             consumer.kill()
-        out.close()
     report("huey", huey.__version__, samples, args.throughput_n, elapsed[0], workers=" ".join(WORKERS))
 
 

@@ -33,9 +33,10 @@ def main() -> None:
         "DO_NOT_TRACK": "1",
     })
     prefect_cli = str(Path(sys.executable).with_name("prefect"))
-    out = open(home / "prefect.log", "ab")
-    server = subprocess.Popen([prefect_cli, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=out, stderr=subprocess.STDOUT)
+    log_path = home / "prefect.log"
+    with open(log_path, "ab") as out:  # the children keep their own copy of the descriptor
+        server = subprocess.Popen([prefect_cli, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                  stdout=out, stderr=subprocess.STDOUT)
     worker = None
     try:
         import httpx
@@ -56,8 +57,9 @@ def main() -> None:
             flow_id=flow_id, name="bench", work_pool_name=POOL, entrypoint="prefect_flows.py:stamp",
             pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(HERE)}}],
             parameter_openapi_schema={"type": "object", "properties": {"out": {"type": "string"}}})
-        worker = subprocess.Popen([prefect_cli, "worker", "start", "--pool", POOL, "--type", "process",
-                                   "--limit", str(LIMIT)], stdout=out, stderr=subprocess.STDOUT, cwd=HERE)
+        with open(log_path, "ab") as out:
+            worker = subprocess.Popen([prefect_cli, "worker", "start", "--pool", POOL, "--type", "process",
+                                       "--limit", str(LIMIT)], stdout=out, stderr=subprocess.STDOUT, cwd=HERE)
         stamps = Path(args.workdir) / "stamps"
         stamps.mkdir(exist_ok=True)
         count = [0]
@@ -92,7 +94,6 @@ def main() -> None:
                     proc.wait(30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-        out.close()
     report("prefect", prefect.__version__, samples, args.throughput_n, elapsed[0], worker_limit=LIMIT,
            worker_query_s=1.0)
 

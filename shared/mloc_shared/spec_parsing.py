@@ -21,6 +21,7 @@ from mloc_shared.taskspec import FieldError, TaskSpec
 MAX_DEPTH = 32
 # libyaml when installed: the pure-Python loader is several times slower on a large body
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_TYPE_TAG = re.compile(r"^(?:str|int|float|bool|bytes|none|[A-Z]\w*|[a-z-]+\[.*\])$")
 _KEY_TOKEN = re.compile(r"(?:^|[\"'\s\w])([A-Za-z_][A-Za-z0-9_]*):(?:\s|$)")
 CURL_HINT = (
     "curl -d strips line breaks from the file, so block-style YAML arrives as one line. "
@@ -214,7 +215,7 @@ def validate_spec(data: Any, node: yaml.Node | None = None) -> TaskSpec:
     except ValidationError as exc:
         details = []
         for err in exc.errors(include_url=False, include_input=False):
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            loc = _data_loc(data, err["loc"])
             cause = (err.get("ctx") or {}).get("error")
             if isinstance(cause, FieldError):
                 loc = (*loc, cause.field)
@@ -231,6 +232,21 @@ def validate_spec(data: Any, node: yaml.Node | None = None) -> TaskSpec:
         raise ValidationFailed(
             f"{label}{first['message']}{where}", field=first["field"], line=first["line"], details=details
         ) from None
+
+
+def _data_loc(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The error's path without the tags pydantic adds for union members and validators
+    (``command.str``, ``reward_funcs.0.RewardFunction``, ``function-after[...]``): no user wrote those.
+    A segment that is a key of the submitted data is always kept."""
+    out: list[Any] = []
+    for part in loc:
+        is_key = isinstance(data, dict) and part in data
+        if isinstance(part, str) and not is_key and _TYPE_TAG.match(part):
+            continue
+        out.append(part)
+        in_list = isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
+        data = data[part] if is_key or in_list else None
+    return tuple(out)
 
 
 def parse_task(body: bytes) -> TaskSpec:

@@ -75,7 +75,8 @@ def count_in(coord: Coordinator, state: str) -> int | None:
 
 
 def wait_load_done(coord: Coordinator, total: int, timeout: float) -> dict[str, int]:
-    """Wait until ``total`` tasks are in a final state (tolerating a coordinator that is restarting)."""
+    """Wait until ``total`` tasks (all the coordinator has) are in a final state, tolerating a coordinator
+    that is restarting."""
     deadline = time.monotonic() + timeout
     last: dict[str, int | None] = {}
     while time.monotonic() < deadline:

@@ -57,8 +57,9 @@ def test_cut_off_agent_fences_itself_and_its_late_completion_is_refused(
         rescuer.start()
 
         # self-fencing: the long task's process goes away while the agent is still cut off
-        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), TTL_S + 10, "the cut-off agent to stop its task")
-        fenced_after = time.monotonic() - cut_at
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), TTL_S + 10, "the cut-off agent to stop its task",
+                 interval=0.02)
+        fenced_after, gone_at = time.monotonic() - cut_at, time.time()
         assert cut
         assert fenced_after >= TTL_S - 1.5 * HEARTBEAT_S - 0.5, f"task stopped {fenced_after:.1f}s into the cut"
         assert "self-fencing" in cut_off.proc.output(), cut_off.proc.output()[-2000:]
@@ -71,7 +72,11 @@ def test_cut_off_agent_fences_itself_and_its_late_completion_is_refused(
             assert done["state"] == "succeeded" and done["agent"] == "rescuer", done
             assert done["attempts"] == 2 and done["attempt_history"][0]["outcome"] == "lost", done
         rescued_after = time.monotonic() - cut_at
-        report(f"both tasks requeued and succeeded on rescuer {rescued_after:.1f}s into the cut")
+        # no two copies at once: the old process was gone before the coordinator started the next attempt
+        second_start = coord.task(long_id)["attempt_history"][1]["started_at"]
+        assert gone_at <= second_start + 0.3, f"fenced {gone_at - second_start:.2f}s after attempt 2 started"
+        report(f"both tasks requeued and succeeded on rescuer {rescued_after:.1f}s into the cut; the fenced "
+               f"process was gone {second_start - gone_at:.2f}s before the next attempt started")
 
         nat.cut_agent(False)
         cut, cut_back = False, time.monotonic()

@@ -132,7 +132,7 @@ def test_ppo_updates_learn_a_bandit() -> None:
 # -- the module ----------------------------------------------------------------------------------------
 
 
-def ppo_hyperparameters(reward_model: Path, **extra: Any) -> dict[str, Any]:
+def ppo_hyperparameters(reward_model: Path | str, **extra: Any) -> dict[str, Any]:
     # the original README's three fields as written, plus small sizes for a CPU test
     return {"reward_model": str(reward_model), "ppo_epochs": 4, "target_kl": 0.1, "batch_size": 8,
             "mini_batch_size": 4, "max_steps": 6, "save_steps": 3, "learning_rate": 1e-3, "max_new_tokens": 12,
@@ -216,3 +216,28 @@ def test_ppo_without_a_reward_model_or_with_uneven_batches_is_refused_at_submit(
         error = resp.json()["error"]
         assert error["field"].startswith(field), error
         assert "reward_model" in error["message"] or "multiple of" in error["message"], error
+
+
+def test_rlhf_chain_sft_and_reward_model_then_ppo_then_batch_inference(
+    coordinator: Coordinator, start_agent, tiny_lm: Path, tiny_rm: Path
+) -> None:
+    """The classic pipeline through task chaining: PPO starts from the SFT adapter (merged in, so the SFT
+    model is the reference), scores with the model a reward_model task trained (``task:<id>``), and writes
+    a merged model that an inference task then runs."""
+    from tests.ml.test_inference import fine_tune, generations, inference_spec
+
+    start_agent("rlhf-box")
+    sft = fine_tune(coordinator, tiny_lm)
+    preferences = [{"chosen": f"answer {i * 2}", "rejected": f"bad dog {i}"} for i in range(8)]
+    rm = run_to_end(coordinator, train_spec("reward_model", tiny_rm, {"rows": preferences},
+                                            {"max_steps": 4, "save_steps": 100}, adapter="none"))
+    spec = train_spec("ppo", tiny_lm, {"rows": PROMPT_ROWS}, {})
+    spec["model"]["source"] = {"type": "task", "identifier": sft["id"]}
+    spec["hyperparameters"] = ppo_hyperparameters(f"task:{rm['id']}", max_steps=2, learning_rate=1e-4)
+    ppo = run_to_end(coordinator, spec, timeout=240)
+    assert sft["id"] in ppo["result"]["policy_start"] and ppo["result"]["outputs"]["merged"] == "merged/"
+    assert f"fetched the outputs of task(s) {', '.join(sorted([sft['id'], rm['id']]))}" in coordinator.logs(ppo["id"])
+    done = run_to_end(coordinator, inference_spec({"type": "task", "identifier": ppo["id"]}))
+    assert done["result"]["base"].endswith(f"{ppo['id']}/merged") and done["result"]["adapter"] is None
+    rows = generations(coordinator, done["id"])
+    assert len(rows) == 2 and all(r["generation"].strip().startswith("answer") for r in rows), rows

@@ -33,7 +33,8 @@ class InferenceModule(BaseModule):
 
     async def execute(self, progress_callback: ProgressCallback | None = None) -> dict[str, Any]:
         from mloc_agent.modules.hf_common import TaskInputError, quiet_environment
-        from mloc_agent.modules.inference_engines import ENGINES, resolve_model
+        from mloc_agent.modules.inference_engines import ENGINES
+        from mloc_agent.modules.model_sources import resolve_model
 
         quiet_environment()
         hp = parse_hyperparameters("inference", self.spec.get("hyperparameters"))

@@ -61,8 +61,8 @@ class PPORun:
             load_tokenizer,
             lora_config,
             quantization_config,
-            resolve_model_source,
         )
+        from mloc_agent.modules.model_sources import resolve_model
         from mloc_agent.modules.ppo_core import AdaptiveKLController, FixedKLController
         from mloc_agent.modules.ppo_models import PolicyWithValue, RewardScorer
 
@@ -72,23 +72,32 @@ class PPORun:
         source = model_spec["source"]
         self.adapter = model_spec.get("adapter") or {"type": "lora"}  # LoRA unless told: the reference is free
         adapter_type = self.adapter.get("type", "none")
-        self.base = resolve_model_source(source, self.ctx)
+        # the starting policy: a model, or a fine-tune's adapter (e.g. {type: task} of an sft), merged into its base
+        self.start = resolve_model(model_spec, self.ctx)
         self.plan = device_plan(model_spec.get("dtype", "auto"), adapter_type)
         device = torch.device("cuda" if self.plan.cuda else "cpu")
         torch.manual_seed(self.hp.seed)
-        self.send({"message": f"loading policy {source['identifier']} and reward model {self.hp.reward_model}"})
-        tokenizer = load_tokenizer(self.base, source.get("revision"))
+        self.send({"message": f"loading policy {self.start.describe()} and reward model {self.hp.reward_model}"})
+        tokenizer = load_tokenizer(self.start.tokenizer, source.get("revision"))
         dtype = self.plan.torch_dtype()
         quant = quantization_config(adapter_type, self.plan)
         load = {"dtype": dtype, "revision": source.get("revision")}
         if quant is not None:
             load["quantization_config"] = quant
-        model = AutoModelForCausalLM.from_pretrained(self.base, **load)
-        if quant is None:
-            model = model.to(device)
+
+        def starting_policy() -> Any:
+            """The SFT model is the reference: an adapter it came with is merged in, the PPO adapter goes on top."""
+            net = AutoModelForCausalLM.from_pretrained(self.start.base, **load)
+            if self.start.adapter is not None:
+                from peft import PeftModel
+
+                net = PeftModel.from_pretrained(net, str(self.start.adapter)).merge_and_unload()
+            return net if quant is not None else net.to(device)
+
+        model = starting_policy()
         ref_model = None
         if adapter_type == "none":
-            ref_model = AutoModelForCausalLM.from_pretrained(self.base, **load).to(device).eval()
+            ref_model = starting_policy().eval()
             ref_model.requires_grad_(False)
         else:
             from peft import get_peft_model
@@ -107,16 +116,19 @@ class PPORun:
 
     def _reward_source(self) -> str:
         """A local folder, a hub id, or ``task:<id>``: the model a finished reward_model task wrote."""
-        from mloc_agent.modules.hf_common import TaskInputError, resolve_model_source
+        from mloc_agent.modules.hf_common import TaskInputError
+        from mloc_agent.modules.task_outputs import TaskOutputError, task_output
 
         name = self.hp.reward_model
         if name.startswith("task:"):
-            folder = Path(resolve_model_source({"type": "task", "identifier": name[5:]}, self.ctx))
-            for sub in ("merged", "model"):
-                if (folder / sub / "config.json").exists():
-                    return str(folder / sub)
-            raise TaskInputError(f"hyperparameters.reward_model: task {name[5:]} left no full model (model/ or "
-                                 "merged/); train it with adapter type none or merge_adapter: true")
+            try:
+                full = task_output(name[5:], self.ctx).full_model()
+            except TaskOutputError as exc:
+                raise TaskInputError(f"hyperparameters.reward_model: {exc}") from None
+            if full is None:
+                raise TaskInputError(f"hyperparameters.reward_model: task {name[5:]} left no full model (model/ or "
+                                     "merged/); train it with adapter type none or merge_adapter: true")
+            return str(full)
         if Path(name).expanduser().exists():
             return str(Path(name).expanduser())
         return name
@@ -295,7 +307,8 @@ class PPORun:
         self.policy.save(target, out / "value_head.safetensors")
         (out / "ppo_log.json").write_text(json.dumps(self.history, indent=1))
         outputs = {target.name: target.name + "/", "value_head": "value_head.safetensors"}
-        if is_adapter and self.hp.merge_adapter:
+        # a policy that started from another task's adapter has no base file to apply this adapter on: merge
+        if is_adapter and (self.hp.merge_adapter or self.start.adapter is not None):
             merged = self.policy.model.merge_and_unload()
             merged.save_pretrained(out / "merged")
             self.policy.tokenizer.save_pretrained(out / "merged")
@@ -307,6 +320,7 @@ class PPORun:
             "resumed_from_step": resumed_from, "checkpoint_steps": self.checkpoints, "outputs": outputs,
             "adapter": self.adapter.get("type", "none"), "device": "cuda" if self.plan.cuda else "cpu",
             "dtype": self.plan.load_dtype, "prompts": len(self.prompts), "reward_input": self.reward.reward_input,
+            "policy_start": self.start.describe(),
             "first_reward_mean": first.get("reward_mean"), "final_reward_mean": last.get("reward_mean"),
             "reward_means": [round(r, 5) for r in rewards[-50:]],
             "kl_coef_initial": self.hp.init_kl_coef, "kl_coef_final": self.kl_ctl.value,

@@ -10,8 +10,8 @@ Heavy libraries are imported inside ``execute`` only: the agent's main process i
 from __future__ import annotations
 
 import json
-import time
 import os
+import time
 from pathlib import Path
 from typing import Any
 

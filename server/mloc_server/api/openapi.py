@@ -23,6 +23,7 @@ from pydantic.json_schema import models_json_schema
 from mloc_server.api import schemas as s
 from mloc_server.api.system import TokenCreate
 from mloc_server.api.tasks import MAX_BULK, STATES
+from mloc_server.services.overview import AGENT_STATES
 
 routes = web.RouteTableDef()
 OPENAPI_PATH = "/api/v1/openapi.json"
@@ -63,12 +64,17 @@ PROTOCOL = Param(PROTOCOL_HEADER, "header", {"type": "integer", "enum": [PROTOCO
                  "the agent's protocol version; another major is refused with 426", required=True)
 SIGNED = (Param("exp", "query", {"type": "integer"}, "expiry (unix time) the URL was signed with", True),
           Param("sig", "query", {"type": "string"}, "the URL's HMAC signature", True))
+WORKER_QUERY = (  # any of them: one page of the matching agents instead of all
+    Param("state", "query", {"anyOf": [{"enum": list(AGENT_STATES)}, {"const": ""}]}, "empty: any state"),
+    Param("q", "query", TEXT, "text in the name, hostname or labels"),
+    Param("page", "query", _int(1, 1_000_000)), Param("page_size", "query", _int(1, 500)),
+)
 SUBMIT_EXAMPLE = {"taskType": "command", "name": "hello", "command": "echo hello"}
 TASK_BODY = {
     "oneOf": [
         {"$ref": REF.format(model="TaskSpec")},
         {"type": "array", "items": {"$ref": REF.format(model="TaskSpec")}, "minItems": 1, "maxItems": MAX_BULK},
-        {"type": "object", "required": ["tasks"], "properties": {"tasks": {
+        {"type": "object", "required": ["tasks"], "not": {"required": ["taskType"]}, "properties": {"tasks": {
             "type": "array", "items": {"$ref": REF.format(model="TaskSpec")}, "minItems": 1, "maxItems": MAX_BULK}}},
     ],
 }
@@ -89,7 +95,8 @@ OPERATIONS: tuple[Op, ...] = (
                                                    "pattern": "^[ -~]+$"},
                      "a retried submit with the same key and body returns the first task (200), not a new one"),)),
     Op("GET", "/api/v1/tasks", "List tasks, newest first, a page at a time", "user", {200: s.TaskPage},
-       params=(Param("state", "query", {"type": "array", "items": {"type": "string", "enum": list(STATES)}},
+       params=(Param("state", "query", {"type": "array", "minItems": 1,
+                                           "items": {"type": "string", "enum": list(STATES)}},
                      "one state, or several comma-separated (state=queued,running)", style="form"),
                Param("user", "query", TEXT, "an admin may list another user's tasks"),
                Param("task_type", "query", TEXT), Param("type", "query", TEXT, "same as task_type"),
@@ -138,11 +145,13 @@ OPERATIONS: tuple[Op, ...] = (
     Op("POST", "/api/v1/leases/{task_id}/uploads/{upload_id}/commit", "Record an uploaded artifact", "agent",
        {200: s.UploadCommitted}, body=p.UploadCommit, errors=(404, 409)),
     Op("POST", "/api/v1/leases/{task_id}/sources", "Presigned downloads of the finished tasks this lease reads",
-       "agent", {200: p.SourcesResponse}, body=p.SourcesRequest, errors=(409,)),
+       "agent", {200: p.SourcesResponse}, body=p.SourcesRequest, errors=(409, 422)),
     # -- fleet, usage, tokens, health (api/system.py) -------------------------------------------------
     Op("GET", "/health", "Liveness and readiness", "none", {200: s.Health, 503: s.Health}),
-    Op("GET", "/api/v1/workers", "The agents with their GPUs, state and leases", "user", {200: s.WorkerList}),
-    Op("GET", "/api/v1/agents", "The agents (same as /api/v1/workers)", "user", {200: s.WorkerList}),
+    Op("GET", "/api/v1/workers", "The agents with their GPUs, state and leases", "user", {200: s.WorkerList},
+       params=WORKER_QUERY, errors=(422,)),
+    Op("GET", "/api/v1/agents", "The agents (same as /api/v1/workers)", "user", {200: s.WorkerList},
+       params=WORKER_QUERY, errors=(422,)),
     *(Op("POST", f"/api/v1/agents/{{name}}/{verb}", summary, "admin", {200: s.Worker}, errors=(404,))
       for verb, summary in (("drain", "Drain an agent: it takes no new task"), ("cordon", "Same as drain"),
                             ("undrain", "Let a drained agent take tasks again"), ("uncordon", "Same as undrain"))),

@@ -184,6 +184,9 @@ class Worker(BaseModel):
 class WorkerList(BaseModel):
     workers: list[Worker]
     total: int
+    page: int | None = Field(None, description="when asked for a page (page, page_size, state or q)")
+    page_size: int | None = None
+    pages: int | None = None
 
 
 class UserUsage(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 from mloc_shared.errors import NotFound, PayloadTooLarge
 from mloc_shared.protocol import PartUrl, UploadCommit, UploadPlan, UploadRequest
@@ -68,7 +69,7 @@ class Artifacts:
     async def listing(self, task_id: str) -> list[dict[str, Any]]:
         return [
             {"name": r["name"], "kind": r["kind"], "step": r["step"], "size": r["size"], "attempt": r["attempt"],
-             "created_at": r["created_at"], "url": f"/api/v1/tasks/{task_id}/artifacts/{r['name']}"}
+             "created_at": r["created_at"], "url": f"/api/v1/tasks/{task_id}/artifacts/{quote(r['name'])}"}
             for r in await repo.task_artifacts(self.leasing.db, task_id)
         ]
 

@@ -37,6 +37,7 @@ from mloc_shared.protocol import (
 from mloc_server.services.fleet import AgentState, LeaseState
 from mloc_server.services.queue import QueuedTask, TaskMeta, TaskQueue
 from mloc_server.services.scheduler import Requirement, pick_gpus
+from mloc_server.services.waiting import WaitingPolls
 from mloc_server.settings import CoordinatorSettings
 from mloc_server.store import repo
 from mloc_server.store.database import Database
@@ -58,7 +59,7 @@ class Leasing:
         self.agents: dict[str, AgentState] = {}
         self.by_credential: dict[str, AgentState] = {}
         self.leases: dict[str, LeaseState] = {}
-        self.waiting: dict[str, AgentState] = {}
+        self.waiting = WaitingPolls()
         self.on_task_final: list[Callable[[str, str], None]] = []
         self.shutting_down = False
         self.counters: dict[str, int] = {
@@ -120,12 +121,10 @@ class Leasing:
 
     def _wake_for(self, req: Requirement) -> None:
         """Wake one waiting agent that could take a task of this shape now (no thundering herd)."""
-        for agent_id, agent in list(self.waiting.items()):
-            if pick_gpus(req, agent.view()) is not None:
-                del self.waiting[agent_id]
-                agent.wake("task")
-                if agent.peer_alive():  # a hung-up poll claims nothing: wake another one
-                    return
+        for agent in self.waiting.pop_fitting(lambda view: pick_gpus(req, view) is not None):
+            agent.wake("task")
+            if agent.peer_alive():  # a hung-up poll claims nothing: wake another one
+                return
 
     # -- the long poll ------------------------------------------------------------------------
 
@@ -180,7 +179,8 @@ class Leasing:
                 return resp
             waiter = loop.create_future()
             agent.waiter = waiter
-            self.waiting[agent.id] = agent
+            if free > 0 and agent.accepting:  # a poll that can take nothing must not absorb a submit's wake
+                self.waiting.add(agent)
             try:
                 reason = await asyncio.wait_for(waiter, remaining)
             except TimeoutError:
@@ -188,7 +188,7 @@ class Leasing:
             finally:
                 if agent.waiter is waiter:
                     agent.waiter = None
-                    self.waiting.pop(agent.id, None)
+                    self.waiting.discard(agent)
             if reason == "superseded":
                 return PollResponse(drain=not agent.accepting)
 
@@ -340,7 +340,9 @@ class Leasing:
         except Exception:
             lease.closing = False
             raise
-        self._forget(lease, freed=True)
+        # a lost lease frees no slot for the agent's held poll: a silent (dead, cut off) agent would
+        # claim work it never reads; its next poll says what it can take
+        self._forget(lease, freed=not lost)
         if lost:
             self.counters["leases_expired"] += 1
         log.warning("task %s attempt %d: %s -> %s", lease.task_id, lease.attempt, reason, state)

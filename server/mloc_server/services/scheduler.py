@@ -137,6 +137,14 @@ def pick_gpus(req: Requirement, agent: AgentView) -> tuple[int, ...] | None:
     return tuple(sorted(g.index for g in free[: req.gpus]))
 
 
+def match_key(agent: AgentView) -> tuple[object, ...]:
+    """Everything ``pick_gpus`` looks at, but the agent's name and GPU indices: two agents with
+    equal keys fit exactly the same requirements (so one check can stand for many agents)."""
+    gpus = sorted((g.name.lower(), g.memory_total_mb, g.cc, g.index in agent.used_gpus) for g in agent.gpus)
+    return (agent.accepting, agent.free_slots > 0, agent.task_types, tuple(sorted(agent.labels.items())),
+            tuple(gpus))
+
+
 def unplaceable_reason(req: Requirement, agents: Iterable[AgentView]) -> str | None:
     """Why no registered agent could ever run the task; None if at least one could."""
     reasons: dict[str, list[str]] = {}

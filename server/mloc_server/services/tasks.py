@@ -132,7 +132,7 @@ class Tasks:
         agent = self.leasing.agents.get(agent_id) if agent_id else None
         return agent.name if agent else agent_id
 
-    def record(self, row: sqlite3.Row) -> dict[str, Any]:
+    def record(self, row: sqlite3.Row, reasons: dict[str, str | None] | None = None) -> dict[str, Any]:
         """The public view of a task row, merged with live lease state (progress, cancel)."""
         task_id = row["id"]
         lease = self.leasing.leases.get(task_id)
@@ -159,12 +159,19 @@ class Tasks:
             ck = json.loads(row["last_checkpoint"])
             record["last_checkpoint"] = {"name": ck["name"], "step": ck.get("step")}
         if row["state"] == "queued":
-            record["pending_reason"] = self.pending_reason(row)
+            record["pending_reason"] = self.pending_reason(row, reasons)
         return record
 
-    def pending_reason(self, row: sqlite3.Row) -> str | None:
-        req = Requirement.from_json(row["requirement"])
-        reason = unplaceable_reason(req, (a.view() for a in self.leasing.agents.values()))
+    def pending_reason(self, row: sqlite3.Row, reasons: dict[str, str | None] | None = None) -> str | None:
+        """Why a queued task waits. ``reasons`` caches the fleet-wide part per requirement for a listing:
+        with a thousand agents it is the costly part, and a page of tasks has few distinct shapes."""
+        key = row["requirement"]
+        if reasons is not None and key in reasons:
+            reason = reasons[key]
+        else:
+            reason = unplaceable_reason(Requirement.from_json(key), (a.view() for a in self.leasing.agents.values()))
+            if reasons is not None:
+                reasons[key] = reason
         if reason:
             return reason
         queued = self.leasing.queue.get(row["id"])
@@ -177,7 +184,8 @@ class Tasks:
         owner = user if principal.is_admin else principal.user
         rows, total = await repo.list_tasks(self.db, state=state, owner=owner, task_type=task_type,
                                             page=page, page_size=page_size)
-        return {"tasks": [self.record(r) for r in rows], "page": page, "page_size": page_size, "total": total,
+        reasons: dict[str, str | None] = {}
+        return {"tasks": [self.record(r, reasons) for r in rows], "page": page, "page_size": page_size, "total": total,
                 "pages": (total + page_size - 1) // page_size}
 
     async def cancel(self, task_id: str, principal: Principal) -> dict[str, Any]:

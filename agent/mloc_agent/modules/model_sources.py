@@ -1,0 +1,88 @@
+"""Where a generating model comes from: a base, plus a LoRA adapter to apply on it.
+
+``model.source`` may name a model (hub id, path, URL), an adapter folder (it holds
+adapter_config.json and names its base), or a finished task (``type: task``): that task's merged or
+full model if it wrote one, else its adapter on the base that task itself started from (resolved
+recursively through chains of tasks). Used by inference (both engines) and by ppo (a policy that
+starts from a fine-tune's adapter). Stdlib only at import: the vLLM runtime imports it too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mloc_agent.modules.base import TaskContext
+from mloc_agent.modules.hf_common import TaskInputError, resolve_model_source
+from mloc_agent.modules.task_outputs import TaskOutputError, task_output
+
+MAX_CHAIN = 4
+
+
+@dataclass
+class ResolvedModel:
+    base: str  # what from_pretrained / vLLM opens
+    adapter: Path | None  # a LoRA folder applied on top, or None
+    tokenizer: str
+    label: str
+
+    def describe(self) -> str:
+        return self.label + (f" + adapter {self.adapter.parent.name}/{self.adapter.name}" if self.adapter else "")
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer_config.json").is_file()
+
+
+def _adapter_base(adapter: Path) -> str | None:
+    return json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+
+
+def resolve_model(model_spec: dict[str, Any], ctx: TaskContext) -> ResolvedModel:
+    """``model.source`` -> base (+ adapter). A source folder holding adapter_config.json is an adapter too."""
+    source = model_spec["source"]
+    if source.get("type") == "task":
+        return _from_task(str(source["identifier"]), ctx, 0)
+    path = resolve_model_source(source, ctx)
+    folder = Path(path)
+    if (folder / "adapter_config.json").is_file():
+        base = _adapter_base(folder)
+        if not base:
+            raise TaskInputError(f"model.source: adapter {folder} does not name its base model")
+        return ResolvedModel(base, folder, str(folder) if _has_tokenizer(folder) else base, base)
+    return ResolvedModel(path, None, path, source["identifier"])
+
+
+def _from_task(task_id: str, ctx: TaskContext, depth: int) -> ResolvedModel:
+    try:
+        out = task_output(task_id, ctx)
+    except TaskOutputError as exc:
+        raise TaskInputError(str(exc)) from None
+    full = out.full_model()
+    if full is not None:
+        return ResolvedModel(str(full), None, str(full), f"task {task_id} {full.name}/")
+    adapter = out.adapter()
+    assert adapter is not None
+    base: str | None = None
+    src = out.model_source or {}
+    if src.get("type") == "task":
+        if depth >= MAX_CHAIN:
+            raise TaskInputError(f"model.source: more than {MAX_CHAIN} tasks chained")
+        parent = _from_task(str(src["identifier"]), ctx, depth + 1)
+        if parent.adapter is not None:
+            raise TaskInputError(f"task {task_id} trained an adapter on another task's adapter; run that task with "
+                                 "merge_adapter: true so its merged model can be the base")
+        base = parent.base
+    elif src:
+        try:
+            base = resolve_model_source(src, ctx)
+        except TaskInputError:
+            base = None  # e.g. a local path of the training agent: try the adapter's own record
+    base = base or out.adapter_base()
+    if not base or (base.startswith(("/", "~", ".")) and not Path(base).expanduser().exists()):
+        raise TaskInputError(f"model.source: task {task_id}'s adapter needs its base model {base!r}, which is not on "
+                             "this agent; place it at the same path, or train with merge_adapter: true")
+    tokenizer = str(adapter) if _has_tokenizer(adapter) else base
+    return ResolvedModel(base, adapter, tokenizer, f"{base} (task {task_id})")
