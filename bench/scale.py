@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -110,7 +111,11 @@ def submit_bulk(coord: Coordinator, specs: list[dict[str, Any]]) -> None:
 def one_size(agents: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """Run one fleet size end to end; returns its row of figures."""
     work = Path(tempfile.mkdtemp(prefix=f"scale-{agents}-", dir=root))
-    nofile = agents * 3 + 4096
+    # a held poll per agent plus the heartbeats in flight; unprivileged (or in a container) the hard
+    # limit is the ceiling, and 20,000 covers 10,000 agents whose heartbeats open fresh connections
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nofile = agents * (3 if args.heartbeat_conn == "keep" else 1) + 4096
+    nofile = nofile if hard == resource.RLIM_INFINITY else min(nofile, hard)
     coord = Coordinator(work, heartbeat_s=15, lease_ttl_s=45, poll_hold_s=25, restart_grace_s=60,
                         extra_env={"MLOC_LOG_LEVEL": "WARNING"}, prefix=["prlimit", f"--nofile={nofile}:{nofile}"])
     coord.start()

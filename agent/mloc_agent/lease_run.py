@@ -86,8 +86,10 @@ class LeaseRun:
                 self.proc.reap_group()
         if self.fenced is None:
             await self.logs.close()
-            heartbeats.cancel()
+            # renewals go on until the result is acknowledged: a completion held up (the coordinator
+            # restarting, its database full) must not let the lease expire and the task run again
             await self._complete(completion)
+            heartbeats.cancel()
         else:
             heartbeats.cancel()
             await self.logs.close(timeout=2)
@@ -213,9 +215,8 @@ class LeaseRun:
         ttl = self.lease.ttl_s
         last_ok_sent = time.monotonic()
         # the lease was just granted with a full TTL: the first renewal is due after one interval
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.done.wait(), interval * random.uniform(0.5, 1.0))
-        while not self.done.is_set():
+        await asyncio.sleep(interval * random.uniform(0.5, 1.0))
+        while True:  # until run() cancels it, once the outcome is acknowledged or the lease is gone
             sent = time.monotonic()
             # the lease is ours until last_ok_sent + ttl at best (the coordinator counts from a later receipt).
             # No attempt or wait runs past that less one heartbeat, so the task is stopped before the
@@ -226,7 +227,7 @@ class LeaseRun:
                     self.task_id, HeartbeatRequest(epoch=self.lease.epoch, progress=self.progress),
                     timeout=max(0.1, min(max(1.0, min(interval, 10.0)), left)))
                 last_ok_sent, ttl = sent, resp.ttl_s
-                if resp.cancel and self.cancel_reason is None:
+                if resp.cancel and self.cancel_reason is None and not self.done.is_set():
                     self.agent.spawn(self.cancel("cancel requested"))
                 wait = interval * random.uniform(0.9, 1.1)
             except LeaseLost as exc:
@@ -242,8 +243,7 @@ class LeaseRun:
                         f"could not renew the lease within its TTL ({ttl:g}s): self-fencing"))
                     return
                 wait = min(min(1.0, interval / 2) * random.uniform(0.5, 1.5), left)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.done.wait(), wait)
+            await asyncio.sleep(wait)
 
     async def _complete(self, completion: Completion | None) -> None:
         if completion is None:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mloc_shared.errors import Conflict, LeaseLost, MlocError, NotFound
+from mloc_shared.errors import Conflict, LeaseLost, MlocError, NotFound, Unavailable
 from mloc_shared.protocol import (
     FINAL_STATES,
     Checkpoint,
@@ -447,5 +447,7 @@ class Leasing:
             await asyncio.sleep(interval)
             try:
                 await self.reap_once()
+            except Unavailable as exc:  # the database is down or full: already logged, no stack trace
+                log.warning("reaper pass skipped: %s; retrying", exc.message)
             except Exception:
                 log.exception("reaper pass failed; retrying")
