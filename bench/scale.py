@@ -20,6 +20,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -191,6 +192,10 @@ def one_size(agents: int, args: argparse.Namespace, root: Path) -> dict[str, Any
         )
         log_text = (work / "coordinator.log").read_text(errors="replace")
         row["coordinator_log_errors"] = log_text.count("Traceback") + log_text.count(" ERROR ")
+    except (AssertionError, RuntimeError, OSError) as exc:
+        kept = Path(tempfile.gettempdir()) / f"mloc-scale-{agents}-coordinator.log"
+        shutil.copyfile(work / "coordinator.log", kept)
+        raise RuntimeError(f"{exc} (coordinator log: {kept})") from exc
     finally:
         if sims is not None:
             sims.stop()

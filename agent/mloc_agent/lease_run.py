@@ -214,18 +214,24 @@ class LeaseRun:
         interval = self.agent.timings.heartbeat_s
         ttl = self.lease.ttl_s
         last_ok_sent = time.monotonic()
+
+        def left() -> float:
+            """Seconds until the task must be stopped. The lease is ours until last_ok_sent + ttl at best
+            (the coordinator counts from a later receipt); stopping one heartbeat before that, and never
+            waiting past it, ends the task before the coordinator can requeue it. A finished task has
+            nothing to stop: it renews until its result is acknowledged, however long that takes."""
+            if self.done.is_set():
+                return float("inf")
+            return last_ok_sent + ttl - min(interval, ttl / 4) - time.monotonic()
+
         # the lease was just granted with a full TTL: the first renewal is due after one interval
         await asyncio.sleep(interval * random.uniform(0.5, 1.0))
         while True:  # until run() cancels it, once the outcome is acknowledged or the lease is gone
             sent = time.monotonic()
-            # the lease is ours until last_ok_sent + ttl at best (the coordinator counts from a later receipt).
-            # No attempt or wait runs past that less one heartbeat, so the task is stopped before the
-            # coordinator can requeue it, not up to a heartbeat timeout after
-            left = last_ok_sent + ttl - min(interval, ttl / 4) - sent
             try:
                 resp = await self.client.heartbeat(
                     self.task_id, HeartbeatRequest(epoch=self.lease.epoch, progress=self.progress),
-                    timeout=max(0.1, min(max(1.0, min(interval, 10.0)), left)))
+                    timeout=max(0.1, min(max(1.0, min(interval, 10.0)), left())))
                 last_ok_sent, ttl = sent, resp.ttl_s
                 if resp.cancel and self.cancel_reason is None and not self.done.is_set():
                     self.agent.spawn(self.cancel("cancel requested"))
@@ -237,12 +243,11 @@ class LeaseRun:
                 if isinstance(exc, MlocError) and not retryable(exc):
                     self.agent.spawn(self.fence(f"heartbeat refused: {exc}"))
                     return
-                left = last_ok_sent + ttl - min(interval, ttl / 4) - time.monotonic()
-                if left <= 0:
+                if left() <= 0:
                     self.agent.spawn(self.fence(
                         f"could not renew the lease within its TTL ({ttl:g}s): self-fencing"))
                     return
-                wait = min(min(1.0, interval / 2) * random.uniform(0.5, 1.5), left)
+                wait = min(min(1.0, interval / 2) * random.uniform(0.5, 1.5), left())
             await asyncio.sleep(wait)
 
     async def _complete(self, completion: Completion | None) -> None:

@@ -1,9 +1,4 @@
-"""Every SQL statement of the coordinator lives here (services never write SQL).
-
-Write functions take a sqlite3 connection and run on the writer thread inside a group-committed
-transaction (see database.py); they check row counts so that a claim or a state change is a
-compare-and-set. Read functions are async and use the reader connection.
-"""
+"""Tasks and their attempts: submit, claim (compare-and-set), finish, requeue, cancel, reads."""
 
 from __future__ import annotations
 
@@ -24,7 +19,6 @@ TASK_COLUMNS = (
     "last_checkpoint"
 )
 
-
 @dataclass
 class NewTask:
     id: str
@@ -39,10 +33,6 @@ class NewTask:
     requirement: str
     idempotency_key: str | None
     body_hash: str | None
-
-
-# -- tasks: writes ----------------------------------------------------------------------------
-
 
 def insert_task(con: sqlite3.Connection, t: NewTask) -> tuple[str, bool]:
     """Insert a task; with an idempotency key already used, return that task instead.
@@ -73,16 +63,13 @@ def insert_task(con: sqlite3.Connection, t: NewTask) -> tuple[str, bool]:
     )
     return t.id, True
 
-
 def task_row(con: sqlite3.Connection, task_id: str) -> sqlite3.Row:
     return con.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
-
 
 @dataclass
 class Claim:
     task_id: str
     gpus: tuple[int, ...]
-
 
 @dataclass
 class Claimed:
@@ -93,7 +80,6 @@ class Claimed:
     spec: str
     last_checkpoint: str | None
     started_at: float
-
 
 def claim_tasks(
     con: sqlite3.Connection, agent_id: str, claims: Sequence[Claim], claim_id: str, now: float
@@ -121,7 +107,6 @@ def claim_tasks(
         )
     return out
 
-
 def finish_task(
     con: sqlite3.Connection,
     task_id: str,
@@ -147,7 +132,6 @@ def finish_task(
         return False
     _end_attempt(con, task_id, epoch, state, error, now)
     return True
-
 
 def requeue_task(
     con: sqlite3.Connection, task_id: str, epoch: int, reason: str, not_before: float, now: float
@@ -182,13 +166,11 @@ def requeue_task(
     )
     return "queued"
 
-
 def _end_attempt(con: sqlite3.Connection, task_id: str, epoch: int, outcome: str, error: str | None, now: float):
     con.execute(
         "UPDATE attempts SET ended_at=?, outcome=?, error=? WHERE task_id=? AND epoch=? AND ended_at IS NULL",
         (now, outcome, error, task_id, epoch),
     )
-
 
 def cancel_queued(con: sqlite3.Connection, task_id: str, now: float) -> bool:
     cur = con.execute(
@@ -198,13 +180,11 @@ def cancel_queued(con: sqlite3.Connection, task_id: str, now: float) -> bool:
     )
     return cur.rowcount == 1
 
-
 def request_cancel(con: sqlite3.Connection, task_id: str, now: float) -> bool:
     cur = con.execute(
         "UPDATE tasks SET cancel_requested=1, updated_at=? WHERE id=? AND state='running'", (now, task_id)
     )
     return cur.rowcount == 1
-
 
 def save_progress(con: sqlite3.Connection, items: Iterable[tuple[str, int, dict[str, Any]]]) -> None:
     con.executemany(
@@ -212,103 +192,11 @@ def save_progress(con: sqlite3.Connection, items: Iterable[tuple[str, int, dict[
         [(json.dumps(p), tid, ep) for tid, ep, p in items],
     )
 
-
 def set_checkpoint(con: sqlite3.Connection, task_id: str, checkpoint: dict[str, Any]) -> None:
     con.execute("UPDATE tasks SET last_checkpoint=? WHERE id=?", (json.dumps(checkpoint), task_id))
 
-
-def insert_logs(
-    con: sqlite3.Connection, task_id: str, attempt: int, chunks: Iterable[tuple[int, str, str]], now: float
-) -> None:
-    """Idempotent by (task, attempt, seq): a resent chunk is ignored."""
-    con.executemany(
-        "INSERT OR IGNORE INTO logs(task_id, attempt, seq, stream, data, created_at) VALUES(?,?,?,?,?,?)",
-        [(task_id, attempt, seq, stream, data, now) for seq, stream, data in chunks],
-    )
-
-
-# -- agents: writes ---------------------------------------------------------------------------
-
-
-def upsert_agent(con: sqlite3.Connection, a: dict[str, Any]) -> None:
-    con.execute(
-        "INSERT INTO agents(id, name, credential_hash, labels, inventory, task_types, max_tasks, state, "
-        "version, registered_at, last_seen) VALUES(:id,:name,:credential_hash,:labels,:inventory,:task_types,"
-        ":max_tasks,:state,:version,:registered_at,:last_seen) ON CONFLICT(id) DO UPDATE SET "
-        "labels=excluded.labels, inventory=excluded.inventory, task_types=excluded.task_types, "
-        "max_tasks=excluded.max_tasks, version=excluded.version, last_seen=excluded.last_seen",
-        a,
-    )
-
-
-def touch_agents(con: sqlite3.Connection, seen: Iterable[tuple[float, str]]) -> None:
-    con.executemany("UPDATE agents SET last_seen=? WHERE id=?", list(seen))
-
-
-def set_agent_state(con: sqlite3.Connection, agent_id: str, state: str) -> None:
-    con.execute("UPDATE agents SET state=? WHERE id=?", (state, agent_id))
-
-
-# -- tokens -----------------------------------------------------------------------------------
-
-
-def insert_token(con: sqlite3.Connection, row: dict[str, Any]) -> None:
-    con.execute(
-        "INSERT INTO tokens(id, kind, token_hash, user, role, created_at, expires_at, max_uses, uses, revoked, note) "
-        "VALUES(:id,:kind,:token_hash,:user,:role,:created_at,:expires_at,:max_uses,0,0,:note)",
-        row,
-    )
-
-
-def use_join_token(con: sqlite3.Connection, token_hash: str, now: float) -> bool:
-    """Count one use of a join token if it is valid now (not revoked, expired or used up)."""
-    cur = con.execute(
-        "UPDATE tokens SET uses=uses+1 WHERE token_hash=? AND kind='join' AND revoked=0 "
-        "AND (expires_at IS NULL OR expires_at > ?) AND (max_uses IS NULL OR uses < max_uses)",
-        (token_hash, now),
-    )
-    return cur.rowcount == 1
-
-
-def revoke_token(con: sqlite3.Connection, token_id: str) -> bool:
-    return con.execute("UPDATE tokens SET revoked=1 WHERE id=?", (token_id,)).rowcount == 1
-
-
-# -- artifacts --------------------------------------------------------------------------------
-
-
-def insert_upload(con: sqlite3.Connection, row: dict[str, Any]) -> None:
-    con.execute(
-        "INSERT INTO uploads(id, task_id, epoch, attempt, name, kind, step, size, storage_key, multipart_id, "
-        "created_at) VALUES(:id,:task_id,:epoch,:attempt,:name,:kind,:step,:size,:storage_key,:multipart_id,"
-        ":created_at)",
-        row,
-    )
-
-
-def take_upload(con: sqlite3.Connection, upload_id: str) -> dict[str, Any] | None:
-    row = con.execute("SELECT * FROM uploads WHERE id=?", (upload_id,)).fetchone()
-    if row is None:
-        return None
-    con.execute("DELETE FROM uploads WHERE id=?", (upload_id,))
-    return dict(row)
-
-
-def record_artifact(con: sqlite3.Connection, up: dict[str, Any], now: float) -> None:
-    con.execute("DELETE FROM artifacts WHERE task_id=? AND name=?", (up["task_id"], up["name"]))
-    con.execute(
-        "INSERT INTO artifacts(task_id, attempt, name, kind, step, size, storage_key, created_at) "
-        "VALUES(?,?,?,?,?,?,?,?)",
-        (up["task_id"], up["attempt"], up["name"], up["kind"], up["step"], up["size"], up["storage_key"], now),
-    )
-
-
-# -- reads ------------------------------------------------------------------------------------
-
-
 async def get_task(db: Database, task_id: str) -> sqlite3.Row | None:
     return await db.read_one(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id=?", (task_id,))
-
 
 async def list_tasks(
     db: Database, *, state: str | Sequence[str] | None, owner: str | None, task_type: str | None, page: int,
@@ -331,7 +219,6 @@ async def list_tasks(
     )
     return rows, int(total["n"]) if total else 0
 
-
 async def task_attempts(db: Database, task_id: str) -> list[sqlite3.Row]:
     return await db.read(
         "SELECT attempt, epoch, agent_id, gpus, started_at, ended_at, outcome, error FROM attempts "
@@ -339,92 +226,5 @@ async def task_attempts(db: Database, task_id: str) -> list[sqlite3.Row]:
         (task_id,),
     )
 
-
-async def task_logs(
-    db: Database, task_id: str, attempt: int | None, after: tuple[int, int], limit: int = 1000
-) -> list[sqlite3.Row]:
-    """Log chunks after the (attempt, seq) cursor, in order."""
-    if attempt is not None:
-        return await db.read(
-            "SELECT attempt, seq, stream, data FROM logs WHERE task_id=? AND attempt=? AND seq>? "
-            "ORDER BY seq LIMIT ?",
-            (task_id, attempt, after[1] if after[0] == attempt else -1, limit),
-        )
-    return await db.read(
-        "SELECT attempt, seq, stream, data FROM logs WHERE task_id=? AND (attempt>? OR (attempt=? AND seq>?)) "
-        "ORDER BY attempt, seq LIMIT ?",
-        (task_id, after[0], after[0], after[1], limit),
-    )
-
-
-async def task_artifacts(db: Database, task_id: str) -> list[sqlite3.Row]:
-    return await db.read(
-        "SELECT name, kind, step, size, attempt, storage_key, created_at FROM artifacts WHERE task_id=? "
-        "ORDER BY created_at, name",
-        (task_id,),
-    )
-
-
-async def artifact(db: Database, task_id: str, name: str) -> sqlite3.Row | None:
-    return await db.read_one(
-        "SELECT name, kind, step, size, storage_key FROM artifacts WHERE task_id=? AND name=?", (task_id, name)
-    )
-
-
 async def active_tasks(db: Database) -> list[sqlite3.Row]:
     return await db.read(f"SELECT {TASK_COLUMNS} FROM tasks WHERE state IN ('queued', 'running')")
-
-
-async def all_agents(db: Database) -> list[sqlite3.Row]:
-    return await db.read("SELECT * FROM agents")
-
-
-async def token_by_hash(db: Database, token_hash: str) -> sqlite3.Row | None:
-    return await db.read_one("SELECT * FROM tokens WHERE token_hash=?", (token_hash,))
-
-
-async def list_tokens(db: Database) -> list[sqlite3.Row]:
-    return await db.read(
-        "SELECT id, kind, user, role, created_at, expires_at, max_uses, uses, revoked, note FROM tokens "
-        "ORDER BY created_at"
-    )
-
-
-async def stats(
-    db: Database, owner: str | None, start: float | None, end: float | None
-) -> dict[str, Any]:
-    where, params = [], []
-    if owner:
-        where.append("t.owner=?")
-        params.append(owner)
-    if start is not None:
-        where.append("t.created_at>=?")
-        params.append(start)
-    if end is not None:
-        where.append("t.created_at<?")
-        params.append(end)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
-    by_state = await db.read(f"SELECT t.state, COUNT(*) n FROM tasks t {clause} GROUP BY t.state", params)
-    by_type = await db.read(f"SELECT t.task_type, COUNT(*) n FROM tasks t {clause} GROUP BY t.task_type", params)
-    by_owner = await db.read(
-        f"SELECT t.owner, COUNT(*) n, AVG(CASE WHEN t.started_at IS NOT NULL THEN t.started_at-t.created_at END) "
-        f"wait FROM tasks t {clause} GROUP BY t.owner",
-        params,
-    )
-    gpu_hours = await db.read(
-        "SELECT t.owner, SUM(a.gpu_count * (COALESCE(a.ended_at, strftime('%s','now')) - a.started_at)) / 3600.0 h "
-        f"FROM attempts a JOIN tasks t ON t.id=a.task_id {clause} GROUP BY t.owner",
-        params,
-    )
-    hours = {r["owner"]: r["h"] or 0.0 for r in gpu_hours}
-    return {
-        "tasks_by_state": {r["state"]: r["n"] for r in by_state},
-        "tasks_by_type": {r["task_type"]: r["n"] for r in by_type},
-        "users": [
-            {"user": r["owner"], "tasks": r["n"], "gpu_hours": round(hours.get(r["owner"], 0.0), 4),
-             "avg_queue_wait_s": round(r["wait"], 3) if r["wait"] is not None else None}
-            for r in by_owner
-        ],
-        "gpu_hours": round(sum(hours.values()), 4),
-        "total_tasks": sum(r["n"] for r in by_state),
-    }

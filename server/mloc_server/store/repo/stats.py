@@ -1,0 +1,47 @@
+"""Usage statistics: tasks by state and type, GPU-hours, queue wait."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mloc_server.store.database import Database
+
+
+async def stats(
+    db: Database, owner: str | None, start: float | None, end: float | None
+) -> dict[str, Any]:
+    where, params = [], []
+    if owner:
+        where.append("t.owner=?")
+        params.append(owner)
+    if start is not None:
+        where.append("t.created_at>=?")
+        params.append(start)
+    if end is not None:
+        where.append("t.created_at<?")
+        params.append(end)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    by_state = await db.read(f"SELECT t.state, COUNT(*) n FROM tasks t {clause} GROUP BY t.state", params)
+    by_type = await db.read(f"SELECT t.task_type, COUNT(*) n FROM tasks t {clause} GROUP BY t.task_type", params)
+    by_owner = await db.read(
+        f"SELECT t.owner, COUNT(*) n, AVG(CASE WHEN t.started_at IS NOT NULL THEN t.started_at-t.created_at END) "
+        f"wait FROM tasks t {clause} GROUP BY t.owner",
+        params,
+    )
+    gpu_hours = await db.read(
+        "SELECT t.owner, SUM(a.gpu_count * (COALESCE(a.ended_at, strftime('%s','now')) - a.started_at)) / 3600.0 h "
+        f"FROM attempts a JOIN tasks t ON t.id=a.task_id {clause} GROUP BY t.owner",
+        params,
+    )
+    hours = {r["owner"]: r["h"] or 0.0 for r in gpu_hours}
+    return {
+        "tasks_by_state": {r["state"]: r["n"] for r in by_state},
+        "tasks_by_type": {r["task_type"]: r["n"] for r in by_type},
+        "users": [
+            {"user": r["owner"], "tasks": r["n"], "gpu_hours": round(hours.get(r["owner"], 0.0), 4),
+             "avg_queue_wait_s": round(r["wait"], 3) if r["wait"] is not None else None}
+            for r in by_owner
+        ],
+        "gpu_hours": round(sum(hours.values()), 4),
+        "total_tasks": sum(r["n"] for r in by_state),
+    }
