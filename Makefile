@@ -42,8 +42,10 @@ bench: $(STAMP)
 runtime-vllm-cpu: $(STAMP)
 	bash agent/runtimes/vllm-cpu.sh
 
+# the full fault suite (a plain `pytest`, as CI's `make test`, runs it at MLOC_CHAOS_SCALE=ci)
+MLOC_CHAOS_SCALE ?= full
 chaos: $(STAMP)
-	$(BIN)/python -m pytest tests/chaos -v
+	MLOC_CHAOS_SCALE=$(MLOC_CHAOS_SCALE) $(BIN)/python -m pytest tests/chaos -v
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

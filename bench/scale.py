@@ -200,6 +200,10 @@ def one_size(agents: int, args: argparse.Namespace, root: Path) -> dict[str, Any
         if sims is not None:
             sims.stop()
         coord.stop()
+        if args.logs:
+            Path(args.logs).mkdir(parents=True, exist_ok=True)
+            for log in [*work.glob("*.log"), *work.glob("sim*.out.json")]:
+                shutil.copyfile(log, Path(args.logs) / f"{agents}-{log.name}")
     return row
 
 
@@ -250,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--unfit-tasks", type=int, default=0, help="queued tasks that need 8 GPUs (no sim agent fits)")
     ap.add_argument("--setup-timeout", type=float, default=300.0)
     ap.add_argument("--profile", help="a folder: py-spy records the coordinator during each window (raw format)")
+    ap.add_argument("--logs", help="a folder to keep the coordinator's and simulators' logs in")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.agents.split(",") if s]

@@ -15,7 +15,8 @@ from mloc_agent.client import CoordinatorClient, with_retries
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 500
-BUDGET_S = 600.0  # keep trying to report a result for ten minutes (Buildkite's finish budget)
+BUDGET_S = 600.0
+COALESCE_S = 0.01  # keep trying to report a result for ten minutes (Buildkite's finish budget)
 
 
 class CompletionReporter:
@@ -44,6 +45,9 @@ class CompletionReporter:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            # a few ms of patience lets a burst of short tasks share one request (and the freed
+            # slots come back in one poll reply); invisible next to a task's own run time
+            await asyncio.sleep(COALESCE_S)
             self._wake.clear()
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]

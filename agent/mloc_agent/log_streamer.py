@@ -39,11 +39,17 @@ class LogStreamer:
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._started = False
         self.lost = False
         self.redactor = Redactor()  # the task's secrets never leave the box in its output
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"logs-{self.task_id}")
+        """Start sending. Lazily: the sender task starts with the first output (many tasks print nothing)."""
+        self._started = True
+
+    def _ensure_sender(self) -> None:
+        if self._task is None and self._started:
+            self._task = asyncio.create_task(self._run(), name=f"logs-{self.task_id}")
 
     def write(self, stream: str, text: str) -> None:
         if not text:
@@ -55,6 +61,7 @@ class LogStreamer:
             self.pending.append(LogChunk(seq=self.seq, stream=stream, data=part))  # type: ignore[arg-type]
             self.seq += 1
             self.buffered += len(part)
+        self._ensure_sender()
         while self.buffered > MAX_BUFFER_BYTES and len(self.pending) > 1:
             old = self.pending.pop(0)
             self.buffered -= len(old.data)
@@ -123,6 +130,8 @@ class LogStreamer:
         """Send what is left (retrying) before the completion goes out, so logs are complete."""
         self._closing = True
         self._wake.set()
+        if self.pending:
+            self._ensure_sender()
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, timeout)

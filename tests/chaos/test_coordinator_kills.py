@@ -90,8 +90,9 @@ def test_coordinator_killed_under_load_runs_every_task_exactly_once(
         submitter = Submitter(coord, n, f"sleep {TASK_S}; {ledger.append_cmd()}", pace_s=TASK_S / slots)
         submitter.start()
         history = []
+        gap = min(3.0, n * TASK_S / slots / (kills + 1))  # spread the kills over the load
         for k in range(1, kills + 1):
-            time.sleep(rng.uniform(1.0, 3.0))
+            time.sleep(rng.uniform(gap / 3, gap))
             health = coord.http.get("/health").json()
             done = len(ledger.lines())
             assert done < n, f"the load ended before kill {k}; make the tasks longer"

@@ -78,18 +78,19 @@ def test_tasks_finish_and_timings_hold_over_a_slow_lossy_nat(
         wait_load_done(coord, len(ids) + len(plain) + len(slow), timeout=60 + 4 * len(ids) * TASK_S / 6)
         elapsed = time.monotonic() - t0
         stats = wan.down()
+        link = wan.describe()
 
         tasks = all_tasks(coord)
         load = {i: tasks[i] for i in ids}
         missing, twice, unknown = exactly_once(ledger.counts(), ids)
         logs = "".join(a.proc.output() for a in agents)
-        retried = {what: logs.count(what) for what in ("poll failed", "completions failed", "logs failed")}
+        retried = {what: logs.count(what) for what in ("poll failed", "failed (")}  # poll / with_retries calls
         succeeded = sum(t["state"] == "succeeded" for t in load.values())
         expired = sum(t["attempts"] != 1 for t in load.values())
         report(f"{len(ids)} tasks of {TASK_S:g}s on 2 agents x 3 slots in {elapsed:.1f}s: {succeeded} succeeded, "
                f"{expired} with more than one attempt (a lease expired), ledger {len(missing)} missing / "
                f"{len(twice)} duplicates; agent-side retries {retried}; self-fencing "
-               f"{logs.count('self-fencing')}; link: {stats}")
+               f"{logs.count('self-fencing')}; the link did: {link}")
         assert succeeded == len(ids), {i: t["state"] for i, t in load.items() if t["state"] != "succeeded"}
         assert expired == 0, [(i, t["attempt_history"]) for i, t in load.items() if t["attempts"] != 1][:3]
         assert "self-fencing" not in logs

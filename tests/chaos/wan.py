@@ -74,6 +74,16 @@ class WanLink:
         subprocess.run(self._ns("iptables", "-t", "mangle", "-A", *self._rule), check=True, capture_output=True)
         return self
 
+    def describe(self) -> str:
+        """What was done to the packets, in words."""
+        st = self.stats
+        if st.get("packets"):
+            packets, dropped = st["packets"], st["dropped"]
+            delay_ms = 1000 * st["delay_sum_s"] / max(packets - dropped, 1)
+            return (f"{packets:.0f} packets, {dropped:.0f} dropped ({100 * dropped / packets:.1f} %), "
+                    f"{st['reordered']:.0f} reordered, mean delay {delay_ms:.0f} ms")
+        return ", ".join(f"{k} {v:g}" for k, v in st.items()) or "no counts"
+
     def down(self) -> dict[str, float]:
         """Restore the plain link; returns what was done to the packets."""
         if self.method == "tc netem":

@@ -20,6 +20,8 @@ routes = web.RouteTableDef()
 @routes.get("/health")
 async def health(request: web.Request) -> web.Response:
     st = state(request)
+    if not st.db.healthy:
+        await st.db.probe()  # the last write failed: see whether the disk works again
     healthy = st.db.healthy
     body = {
         "status": "ok" if healthy else "degraded", "version": __version__, "protocol_version": PROTOCOL_VERSION,

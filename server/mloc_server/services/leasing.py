@@ -159,7 +159,9 @@ class Leasing:
             if lease is None or lease.epoch != epoch:
                 lost.append(task_id)
         agent.freed_since_poll = 0
-        deadline = time.monotonic() + self.settings.poll_hold_s
+        # each hold ends between 50 % and 100 % of poll_hold_s: a fleet that connected at once (a coordinator
+        # restart, a bulk dispatch) would otherwise renew every poll in the same instant, round after round
+        deadline = time.monotonic() + self.settings.poll_hold_s * random.uniform(0.5, 1.0)
         loop = asyncio.get_running_loop()
         while True:
             if not agent.peer_alive():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -50,6 +51,23 @@ def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     return con
 
 
+def diagnose(path: str) -> str | None:
+    """Why writes next to the database fail, found by trying one (read-only or full filesystem, I/O
+    error): SQLite itself only says "disk I/O error" for a filesystem turned read-only under it."""
+    probe = Path(path).parent / ".mloc-write-probe"
+    try:
+        with open(probe, "wb") as fh:
+            fh.write(b"\0" * 4096)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        return f"{probe.parent}: {exc.strerror}"
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return None
+
+
 class Database:
     """Owns the SQLite file: schema on open, group-committed writes, async reads."""
 
@@ -63,8 +81,15 @@ class Database:
 
     async def open(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(migrate, self.path)
-        writer = _connect(self.path)
+        try:
+            await asyncio.to_thread(migrate, self.path)
+            writer = _connect(self.path)
+        except sqlite3.Error as exc:  # say what is wrong and exit, rather than a stack trace
+            problem = await asyncio.to_thread(diagnose, self.path)
+            raise Unavailable(f"cannot open the database {self.path} for writing: {exc}"
+                              + (f" ({problem})" if problem else ""),
+                              hint="fix the disk or the data dir (MLOC_DATA_DIR) and start the coordinator again"
+                              ) from None
         self._thread = threading.Thread(target=self._run_writer, args=(writer,), name="mloc-db-writer", daemon=True)
         self._thread.start()
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
@@ -87,6 +112,15 @@ class Database:
         fut: asyncio.Future[T] = loop.create_future()
         self._queue.put((fn, fut, loop))
         return await fut
+
+    async def probe(self) -> bool:
+        """After a failed write, whether the database works again, with no user write needed to find
+        out: the filesystem takes a small file, and SQLite commits a real (page-dirtying) write."""
+        if await asyncio.to_thread(diagnose, self.path) is not None:
+            return False  # last_error still says what the failed write met
+        with contextlib.suppress(MlocError):
+            await self.write(lambda con: con.execute("UPDATE meta SET value=value WHERE key='schema_version'"))
+        return self.healthy
 
     async def read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         assert self._reader is not None, "database not open"
@@ -140,9 +174,11 @@ class Database:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 con.execute("ROLLBACK")
-            self.healthy, self.last_error = False, str(exc)
-            log.error("database write failed: %s", exc)
-            err = Unavailable(f"database write failed: {exc}", hint="check the coordinator's disk and data dir")
+            problem = diagnose(self.path)
+            cause = f"{exc} ({problem})" if problem else str(exc)
+            self.healthy, self.last_error = False, cause
+            log.error("database write failed: %s", cause)
+            err = Unavailable(f"database write failed: {cause}", hint="check the coordinator's disk and data dir")
             outcomes = [(False, err)] * len(batch)
         for (_fn, fut, loop), (ok, value) in zip(batch, outcomes, strict=True):
             loop.call_soon_threadsafe(_resolve, fut, ok, value)
