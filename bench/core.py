@@ -94,8 +94,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--latency-n", type=int, default=200)
     ap.add_argument("--throughput-n", type=int, default=2000)
-    ap.add_argument("--agents", type=int, default=4)
-    ap.add_argument("--slots", type=int, default=8)
+    ap.add_argument("--agents", type=int, default=2)
+    ap.add_argument("--slots", type=int, default=32)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         coord = Coordinator(Path(tmp), heartbeat_s=10, lease_ttl_s=45, poll_hold_s=25, restart_grace_s=60,
