@@ -26,6 +26,8 @@ from mloc_server.services.artifacts import Artifacts
 from mloc_server.services.auth import Auth
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.logs import Logs
+from mloc_server.services.reaper import flush, run_reaper
+from mloc_server.services.recovery import load_state
 from mloc_server.services.secrets import TaskSecrets
 from mloc_server.services.tasks import Tasks
 from mloc_server.settings import CoordinatorSettings
@@ -73,7 +75,7 @@ async def _lifecycle(app: web.Application, settings: CoordinatorSettings) -> Asy
     auth = Auth(db, settings.loopback_admin)
     await auth.load()
     leasing = Leasing(db, settings, resume_url=store.download_url)
-    await leasing.load()
+    await load_state(leasing)
     secrets = TaskSecrets(leasing, settings.data_dir / "secrets.key")
     await secrets.load()
     st = AppState(
@@ -83,7 +85,7 @@ async def _lifecycle(app: web.Application, settings: CoordinatorSettings) -> Asy
     )
     app[STATE] = st
     await _bootstrap_tokens(st)
-    reaper = asyncio.create_task(leasing.run_reaper(), name="mloc-reaper")
+    reaper = asyncio.create_task(run_reaper(leasing), name="mloc-reaper")
     try:
         yield
     finally:
@@ -91,7 +93,7 @@ async def _lifecycle(app: web.Application, settings: CoordinatorSettings) -> Asy
         with contextlib.suppress(asyncio.CancelledError):
             await reaper
         with contextlib.suppress(Exception):
-            await leasing.flush()
+            await flush(leasing)
         await store.close()
         await db.close()
 

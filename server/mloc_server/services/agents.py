@@ -56,7 +56,7 @@ class Agents:
         await self.leasing.db.write(write)
         self.leasing.add_agent(agent)
         for req_shape in self.leasing.queue.requirements():  # new capacity: wake it if work waits
-            self.leasing._wake_for(req_shape)
+            self.leasing.wake_for(req_shape)
         return RegisterResponse(agent_id=agent.id, credential=credential, timings=self.leasing.timings)
 
     def authenticate(self, authorization: str | None) -> AgentState:
@@ -81,7 +81,7 @@ class Agents:
         agent.wake("state")
         if state == "active":
             for req_shape in self.leasing.queue.requirements():
-                self.leasing._wake_for(req_shape)
+                self.leasing.wake_for(req_shape)
         return agent
 
     def describe(self, agent: AgentState) -> dict[str, Any]:

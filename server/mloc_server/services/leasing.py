@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mloc_shared.errors import Conflict, LeaseLost, MlocError, NotFound, Unavailable
+from mloc_shared.errors import Conflict, LeaseLost, MlocError, NotFound
 from mloc_shared.protocol import (
     FINAL_STATES,
     Checkpoint,
@@ -71,39 +71,6 @@ class Leasing:
         s = self.settings
         return Timings(poll_hold_s=s.poll_hold_s, heartbeat_s=s.heartbeat_s, lease_ttl_s=s.lease_ttl_s)
 
-    # -- start-up -----------------------------------------------------------------------------
-
-    async def load(self) -> None:
-        """Rebuild the in-memory mirror from SQLite; live leases get the restart grace."""
-        from mloc_server.services.agents import agent_from_row
-
-        for row in await repo.all_agents(self.db):
-            agent = agent_from_row(row)
-            self.add_agent(agent)
-        now, mono = time.time(), time.monotonic()
-        grace = max(self.settings.lease_ttl_s, self.settings.restart_grace_s)
-        for row in await repo.active_tasks(self.db):
-            spec = json.loads(row["spec"])
-            req = Requirement.from_json(row["requirement"])
-            meta = TaskMeta.from_spec(spec)
-            if row["state"] == "queued":
-                self.queue.add(QueuedTask.make(row["id"], req, meta, row["queued_at"], row["not_before"]), now)
-                continue
-            gpus = tuple(json.loads(row["lease_gpus"] or "[]"))
-            lease = LeaseState(
-                task_id=row["id"], agent_id=row["agent_id"], epoch=row["epoch"], attempt=row["attempts"],
-                gpus=gpus, expires_at=mono + grace, started_at=row["started_at"] or now, req=req, meta=meta,
-                claim_id=row["claim_id"], cancel_requested=bool(row["cancel_requested"]),
-                progress=json.loads(row["progress"]) if row["progress"] else None,
-            )
-            lease.offer = self._offer(lease, row["task_type"], spec, row["last_checkpoint"])
-            self.leases[lease.task_id] = lease
-            agent = self.agents.get(lease.agent_id)
-            if agent is not None:
-                agent.leases[lease.task_id] = lease
-        log.info("loaded %d agents, %d queued tasks, %d live leases (grace %.0fs)",
-                 len(self.agents), len(self.queue), len(self.leases), grace)
-
     def add_agent(self, agent: AgentState) -> None:
         old = self.agents.get(agent.id)
         if old is not None:
@@ -117,9 +84,9 @@ class Leasing:
 
     def enqueue(self, task_id: str, req: Requirement, meta: TaskMeta, queued_at: float, not_before: float = 0.0):
         if self.queue.add(QueuedTask.make(task_id, req, meta, queued_at, not_before), time.time()):
-            self._wake_for(req)
+            self.wake_for(req)
 
-    def _wake_for(self, req: Requirement) -> None:
+    def wake_for(self, req: Requirement) -> None:
         """Wake one waiting agent that could take a task of this shape now (no thundering herd)."""
         for agent in self.waiting.pop_fitting(lambda view: pick_gpus(req, view) is not None):
             agent.wake("task")
@@ -226,12 +193,12 @@ class Leasing:
                 self._forget(lease)
                 continue
             lease.epoch, lease.attempt = c.epoch, c.attempt
-            lease.offer = self._offer(lease, c.task_type, json.loads(c.spec), c.last_checkpoint)
+            lease.offer = self.offer_for(lease, c.task_type, json.loads(c.spec), c.last_checkpoint)
             offers.append(lease.offer)
         self.counters["leases_granted"] += len(offers)
         return offers
 
-    def _offer(self, lease: LeaseState, task_type: str, spec: dict[str, Any], checkpoint: str | None) -> Lease:
+    def offer_for(self, lease: LeaseState, task_type: str, spec: dict[str, Any], checkpoint: str | None) -> Lease:
         resume = None
         if checkpoint and self.resume_url is not None:
             ck = json.loads(checkpoint)
@@ -400,56 +367,3 @@ class Leasing:
         self.shutting_down = True
         for agent in self.agents.values():
             agent.wake("superseded")
-
-    # -- the reaper ---------------------------------------------------------------------------
-
-    async def reap_once(self) -> None:
-        mono, now = time.monotonic(), time.time()
-        for lease in list(self.leases.values()):
-            if lease.closing or lease.epoch < 0:
-                continue
-            if lease.expires_at < mono:
-                agent = self.agents.get(lease.agent_id)
-                name = agent.name if agent else lease.agent_id
-                await self.expire(lease, f"lease expired: no heartbeat from agent {name} "
-                                         f"within {self.settings.lease_ttl_s:g}s")
-            elif lease.meta.timeout_s and not lease.cancel_requested and now - lease.started_at > lease.meta.timeout_s:
-                lease.timed_out = True
-                lease.cancel_requested = True
-                agent = self.agents.get(lease.agent_id)
-                if agent is not None:
-                    agent.wake("cancel")
-        for task in self.queue.promote_due(now):
-            self._wake_for(task.req)
-        await self.flush()
-
-    async def flush(self) -> None:
-        """Write progress and agents' last-seen times gathered since the last flush."""
-        progress = [(lease.task_id, lease.epoch, lease.progress) for lease in self.leases.values()
-                    if lease.progress_dirty and lease.progress is not None]
-        seen = [(a.last_seen, a.id) for a in self.agents.values() if a.seen_dirty]
-        if not progress and not seen:
-            return
-        for lease in self.leases.values():
-            lease.progress_dirty = False
-        for agent in self.agents.values():
-            agent.seen_dirty = False
-
-        def write(con):
-            if progress:
-                repo.save_progress(con, progress)
-            if seen:
-                repo.touch_agents(con, seen)
-
-        await self.db.write(write)
-
-    async def run_reaper(self) -> None:
-        interval = min(1.0, self.settings.lease_ttl_s / 4)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.reap_once()
-            except Unavailable as exc:  # the database is down or full: already logged, no stack trace
-                log.warning("reaper pass skipped: %s; retrying", exc.message)
-            except Exception:
-                log.exception("reaper pass failed; retrying")
