@@ -69,7 +69,7 @@ async def _lifecycle(app: web.Application, settings: CoordinatorSettings) -> Asy
     if settings.redis_url:
         log.warning("MLOC_REDIS_URL is set but MLOC has no Redis any more: the coordinator keeps its "
                     "state in SQLite (%s); the setting is ignored", settings.database_path)
-    db = Database(settings.database_path)
+    db = Database(settings.database_path, settings.db_synchronous)
     await db.open()
     store = make_store(settings)
     auth = Auth(db, settings.loopback_admin)

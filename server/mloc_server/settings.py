@@ -16,6 +16,9 @@ class CoordinatorSettings(MlocSettings):
     log_format: Literal["text", "json"] = "text"
     data_dir: Path = Path.home() / ".mloc" / "coordinator"
     database_url: str | None = None
+    # normal: an acknowledged write survives a killed coordinator, not an OS crash of the host (the
+    # last commits not yet written back); full: it is on disk before the answer, at ~2x the latency
+    db_synchronous: Literal["full", "normal"] = "normal"
     join_token: str | None = None
     admin_token: str | None = None
 

@@ -4,8 +4,10 @@ Why one writer: SQLite allows one writer at a time, and "database is locked" und
 writers is the most-filed bug of SQLite-backed schedulers. Every write is a small function run on
 the writer thread; writes that arrive together share one transaction (each in its own SAVEPOINT,
 so one failing write does not undo the others) and one commit. A write's awaitable resolves only
-after its commit, so an answered request is durable (WAL, synchronous=NORMAL: safe against a
-killed process; an OS crash may lose the last commits).
+after its commit. WAL with synchronous=NORMAL by default: an answered write survives a killed
+process, but an OS crash or a failing disk may lose the last commits not yet written back (as
+Redis's default everysec fsync does). ``full`` puts every commit on disk before the answer (group
+commit makes that one flush per batch); it doubles submit-to-lease latency here.
 """
 
 from __future__ import annotations
@@ -40,11 +42,11 @@ def sqlite_path_from_url(url: str) -> str:
     raise ValueError(f"unsupported database URL {url.split(':', 1)[0]}:…; this version supports sqlite:///PATH")
 
 
-def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+def _connect(path: str, *, readonly: bool = False, synchronous: str = "FULL") -> sqlite3.Connection:
     con = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     con.row_factory = sqlite3.Row
     con.execute("PRAGMA busy_timeout=30000")
-    con.execute("PRAGMA synchronous=NORMAL")
+    con.execute(f"PRAGMA synchronous={'FULL' if synchronous.upper() == 'FULL' else 'NORMAL'}")
     con.execute("PRAGMA foreign_keys=ON")
     if readonly:
         con.execute("PRAGMA query_only=1")
@@ -71,7 +73,8 @@ def diagnose(path: str) -> str | None:
 class Database:
     """Owns the SQLite file: schema on open, group-committed writes, async reads."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, synchronous: str = "normal") -> None:
+        self.synchronous = synchronous
         self.path = path
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -83,7 +86,7 @@ class Database:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
             await asyncio.to_thread(migrate, self.path)
-            writer = _connect(self.path)
+            writer = _connect(self.path, synchronous=self.synchronous)
         except sqlite3.Error as exc:  # say what is wrong and exit, rather than a stack trace
             problem = await asyncio.to_thread(diagnose, self.path)
             raise Unavailable(f"cannot open the database {self.path} for writing: {exc}"
