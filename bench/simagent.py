@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--uvloop", action="store_true", help="use uvloop when it is installed")
     args = ap.parse_args(argv)
     raise_nofile(args.agents * 3 + 1024)
-    gc.set_threshold(700, 10, 1_000_000_000)  # young collections only (see the module docstring)
+    gc.set_threshold(700, 1, 1_000_000_000)  # young collections only (see the module docstring)
     if args.uvloop:
         with contextlib.suppress(ImportError):
             import uvloop

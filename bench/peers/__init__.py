@@ -31,7 +31,7 @@ class Peer:
 
 MLOC = Peer(
     name="mloc", label="MLOC", runner="bench.peers.mloc_peer",
-    setup="coordinator (SQLite WAL) + 4 agent processes x 8 slots; each task is a child process",
+    setup="coordinator (SQLite WAL) + 2 agent processes x 32 slots; each task is a child process",
 )
 
 PEERS: dict[str, Peer] = {p.name: p for p in (

@@ -23,7 +23,7 @@ from bench.peers.measure import latency_loop, log, parse_args, report, stopwatch
 from tests.harness import Agent, Coordinator, wait_for
 
 STAMP = re.compile(r"(\d{9,}\.\d+)")
-AGENTS, SLOTS = 4, 8
+AGENTS, SLOTS = 2, 32  # bench.core's defaults
 
 
 def started_at(coord: Coordinator) -> float:

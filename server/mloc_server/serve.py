@@ -15,13 +15,15 @@ from mloc_server.app import create_app
 from mloc_server.settings import CoordinatorSettings
 from mloc_server.state import STATE
 
-# CPython's full (generation 2) collection stops the process for ~0.8 µs per live object: with
-# 10,000 agents connected (~1.4 M objects: their state, leases and held polls) that is over a
-# second, and with the default thresholds it ran every ~25 s, as each round of held polls aged into
-# the old generation — heartbeat p99 became the pause. Young collections stay as they are; a full
-# one now needs 1,000 young-generation passes (minutes, not seconds). Little garbage needs it
-# (reference cycles that outlived two young passes: ~1,500 objects per 25 s at 3,000 agents).
-GC_THRESHOLDS = (700, 10, 1000)
+# Garbage collection with thousands of agents connected. Each held poll is ~100 tracked objects
+# that live ~20 s, so they all age through CPython's generations: a full (generation 2) pass costs
+# ~0.8 µs per live object (over a second at 10,000 agents, ~1.4 M objects) and, with the default
+# thresholds, ran every ~25 s; a generation-1 pass scanned ten young passes' survivors at once
+# (50-150 ms every few seconds at 5,000 agents). Both showed up as heartbeat latency. Now the
+# middle generation is collected with every young pass (each one small), and a full pass waits
+# for 20,000 of those (tens of minutes). Little garbage needs the full pass: reference cycles that
+# survived two young passes (~50 objects a second at 5,000 agents).
+GC_THRESHOLDS = (700, 1, 20_000)
 
 
 async def serve(settings: CoordinatorSettings) -> None:

@@ -38,7 +38,7 @@ async def register(request: web.Request) -> web.Response:
         existing = st.agents.authenticate(request.headers.get("Authorization"))
     else:
         await st.auth.use_join_token(request.headers.get("X-MLOC-Join-Token"))
-        existing = next((a for a in st.leasing.agents.values() if a.name == req.name), None)
+        existing = st.leasing.agent_named(req.name)
         if existing is not None and existing.waiter is not None:
             raise Conflict(f"an agent named {req.name!r} is connected right now; give this one another name",
                            field="name")

@@ -58,6 +58,7 @@ class Leasing:
         self.queue = TaskQueue()
         self.agents: dict[str, AgentState] = {}
         self.by_credential: dict[str, AgentState] = {}
+        self.by_name: dict[str, AgentState] = {}
         self.leases: dict[str, LeaseState] = {}
         self.waiting = WaitingPolls()
         self.on_task_final: list[Callable[[str, str], None]] = []
@@ -75,10 +76,15 @@ class Leasing:
         old = self.agents.get(agent.id)
         if old is not None:
             self.by_credential.pop(old.credential_hash, None)
+            self.by_name.pop(old.name, None)
             agent.leases = old.leases
             old.wake("superseded")
         self.agents[agent.id] = agent
         self.by_credential[agent.credential_hash] = agent
+        self.by_name[agent.name] = agent
+
+    def agent_named(self, name: str) -> AgentState | None:
+        return self.by_name.get(name)
 
     # -- queueing -----------------------------------------------------------------------------
 
