@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import netns
 from tests.harness import Agent, Coordinator
 
 A100 = {"name": "NVIDIA A100-SXM4-80GB", "memory_gb": 80, "compute_capability": "8.0"}
@@ -52,3 +53,16 @@ def start_agent(coordinator: Coordinator, agents: list[Agent]):
         return agent
 
     return start
+
+
+@pytest.fixture
+def nat() -> Iterator[netns.NatNet]:
+    """A coordinator network, a NAT router and an agent LAN in network namespaces (skips without root)."""
+    why = netns.available()
+    if why:
+        pytest.skip(f"network namespaces unavailable: {why}")
+    net = netns.NatNet().up()
+    try:
+        yield net
+    finally:
+        net.down()

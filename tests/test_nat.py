@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,20 +12,6 @@ from tests import netns
 from tests.harness import Agent, Coordinator, wait_for
 
 pytestmark = pytest.mark.netns
-
-WHY = netns.available()
-
-
-@pytest.fixture
-def nat() -> Iterator[netns.NatNet]:
-    if WHY:
-        pytest.skip(f"network namespaces unavailable: {WHY}")
-    net = netns.NatNet().up()
-    try:
-        yield net
-    finally:
-        net.down()
-
 
 def test_agent_behind_nat_runs_tasks(nat: netns.NatNet, tmp_path: Path) -> None:
     coord = Coordinator(tmp_path, host=netns.COORD_IP, prefix=nat.exec_prefix(nat.coord_ns))

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import netns
 from tests.chaos import scale as scales
 
 SUMMARY: list[str] = []
@@ -59,18 +58,6 @@ def rng(report: Report) -> random.Random:
     seed = int(os.environ.get("MLOC_CHAOS_SEED") or random.SystemRandom().randrange(1 << 31))
     report(f"seed {seed} (MLOC_CHAOS_SEED={seed} replays the same random choices)")
     return random.Random(seed)
-
-
-@pytest.fixture
-def nat() -> Iterator[netns.NatNet]:
-    why = netns.available()
-    if why:
-        pytest.skip(f"network namespaces unavailable: {why}")
-    net = netns.NatNet().up()
-    try:
-        yield net
-    finally:
-        net.down()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
