@@ -271,7 +271,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--measure-s", type=float, default=60.0, help="the measuring window per size")
     ap.add_argument("--hold-fraction", type=float, default=1.0, help="agents that hold a lease (and heartbeat)")
     ap.add_argument("--probes", type=int, default=100, help="tasks submitted one at a time during the window")
-    ap.add_argument("--heartbeat-conn", choices=("fresh", "keep"), default="fresh")
+    ap.add_argument("--heartbeat-conn", choices=("fresh", "keep"), default="keep",
+                    help="keep (default, like the real agent): heartbeats reuse a connection; fresh: one each")
     ap.add_argument("--unfit-tasks", type=int, default=0, help="queued tasks that need 8 GPUs (no sim agent fits)")
     ap.add_argument("--setup-timeout", type=float, default=300.0)
     ap.add_argument("--profile", help="a folder: py-spy records the coordinator during each window (raw format)")

@@ -18,14 +18,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from mloc_shared.errors import LeaseLost, MlocError
 from mloc_shared.protocol import Completion, HeartbeatRequest, Lease, Progress
 
-from mloc_agent.client import retryable
+from mloc_agent.client import TransportFault, retryable
 from mloc_agent.log_streamer import LogStreamer
 from mloc_agent.modules.registry import load
-from mloc_agent.runner import TaskProcess
+from mloc_agent.runner import LineSplitter, TaskProcess
 from mloc_agent.sources import fetch_sources
 from mloc_agent.task_secrets import fetch_secrets
 from mloc_agent.uploads import fetch_checkpoint, upload
@@ -34,6 +33,7 @@ if TYPE_CHECKING:
     from mloc_agent.main import Agent
 
 log = logging.getLogger(__name__)
+PIPE_DRAIN_S = 5.0
 SECRET_ENV = ("MLOC_JOIN_TOKEN", "MLOC_TOKEN", "MLOC_ADMIN_TOKEN", "MLOC_S3_SECRET_ACCESS_KEY")
 
 
@@ -104,7 +104,7 @@ class LeaseRun:
             return Completion(epoch=lease.epoch, outcome="failed",
                               error=f"this agent cannot run task type {lease.task_type!r}")
         output_dir, ckpt_dir = self.workdir / "output", self.workdir / "checkpoints"
-        await asyncio.to_thread(_make_dirs, output_dir, ckpt_dir)
+        _make_dirs(output_dir, ckpt_dir)  # a few microseconds on a local disk: no thread hop on the hot path
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLOC_") and k not in SECRET_ENV}
         env.update(lease.spec.get("env") or {})
         secret_env = await fetch_secrets(self.client, lease)  # only here, in the child's environment
@@ -138,17 +138,20 @@ class LeaseRun:
             interpreter = settings.runtimes.get(lease.task_type, sys.executable)
             direct = [interpreter, "-m", "mloc_agent.task_host"]
             env.update({"MLOC_TASK_FILE": str(task_file), "MLOC_RESULT_FILE": str(result_file)})
-        self.proc = await TaskProcess.start(direct, env, self.workdir, self.agent.warden)
+        channel = LineSplitter(self._on_channel_line)
+        self.proc = TaskProcess.start(direct, env, self.workdir, self.agent.warden, self.logs.feed, channel.feed)
         if self.cancel_reason is not None or self.fenced is not None:
             await self.proc.stop(settings.cancel_grace_s)
-        pumps = [
-            asyncio.create_task(self.logs.pump(self.proc.proc.stdout, "stdout")),
-            asyncio.create_task(self.logs.pump(self.proc.proc.stderr, "stderr")),
-            asyncio.create_task(self._read_channel()),
-        ]
-        code = await self.proc.proc.wait()
+        code = await self.proc.wait()
         self.proc.reap_group()
-        await asyncio.gather(*pumps, return_exceptions=True)
+        try:  # a grandchild that left the process group may hold the pipes open: do not wait for it forever
+            await asyncio.wait_for(self.proc.output_closed(), PIPE_DRAIN_S)
+        except TimeoutError:
+            self.logs.write("system", f"[mloc] output still open {PIPE_DRAIN_S:g}s after the task exited; "
+                                      "a process it started outlives it: output after this is not kept\n")
+            self.proc.close_pipes()
+        for stream in ("stdout", "stderr"):
+            self.logs.feed_eof(stream)
         if self.fenced is not None:
             return Completion(epoch=lease.epoch, outcome="failed", error=self.fenced)
         await self._finish_uploads(output_dir)
@@ -168,32 +171,30 @@ class LeaseRun:
         return Completion(epoch=lease.epoch, outcome="failed", exit_code=code, result=result,
                           error=f"{error}\n{tail}" if tail else error)
 
-    async def _read_channel(self) -> None:
-        """Progress, checkpoint and artifact messages from the task process (JSON lines)."""
-        assert self.proc is not None
-        reader = self.proc.channel
-        if reader is None:
+    def _on_channel_line(self, line: bytes) -> None:
+        """A progress, checkpoint or artifact message from the task process (one JSON line)."""
+        try:
+            msg = json.loads(line)
+        except ValueError:
             return
-        while line := await reader.readline():
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            kind = msg.pop("type", "progress")
-            if kind == "progress":
+        if not isinstance(msg, dict):
+            return
+        kind = msg.pop("type", "progress")
+        if kind == "progress":
+            with contextlib.suppress(ValueError):
                 self.progress = Progress.model_validate(msg)
                 if self.progress.step is not None and self.progress.total:
                     self.progress.percent = round(100.0 * self.progress.step / self.progress.total, 2)
-            elif kind in ("checkpoint", "artifact"):
-                path = Path(msg.get("path", ""))
-                if not path.is_absolute():
-                    path = self.workdir / path
-                if not path.exists():
-                    self.logs.write("system", f"[mloc] {kind} {path} does not exist; not uploaded\n")
-                    continue
-                step = msg.get("step")
-                name = msg.get("name") or (f"checkpoints/step-{step}.tar" if kind == "checkpoint" else path.name)
-                self._uploads.append(asyncio.create_task(self._upload(path, name, kind, step)))
+        elif kind in ("checkpoint", "artifact"):
+            path = Path(str(msg.get("path", "")))
+            if not path.is_absolute():
+                path = self.workdir / path
+            if not path.exists():
+                self.logs.write("system", f"[mloc] {kind} {path} does not exist; not uploaded\n")
+                return
+            step = msg.get("step")
+            name = msg.get("name") or (f"checkpoints/step-{step}.tar" if kind == "checkpoint" else path.name)
+            self._uploads.append(asyncio.create_task(self._upload(path, name, kind, step)))
 
     async def _upload(self, path: Path, name: str, kind: str, step: int | None) -> None:
         try:
@@ -239,7 +240,7 @@ class LeaseRun:
             except LeaseLost as exc:
                 self.agent.spawn(self.fence(f"lease lost: {exc.message}"))
                 return
-            except (httpx.TransportError, MlocError) as exc:
+            except (TransportFault, MlocError) as exc:
                 if isinstance(exc, MlocError) and not retryable(exc):
                     self.agent.spawn(self.fence(f"heartbeat refused: {exc}"))
                     return

@@ -42,6 +42,7 @@ class LogStreamer:
         self._started = False
         self.lost = False
         self.redactor = Redactor()  # the task's secrets never leave the box in its output
+        self._decoders: dict[str, codecs.IncrementalDecoder] = {}
 
     def start(self) -> None:
         """Start sending. Lazily: the sender task starts with the first output (many tasks print nothing)."""
@@ -69,13 +70,18 @@ class LogStreamer:
         if self.buffered >= MAX_BATCH_BYTES:
             self._wake.set()
 
-    async def pump(self, reader: asyncio.StreamReader | None, stream: str) -> None:
-        if reader is None:
-            return
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        while chunk := await reader.read(MAX_CHUNK):
-            self.write(stream, self.redactor.feed(stream, decoder.decode(chunk)))
-        self.write(stream, self.redactor.feed(stream, decoder.decode(b"", final=True), final=True))
+    def feed(self, stream: str, data: bytes) -> None:
+        """Raw bytes a task wrote to ``stream``; decoded incrementally (a character split across reads
+        stays whole) and redacted before it is buffered."""
+        decoder = self._decoders.get(stream)
+        if decoder is None:
+            decoder = self._decoders[stream] = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.write(stream, self.redactor.feed(stream, decoder.decode(data)))
+
+    def feed_eof(self, stream: str) -> None:
+        decoder = self._decoders.pop(stream, None)
+        tail = decoder.decode(b"", final=True) if decoder is not None else ""
+        self.write(stream, self.redactor.feed(stream, tail, final=True))
 
     async def _send_some(self) -> None:
         batch, size = [], 0

@@ -18,13 +18,12 @@ import uuid
 import warnings
 from typing import Any
 
-import httpx
 from mloc_shared.errors import MlocError, ProtocolMismatch, Unauthorized
 from mloc_shared.protocol import LeaseRef, PollRequest, RegisterRequest, Timings
 from mloc_shared.version import __version__
 
 from mloc_agent import inventory
-from mloc_agent.client import CoordinatorClient, retryable
+from mloc_agent.client import CoordinatorClient, TransportFault, retryable
 from mloc_agent.completions import CompletionReporter
 from mloc_agent.lease_run import LeaseRun
 from mloc_agent.modules import registry
@@ -93,7 +92,7 @@ class Agent:
                 break
             except ProtocolMismatch:
                 raise
-            except (httpx.TransportError, MlocError) as exc:
+            except (TransportFault, MlocError) as exc:
                 if isinstance(exc, MlocError) and not retryable(exc) and exc.status not in (409,):
                     raise
                 if self.draining:  # stopped (SIGTERM) before it ever registered: nothing to finish
@@ -171,7 +170,7 @@ class Agent:
                 self.settings.state_file.unlink(missing_ok=True)
                 await self.register()
                 continue
-            except (httpx.TransportError, MlocError) as exc:
+            except (TransportFault, MlocError) as exc:
                 if isinstance(exc, MlocError) and not retryable(exc):
                     raise
                 log.warning("poll failed (%s); retrying in ~%.1fs", exc, delay)

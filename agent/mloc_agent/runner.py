@@ -1,5 +1,12 @@
-"""Child processes: start a task in its own process group, stop it (SIGTERM, then SIGKILL after
-a grace), and make sure it dies with the agent (through the warden)."""
+"""Child processes: start a task in its own process group, follow its pipes, stop it (SIGTERM, then
+SIGKILL after a grace), and make sure it dies with the agent (through the warden).
+
+Why not ``asyncio.create_subprocess_exec``: it costs several event-loop round trips (one per pipe
+connected) before the child is even counted as started, and a task per stream afterwards. Here the
+child is started with one ``Popen`` (vfork), its pipes are followed with ``add_reader`` callbacks,
+and its exit is seen through a pidfd: starting a task is a few hundred microseconds, on the hot path
+of every lease.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +15,14 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+READ_SIZE = 64 * 1024
 
 
 class Warden:
@@ -39,37 +49,124 @@ class Warden:
             await asyncio.wait_for(self._proc.wait(), 10)
 
 
+class PipeFollower:
+    """Reads one pipe from the event loop: ``on_data`` gets each chunk, ``closed`` resolves at EOF."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, on_data: Callable[[bytes], None]) -> None:
+        self.loop, self.fd, self.on_data = loop, fd, on_data
+        self.closed: asyncio.Future[None] = loop.create_future()
+        os.set_blocking(fd, False)
+        loop.add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.fd, READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            self.on_data(data)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        if not self.closed.done():
+            self.loop.remove_reader(self.fd)
+            os.close(self.fd)
+            self.closed.set_result(None)
+
+
+class LineSplitter:
+    """Bytes in, whole lines out (a line longer than ``limit`` is dropped, never buffered forever)."""
+
+    def __init__(self, on_line: Callable[[bytes], None], limit: int = 1 << 20) -> None:
+        self.on_line, self.limit = on_line, limit
+        self._buf = b""
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+        *lines, self._buf = self._buf.split(b"\n")
+        for line in lines:
+            self.on_line(line)
+        if len(self._buf) > self.limit:
+            self._buf = b""
+
+
 class TaskProcess:
     """One running task process (the leader of its own process group)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, channel: asyncio.StreamReader | None) -> None:
-        self.proc = proc
-        self.pgid = proc.pid
-        self.channel = channel
+    def __init__(self, popen: subprocess.Popen[bytes], pipes: list[PipeFollower]) -> None:
+        self.popen = popen
+        self.pid = self.pgid = popen.pid
+        self.pipes = pipes
+        loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[int] = loop.create_future()
         self._reaped = False
+        try:
+            pidfd = os.pidfd_open(popen.pid)
+        except (AttributeError, OSError):  # no pidfds (old kernel, not Linux): a thread waits instead
+            waiter = loop.run_in_executor(None, popen.wait)
+            waiter.add_done_callback(lambda f: self._set_exit(f.result() if not f.exception() else -1))
+        else:
+            def on_exit() -> None:
+                loop.remove_reader(pidfd)
+                os.close(pidfd)
+                self._set_exit(popen.wait())  # it has exited: this reaps it without blocking
+
+            loop.add_reader(pidfd, on_exit)
 
     @classmethod
-    async def start(
-        cls, argv: list[str], env: dict[str, str], cwd: Path, warden: Warden
+    def start(
+        cls, argv: list[str], env: dict[str, str], cwd: Path, warden: Warden,
+        on_output: Callable[[str, bytes], None], on_channel: Callable[[bytes], None],
     ) -> TaskProcess:
+        """Start ``argv`` now (no await: the child runs before this returns). ``on_output`` gets
+        ("stdout" | "stderr", bytes); ``on_channel`` gets the bytes the task writes to MLOC_PROGRESS."""
+        # our own pipes, handed to the child as plain fds: no file objects to build and take apart
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
         read_fd, write_fd = os.pipe()
         # MLOC_PROGRESS is a path any shell can write to (dash cannot redirect to fds above 9)
         env = warden.mark({**env, "MLOC_PROGRESS_FD": str(write_fd), "MLOC_PROGRESS": f"/dev/fd/{write_fd}"})
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=env, cwd=str(cwd), start_new_session=True,
-                pass_fds=(write_fd,),
+            popen = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w, env=env, cwd=str(cwd),
+                start_new_session=True, pass_fds=(write_fd,),
             )
         except BaseException:
-            os.close(read_fd)
+            for fd in (out_r, err_r, read_fd):
+                os.close(fd)
             raise
         finally:
-            os.close(write_fd)
+            for fd in (out_w, err_w, write_fd):
+                os.close(fd)
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=1 << 20)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb"))
-        return cls(proc, reader)
+        pipes = [
+            PipeFollower(loop, out_r, lambda b: on_output("stdout", b)),
+            PipeFollower(loop, err_r, lambda b: on_output("stderr", b)),
+            PipeFollower(loop, read_fd, on_channel),
+        ]
+        return cls(popen, pipes)
+
+    def _set_exit(self, code: int) -> None:
+        if not self.exited.done():
+            self.exited.set_result(code)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.exited.result() if self.exited.done() else None
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self.exited)
+
+    async def output_closed(self) -> None:
+        """Every pipe read to its end (children the task left behind may hold them: reap_group first)."""
+        await asyncio.gather(*(p.closed for p in self.pipes))
+
+    def close_pipes(self) -> None:
+        for p in self.pipes:
+            p.close()
 
     def signal_group(self, sig: int) -> bool:
         try:
@@ -80,14 +177,14 @@ class TaskProcess:
 
     async def stop(self, grace_s: float) -> int | None:
         """SIGTERM the whole group, SIGKILL it after ``grace_s``; returns the exit code."""
-        if self.proc.returncode is None:
+        if self.returncode is None:
             self.signal_group(signal.SIGTERM)
             try:
-                await asyncio.wait_for(self.proc.wait(), grace_s)
+                await asyncio.wait_for(self.wait(), grace_s)
             except TimeoutError:
                 log.warning("task process %d ignored SIGTERM for %.0fs: SIGKILL", self.pgid, grace_s)
         self.reap_group()
-        return await self.proc.wait()
+        return await self.wait()
 
     def reap_group(self) -> None:
         """Kill what is left of the group (children the task left behind)."""

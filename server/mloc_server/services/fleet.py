@@ -37,6 +37,7 @@ class LeaseState:
     closing: bool = False  # a completion or requeue is being committed
     progress: dict[str, Any] | None = None
     progress_dirty: bool = False
+    delivered: bool = True  # False while a handed-off offer waits for a poll reply to carry it
 
 
 @dataclass
@@ -59,6 +60,9 @@ class AgentState:
     # whether the connection of its held poll is still open (a killed agent's poll is not read)
     peer_alive: Callable[[], bool] = field(default=lambda: True, repr=False)
     freed_since_poll: int = 0
+    poll_id: str | None = None  # the held poll's id, and how many tasks it can take (for handoffs)
+    poll_free: int = 0
+    reserved: int = 0  # handoffs reserved for the held poll, not yet committed
     gpu_stats: list[GpuStat] | None = None
     seen_dirty: bool = False
 

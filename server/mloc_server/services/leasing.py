@@ -64,7 +64,7 @@ class Leasing:
         self.on_task_final: list[Callable[[str, str], None]] = []
         self.shutting_down = False
         self.counters: dict[str, int] = {
-            "leases_granted": 0, "leases_expired": 0, "tasks_finished": 0, "polls": 0, "heartbeats": 0,
+            "leases_granted": 0, "handoffs": 0, "leases_expired": 0, "tasks_finished": 0, "polls": 0, "heartbeats": 0,
         }
 
     @property
@@ -121,8 +121,10 @@ class Leasing:
         done = {c.task_id for c in req.completions}
         reoffer: list[Lease] = []
         for lease in list(agent.leases.values()):
-            if lease.task_id in reported or lease.task_id in done or lease.closing:
-                continue
+            if lease.task_id in reported or lease.task_id in done or lease.closing or lease.epoch < 0:
+                continue  # (epoch < 0: a claim or handoff being committed)
+            if not lease.delivered:
+                continue  # a handoff no reply has carried yet: the loop below delivers it
             if lease.claim_id == req.poll_id and lease.offer is not None:
                 reoffer.append(lease.offer.model_copy(update={"ttl_s": self.settings.lease_ttl_s}))
             else:
@@ -144,7 +146,10 @@ class Leasing:
                 if lease.cancel_requested and not lease.cancel_sent:
                     lease.cancel_sent = True
                     resp.cancel.append(lease.task_id)
-            free = min(req.free_slots + agent.freed_since_poll, agent.max_tasks - len(agent.leases))
+                if not lease.delivered and lease.offer is not None:  # handed off (services/handoff.py)
+                    lease.delivered, lease.claim_id = True, req.poll_id
+                    resp.leases.append(lease.offer)
+            free = min(req.free_slots + agent.freed_since_poll - agent.reserved, agent.max_tasks - len(agent.leases))
             if not resp.leases and free > 0 and agent.accepting:
                 resp.leases = await self._claim(agent, free, req.poll_id)
             if resp.leases or resp.cancel or resp.lost:
@@ -154,16 +159,20 @@ class Leasing:
                 return resp
             waiter = loop.create_future()
             agent.waiter = waiter
+            agent.poll_id, agent.poll_free = req.poll_id, free
             if free > 0 and agent.accepting:  # a poll that can take nothing must not absorb a submit's wake
                 self.waiting.add(agent)
+            # a timer rather than asyncio.wait_for: a wake resumes this poll in one loop step, not three
+            timer = loop.call_later(remaining, _resolve_once, waiter, "timeout")
             try:
-                reason = await asyncio.wait_for(waiter, remaining)
-            except TimeoutError:
-                return resp
+                reason = await waiter
             finally:
+                timer.cancel()
                 if agent.waiter is waiter:
                     agent.waiter = None
                     self.waiting.discard(agent)
+            if reason == "timeout":
+                return resp
             if reason == "superseded":
                 return PollResponse(drain=not agent.accepting)
 
@@ -373,3 +382,8 @@ class Leasing:
         self.shutting_down = True
         for agent in self.agents.values():
             agent.wake("superseded")
+
+
+def _resolve_once(fut: asyncio.Future[str], value: str) -> None:
+    if not fut.done():
+        fut.set_result(value)

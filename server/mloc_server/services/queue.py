@@ -119,5 +119,10 @@ class TaskQueue:
                 break
         return taken
 
+    def first_fitting(self, agent: AgentView) -> QueuedTask | None:
+        """The best ready task ``agent`` could take now, left in the queue (None if there is none)."""
+        heads = sorted(h for h in (self._head(r) for r in list(self._buckets)) if h is not None)
+        return next((h for h in heads if pick_gpus(h.req, agent) is not None), None)
+
     def requirements(self) -> list[Requirement]:
         return [r for r in list(self._buckets) if self._head(r) is not None]

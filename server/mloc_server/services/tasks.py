@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import hashlib
 import json
@@ -14,6 +15,7 @@ from mloc_shared.errors import Forbidden, NotFound
 from mloc_shared.protocol import FINAL_STATES
 from mloc_shared.taskspec import BUILTIN_TASK_TYPES, TaskSpec
 
+from mloc_server.services import handoff
 from mloc_server.services.auth import Principal
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.queue import TaskMeta
@@ -54,17 +56,30 @@ class Tasks:
             idempotency_key=f"{owner}:{idempotency_key}" if idempotency_key else None,
             body_hash=hashlib.sha256(body.encode()).hexdigest(),
         )
+        meta = TaskMeta.from_spec(wire)
+        hand = handoff.reserve(self.leasing, new.id, req, meta)  # an agent's poll is waiting: claim it now
+
         def write(con):
             task_id, created = repo.insert_task(con, new)
             if created and sealed:
                 self.secrets.insert(con, task_id, sealed, now)
-            return repo.task_row(con, task_id), created
+            claimed = hand.claim(con, task_id, now) if created and hand is not None else []
+            return repo.task_row(con, task_id), created, claimed
 
-        row, created = await self.db.write(write)
+        try:
+            row, created, claimed = await self.db.write(write)
+        except BaseException:
+            if hand is not None:
+                hand.settle([])
+            raise
         if created and sealed:
             self.secrets.stored(row["id"])
+        handed = hand.settle(claimed) if hand is not None else False
+        if handed:  # let the woken poll send the lease before this reply is built: the agent is waiting on it
+            await asyncio.sleep(0)
         if created:
-            self.leasing.enqueue(row["id"], req, TaskMeta.from_spec(wire), now)
+            if not handed:
+                self.leasing.enqueue(row["id"], req, meta, now)
             record = self.record(row)  # a new task has no attempts yet: no second read
         else:
             record = await self.get(row["id"], principal)

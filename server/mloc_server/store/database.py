@@ -183,8 +183,13 @@ class Database:
             log.error("database write failed: %s", cause)
             err = Unavailable(f"database write failed: {cause}", hint="check the coordinator's disk and data dir")
             outcomes = [(False, err)] * len(batch)
+        # one wake-up of the event loop per batch (each call_soon_threadsafe writes to its self-pipe)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for (_fn, fut, loop), (ok, value) in zip(batch, outcomes, strict=True):
-            loop.call_soon_threadsafe(_resolve, fut, ok, value)
+            by_loop.setdefault(loop, []).append((fut, ok, value))
+        for loop, results in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits for these
+                loop.call_soon_threadsafe(_resolve_all, results)
 
     @staticmethod
     def _wrap(exc: Exception) -> Exception:
@@ -195,10 +200,11 @@ class Database:
         return exc
 
 
-def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if fut.done():
-        return
-    if ok:
-        fut.set_result(value)
-    else:
-        fut.set_exception(value)
+def _resolve_all(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for fut, ok, value in results:
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
