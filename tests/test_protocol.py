@@ -3,6 +3,9 @@ versions, credentials."""
 
 from __future__ import annotations
 
+import re
+import threading
+import time
 import uuid
 
 import httpx
@@ -89,3 +92,50 @@ def test_versions_and_credentials_are_checked(coordinator: Coordinator) -> None:
     assert resp.status_code == 400
     resp = httpx.post(f"{coordinator.url}/api/v1/agents/poll", headers=auth, json={"poll_id": "x", "free_slots": -1})
     assert resp.status_code == 422 and resp.json()["error"]["field"] in ("poll_id", "free_slots")
+
+
+def held_poll(coord: Coordinator, auth: dict[str, str], poll_id: str) -> tuple[threading.Thread, dict]:
+    """A poll held in a thread (as an idle agent's is); its reply lands in the returned dict."""
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.update(poll(coord, auth, poll_id)), daemon=True)
+    thread.start()
+    time.sleep(0.5)  # the coordinator is holding it
+    return thread, out
+
+
+def handoffs(coord: Coordinator) -> float:
+    m = re.search(r"^mloc_handoffs_total (\S+)$", coord.http.get("/metrics").text, re.M)
+    assert m is not None, "no mloc_handoffs_total in /metrics"
+    return float(m.group(1))
+
+
+def test_a_submit_to_a_held_poll_is_claimed_in_the_submits_own_commit(coordinator: Coordinator) -> None:
+    auth = register(coordinator, "waiting", max_tasks=1)
+    before = handoffs(coordinator)
+    pid = uuid.uuid4().hex
+    thread, reply = held_poll(coordinator, auth, pid)
+    task = coordinator.submit({"taskType": "command", "command": "true"})
+    thread.join(5)
+    # the submit's answer already shows the claim: it was made in the same transaction
+    assert task["state"] == "running" and task["attempts"] == 1
+    assert [(x["task_id"], x["epoch"]) for x in reply["leases"]] == [(task["id"], 1)]
+    assert handoffs(coordinator) == before + 1
+    # the reply was lost: the agent retries the same poll id and is offered the same lease
+    again = poll(coordinator, auth, pid)["leases"]
+    assert [(x["task_id"], x["epoch"]) for x in again] == [(task["id"], 1)]
+    done = httpx.post(f"{coordinator.url}/api/v1/leases/{task['id']}/complete", headers=auth,
+                      json={"epoch": 1, "outcome": "succeeded", "exit_code": 0})
+    assert done.status_code == 200, done.text
+    assert coordinator.task(task["id"])["state"] == "succeeded"
+
+
+def test_a_held_poll_that_cannot_take_the_task_gets_no_handoff(coordinator: Coordinator) -> None:
+    auth = register(coordinator, "cpu-only", max_tasks=1)
+    before = handoffs(coordinator)
+    thread, reply = held_poll(coordinator, auth, uuid.uuid4().hex)
+    task = coordinator.submit({"taskType": "command", "command": "true", "resources": {"gpus": 1}})
+    assert task["state"] == "queued"
+    time.sleep(0.3)
+    assert thread.is_alive() and not reply  # still held: nothing it could run arrived
+    assert handoffs(coordinator) == before
+    assert coordinator.http.post(f"/api/v1/tasks/{task['id']}/cancel").status_code == 200

@@ -40,6 +40,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600, 72 * 3600)
 COUNTERS = {
     "leases_granted": ("mloc_leases_granted", "Leases handed to agents"),
+    "handoffs": ("mloc_handoffs", "Leases claimed by the submit's own commit for an agent holding a poll"),
     "leases_expired": ("mloc_leases_expired", "Leases lost (no heartbeat within the TTL, or the agent restarted)"),
     "tasks_finished": ("mloc_tasks_finished", "Completions recorded"),
     "polls": ("mloc_agent_polls", "Long polls received"),
