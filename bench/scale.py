@@ -111,12 +111,21 @@ def submit_bulk(coord: Coordinator, specs: list[dict[str, Any]]) -> None:
         assert resp.status_code == 201, resp.text
 
 
+def heartbeat_conn(agents: int, args: argparse.Namespace) -> str:
+    """``keep`` needs two sockets per agent on the coordinator; where the open-files hard limit cannot
+    give that (a container's 20,000 at 10,000 agents), each heartbeat opens a fresh connection."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if args.heartbeat_conn == "keep" and hard != resource.RLIM_INFINITY and agents * 2 + 4096 > hard:
+        return "fresh"
+    return args.heartbeat_conn
+
+
 def start_coordinator(agents: int, args: argparse.Namespace, work: Path) -> Coordinator:
     """A real coordinator with the fleet's timings and room for a connection per agent."""
-    # a held poll per agent plus the heartbeats in flight; unprivileged (or in a container) the hard
-    # limit is the ceiling, and 20,000 covers 10,000 agents whose heartbeats open fresh connections
+    # a held poll per agent, plus its kept heartbeat connection (the systemd unit sets LimitNOFILE=1048576);
+    # the hard limit is the ceiling here (heartbeat_conn() chose fresh connections if it is too low)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    nofile = agents * (3 if args.heartbeat_conn == "keep" else 1) + 4096
+    nofile = agents * (3 if heartbeat_conn(agents, args) == "keep" else 1) + 4096
     nofile = nofile if hard == resource.RLIM_INFINITY else min(nofile, hard)
     return Coordinator(work, heartbeat_s=15, lease_ttl_s=45, poll_hold_s=25, restart_grace_s=60,
                        extra_env={"MLOC_LOG_LEVEL": "WARNING"},
@@ -203,7 +212,11 @@ def one_size(agents: int, args: argparse.Namespace, root: Path) -> dict[str, Any
         if args.unfit_tasks:  # work no agent can take (8 GPUs; sims have 2): it waits in the queue throughout
             submit_bulk(coord, [{"taskType": "command", "name": f"unfit-{i}", "command": ["true"],
                                  "resources": {"gpus": 8}} for i in range(args.unfit_tasks)])
-        sims = Sims(coord, agents, work, args.heartbeat_conn)
+        row["hb_conn"] = conn = heartbeat_conn(agents, args)
+        if conn != args.heartbeat_conn:
+            print(f"    open-files hard limit {resource.getrlimit(resource.RLIMIT_NOFILE)[1]}: heartbeats on fresh "
+                  "connections at this size", flush=True)
+        sims = Sims(coord, agents, work, conn)
         connect_fleet(coord, pid, sims, agents, args, row)
         time.sleep(min(15.0, args.measure_s / 4))  # one heartbeat interval: every lease in its rhythm
         print(f"    {agents} agents connected ({row['register_s']:.0f} s), {row['held']} leases held; measuring "
@@ -235,7 +248,8 @@ def fmt(value: float | None, digits: int = 1) -> str:
 def render(rows: list[dict[str, Any]], command: str, started: float, args: argparse.Namespace) -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
     out = [f"Made by `{command}` on {when}; {machine()}. Window: {args.measure_s:.0f} s per size; heartbeats "
-           f"every 15 s on a {'fresh' if args.heartbeat_conn == 'fresh' else 'kept'} connection; "
+           f"every 15 s on a {'fresh' if args.heartbeat_conn == 'fresh' else 'kept'} connection (a row marked "
+           f"*fresh* opened one per heartbeat: the open-files limit allowed no more); "
            f"{args.hold_fraction:.0%} of the agents hold a lease.", "",
            "| agents | leases | RSS MB idle → loaded (peak) | CPU % of a core | heartbeats/s "
            "| heartbeat p50 / p99 / max ms | dispatch p50 / p99 ms | errors | registration s | load avg |",
@@ -253,9 +267,10 @@ def render(rows: list[dict[str, Any]], command: str, started: float, args: argpa
         if lost:
             err_text += f"; {lost} probe(s) never arrived"
         hb = f"{fmt(r['hb_p50'])} / {fmt(r['hb_p99'])} / {fmt(r['hb_max'])}"
+        fresh = " *fresh*" if r.get("hb_conn", args.heartbeat_conn) != args.heartbeat_conn else ""
         out.append(
             f"| {r['agents']:,} | {r['held']:,} | {r['rss_idle_mb']:.0f} → {r['rss_mb']:.0f} ({r['rss_peak_mb']:.0f}) "
-            f"| {r['cpu_pct']:.0f} | {r['hb_per_s']:.0f} | {hb} "
+            f"| {r['cpu_pct']:.0f} | {r['hb_per_s']:.0f}{fresh} | {hb} "
             f"| {fmt(r['dispatch_p50'])} / {fmt(r['dispatch_p99'])} | {err_text} | {r['register_s']:.0f} "
             f"| {r['load_before']:.1f} |")
     out += ["", "Load avg: the machine's 1-minute load average as the window opened (the coordinator and the "

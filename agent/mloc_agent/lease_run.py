@@ -95,7 +95,8 @@ class LeaseRun:
             await self.logs.close(timeout=2)
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeats
-        await asyncio.to_thread(shutil.rmtree, self.workdir, True)
+        if not _remove_if_small(self.workdir):  # a task that left files: delete them off the event loop
+            await asyncio.to_thread(shutil.rmtree, self.workdir, True)
 
     async def _execute(self) -> Completion:
         lease, settings = self.lease, self.agent.settings
@@ -206,6 +207,8 @@ class LeaseRun:
     async def _finish_uploads(self, output_dir: Path) -> None:
         if self._uploads:
             await asyncio.gather(*self._uploads, return_exceptions=True)
+        if not any(os.scandir(output_dir)):  # the common case, checked without a recursive walk
+            return
         for path in sorted(p for p in output_dir.rglob("*") if p.is_file()):
             await self._upload(path, str(path.relative_to(output_dir)), "artifact", None)
 
@@ -270,5 +273,26 @@ class LeaseRun:
 
 
 def _make_dirs(*dirs: Path) -> None:
+    """Each dir and its parents (os.makedirs: no exception per missing parent, unlike Path.mkdir)."""
     for d in dirs:
-        d.mkdir(parents=True, exist_ok=True)
+        os.makedirs(d, exist_ok=True)
+
+
+def _remove_if_small(workdir: Path, max_entries: int = 16) -> bool:
+    """Delete a work dir that holds only a few files and empty dirs (a task that wrote nothing), on
+    the event loop: a thread hop costs more than these few unlinks. False: left for rmtree."""
+    try:
+        entries = list(os.scandir(workdir))
+        if len(entries) > max_entries:
+            return False
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                os.rmdir(entry.path)  # OSError if not empty
+            else:
+                os.unlink(entry.path)
+        os.rmdir(workdir)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
