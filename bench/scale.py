@@ -247,9 +247,10 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 def render(rows: list[dict[str, Any]], command: str, started: float, args: argparse.Namespace) -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
+    keep_note = " (a row marked *fresh* opened one per heartbeat: the open-files limit allowed no more)"
     out = [f"Made by `{command}` on {when}; {machine()}. Window: {args.measure_s:.0f} s per size; heartbeats "
-           f"every 15 s on a {'fresh' if args.heartbeat_conn == 'fresh' else 'kept'} connection (a row marked "
-           f"*fresh* opened one per heartbeat: the open-files limit allowed no more); "
+           f"every 15 s on a {'fresh' if args.heartbeat_conn == 'fresh' else 'kept'} connection"
+           f"{keep_note if args.heartbeat_conn == 'keep' else ''}; "
            f"{args.hold_fraction:.0%} of the agents hold a lease.", "",
            "| agents | leases | RSS MB idle → loaded (peak) | CPU % of a core | heartbeats/s "
            "| heartbeat p50 / p99 / max ms | dispatch p50 / p99 ms | errors | registration s | load avg |",
@@ -286,8 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--measure-s", type=float, default=60.0, help="the measuring window per size")
     ap.add_argument("--hold-fraction", type=float, default=1.0, help="agents that hold a lease (and heartbeat)")
     ap.add_argument("--probes", type=int, default=100, help="tasks submitted one at a time during the window")
-    ap.add_argument("--heartbeat-conn", choices=("fresh", "keep"), default="keep",
-                    help="keep (default, like the real agent): heartbeats reuse a connection; fresh: one each")
+    ap.add_argument("--heartbeat-conn", choices=("fresh", "keep"), default="fresh",
+                    help="fresh (default, like the real agent): a connection per heartbeat; keep: one kept open")
     ap.add_argument("--unfit-tasks", type=int, default=0, help="queued tasks that need 8 GPUs (no sim agent fits)")
     ap.add_argument("--setup-timeout", type=float, default=300.0)
     ap.add_argument("--profile", help="a folder: py-spy records the coordinator during each window (raw format)")

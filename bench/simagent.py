@@ -13,9 +13,8 @@ any other lease is held and heartbeated until the end.
 Why not httpx or aiohttp: the coordinator and the sim share 2 cores, and the sim must not be
 the bottleneck it measures. A minimal HTTP/1.1 client on asyncio streams costs a fraction of
 their CPU per request; the request bodies are still built from the shared protocol models.
-Heartbeats reuse a kept-alive connection by default, as the real agent does (its aiohttp client
-keeps idle connections 60 s; heartbeats come every 10-15 s); ``--heartbeat-conn fresh`` opens a
-new one for each (what the agent did with httpx, which closes idle connections after 5 s).
+Heartbeats open a fresh connection by default, as the real agent does (it closes an idle
+connection after 5 s; heartbeats come every 10-15 s); ``--heartbeat-conn keep`` keeps one open.
 Connections spread over several 127.0.0.x source addresses so ephemeral ports never run out.
 
 Its own full garbage collections are switched off (young ones still run): with thousands of agents
@@ -352,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--agents", type=int, required=True)
     ap.add_argument("--prefix", default=f"sim{os.getpid()}", help="agent names are PREFIX-00000 …")
     ap.add_argument("--gpus", type=int, default=2, help="declared GPUs per agent (= its max tasks)")
-    ap.add_argument("--heartbeat-conn", choices=("fresh", "keep"), default="keep")
+    ap.add_argument("--heartbeat-conn", choices=("fresh", "keep"), default="fresh")
     ap.add_argument("--source-ips", type=int, default=8, help="spread over 127.0.0.2.. (0: let the OS pick)")
     ap.add_argument("--register-concurrency", type=int, default=64)
     ap.add_argument("--status", help="a JSON summary rewritten every second")

@@ -87,9 +87,11 @@ class CoordinatorClient:
         if self._session is None or self._session.closed:
             tls: ssl.SSLContext | bool = ssl.create_default_context(cafile=self.ca_bundle) if self.ca_bundle else True
             self._session = aiohttp.ClientSession(
-                # idle connections kept 60 s (heartbeats come every 10-15 s; the coordinator keeps them 75 s):
-                # a heartbeat reuses its connection instead of a TCP (and TLS) handshake each time
-                connector=aiohttp.TCPConnector(limit=16, ssl=tls, keepalive_timeout=60),
+                # idle connections closed after 5 s, as httpx does: the held poll's connection is reused
+                # back to back, a heartbeat (every 10-15 s) opens its own. Kept heartbeat connections
+                # double the coordinator's sockets and, at 5,000 agents in bench.scale, showed 150-300 ms
+                # garbage-collection pauses in it (docs/benchmarks.md)
+                connector=aiohttp.TCPConnector(limit=16, ssl=tls, keepalive_timeout=5),
                 headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION)}, cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
