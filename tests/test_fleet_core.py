@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -11,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import A100, README_SFT_YAML, RTX4090
-from tests.harness import Agent, Coordinator, wait_for
+from tests.harness import FINAL, Agent, Coordinator, wait_for
 
 
 def curl(coord: Coordinator, *args: str) -> tuple[int, dict]:
@@ -213,3 +215,24 @@ def test_task_processes_die_with_a_killed_agent(coordinator: Coordinator, start_
     assert all(os.path.exists(f"/proc/{p}") for p in found)
     agent.kill9()
     wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in found), 10, "task processes gone")
+
+
+def test_a_process_that_escapes_the_group_does_not_hold_the_task_open(
+        coordinator: Coordinator, start_agent, tmp_path: Path) -> None:
+    """A grandchild in its own session outlives the group kill and keeps the task's stdout open:
+    the task still finishes (a few seconds after its exit) and its log says why output stopped."""
+    start_agent("escapee")
+    pid_file = tmp_path / "escaped.pid"
+    task = coordinator.submit({"taskType": "command",
+                               "command": f"setsid sh -c 'echo $$ > {pid_file}; exec sleep 30' & "
+                                          f"while [ ! -s {pid_file} ]; do sleep 0.05; done; echo started"})
+    t0 = time.monotonic()
+    done = coordinator.wait_state(task["id"], FINAL, timeout=20)
+    try:
+        assert done["state"] == "succeeded", done
+        assert time.monotonic() - t0 < 15  # not the 30 s the escaped process lives
+        logs = coordinator.logs(task["id"])
+        assert "started" in logs and "output still open" in logs, logs
+    finally:
+        with contextlib.suppress(OSError, ValueError):  # our test started it: stop it by its PID
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
