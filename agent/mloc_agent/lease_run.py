@@ -48,6 +48,7 @@ class LeaseRun:
         self.cancel_reason: str | None = None
         self.fenced: str | None = None
         self.done = asyncio.Event()
+        self.started = asyncio.Event()  # its process was started (or it ended without one)
         self.workdir = agent.settings.data_dir / "work" / f"{lease.task_id}-{lease.attempt}"
         self.logs = LogStreamer(self.client, lease.task_id, lease.epoch, agent.settings.log_flush_s)
         self._uploads: list[asyncio.Task[Any]] = []
@@ -81,6 +82,7 @@ class LeaseRun:
             log.exception("task %s failed on the agent", self.task_id)
             completion = Completion(epoch=self.lease.epoch, outcome="failed", error=f"agent error: {exc}")
         finally:
+            self.started.set()
             self.done.set()
             if self.proc is not None:
                 self.proc.reap_group()
@@ -95,8 +97,7 @@ class LeaseRun:
             await self.logs.close(timeout=2)
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeats
-        if not _remove_if_small(self.workdir):  # a task that left files: delete them off the event loop
-            await asyncio.to_thread(shutil.rmtree, self.workdir, True)
+        await asyncio.to_thread(_remove_workdir, self.workdir)
 
     async def _execute(self) -> Completion:
         lease, settings = self.lease, self.agent.settings
@@ -105,7 +106,9 @@ class LeaseRun:
             return Completion(epoch=lease.epoch, outcome="failed",
                               error=f"this agent cannot run task type {lease.task_type!r}")
         output_dir, ckpt_dir = self.workdir / "output", self.workdir / "checkpoints"
-        _make_dirs(output_dir, ckpt_dir)  # a few microseconds on a local disk: no thread hop on the hot path
+        # off the event loop: tens of microseconds on a quiet local disk, but a busy or network disk can
+        # stall a mkdir for milliseconds, and every other lease's heartbeats wait on this loop
+        await asyncio.to_thread(_make_dirs, output_dir, ckpt_dir)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLOC_") and k not in SECRET_ENV}
         env.update(lease.spec.get("env") or {})
         secret_env = await fetch_secrets(self.client, lease)  # only here, in the child's environment
@@ -141,6 +144,7 @@ class LeaseRun:
             env.update({"MLOC_TASK_FILE": str(task_file), "MLOC_RESULT_FILE": str(result_file)})
         channel = LineSplitter(self._on_channel_line)
         self.proc = TaskProcess.start(direct, env, self.workdir, self.agent.warden, self.logs.feed, channel.feed)
+        self.started.set()
         if self.cancel_reason is not None or self.fenced is not None:
             await self.proc.stop(settings.cancel_grace_s)
         code = await self.proc.wait()
@@ -278,21 +282,21 @@ def _make_dirs(*dirs: Path) -> None:
         os.makedirs(d, exist_ok=True)
 
 
-def _remove_if_small(workdir: Path, max_entries: int = 16) -> bool:
-    """Delete a work dir that holds only a few files and empty dirs (a task that wrote nothing), on
-    the event loop: a thread hop costs more than these few unlinks. False: left for rmtree."""
+def _remove_workdir(workdir: Path, max_entries: int = 16) -> None:
+    """Delete a task's work dir. A dir the task left (nearly) empty goes with a few rmdir/unlink
+    calls; anything larger with rmtree."""
     try:
         entries = list(os.scandir(workdir))
-        if len(entries) > max_entries:
-            return False
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                os.rmdir(entry.path)  # OSError if not empty
-            else:
-                os.unlink(entry.path)
-        os.rmdir(workdir)
+        if len(entries) <= max_entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    os.rmdir(entry.path)  # OSError if not empty: rmtree below
+                else:
+                    os.unlink(entry.path)
+            os.rmdir(workdir)
+            return
     except FileNotFoundError:
-        return True
+        return
     except OSError:
-        return False
-    return True
+        pass
+    shutil.rmtree(workdir, ignore_errors=True)

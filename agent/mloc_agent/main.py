@@ -32,6 +32,7 @@ from mloc_agent.settings import AgentSettings
 
 log = logging.getLogger("mloc.agent")
 GPU_STATS_EVERY_S = 15.0
+START_WAIT_S = 0.05  # how long the next poll waits for the leases just received to start
 
 
 class Agent:
@@ -179,9 +180,11 @@ class Agent:
                 continue
             delay = 0.5
             poll_id = uuid.uuid4().hex
-            for lease in resp.leases:
-                if lease.task_id not in self.runs:
-                    self._start(lease)
+            new_runs = [self._start(lease) for lease in resp.leases if lease.task_id not in self.runs]
+            if new_runs:  # start them before the next poll's work competes for this loop (briefly: a download
+                # of a checkpoint or of sources can take minutes, and the next poll must not wait for that)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.gather(*(r.started.wait() for r in new_runs)), START_WAIT_S)
             for task_id in resp.cancel:
                 run = self.runs.get(task_id)
                 if run is not None:
@@ -197,7 +200,7 @@ class Agent:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _start(self, lease) -> None:
+    def _start(self, lease) -> LeaseRun:
         run = LeaseRun(self, lease)
         self.runs[lease.task_id] = run
         log.info("task %s (%s) attempt %d on GPUs %s", lease.task_id, lease.task_type, lease.attempt,
@@ -213,6 +216,7 @@ class Agent:
                     self._idle.set()
 
         self.spawn(go())
+        return run
 
     def _gpu_stats(self):
         if self.inventory.gpu_source != "nvml" or time.monotonic() - self._last_gpu_stats < GPU_STATS_EVERY_S:
