@@ -116,11 +116,7 @@ class CoordinatorClient:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise TransportFault(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
         if status >= 400:
-            try:
-                payload = json.loads(raw)
-            except ValueError:
-                payload = {"error": {"message": raw[:200].decode(errors="replace") or f"HTTP {status}"}}
-            raise error_from_body(status, payload)
+            raise error_from_body(status, _error_payload(status, raw))
         return model.model_validate_json(raw) if model is not None else json.loads(raw)
 
     async def register(self, req: RegisterRequest, join_token: str | None) -> RegisterResponse:
@@ -162,7 +158,7 @@ class CoordinatorClient:
     async def put_bytes(self, url: str, data: bytes, headers: dict[str, str] | None = None) -> str:
         resp = await self._blobs.put(self.absolute(url), content=data, headers=headers or {})
         if resp.status_code >= 400:
-            raise error_from_body(resp.status_code, _json_or_empty(resp))
+            raise error_from_body(resp.status_code, _error_payload(resp.status_code, resp.content))
         return resp.headers.get("ETag", "")
 
     async def put_file(self, url: str, path: str, headers: dict[str, str] | None = None) -> None:
@@ -176,14 +172,14 @@ class CoordinatorClient:
         hdrs = {"Content-Length": str(os.path.getsize(path)), **(headers or {})}
         resp = await self._blobs.put(self.absolute(url), content=chunks(), headers=hdrs)
         if resp.status_code >= 400:
-            raise error_from_body(resp.status_code, _json_or_empty(resp))
+            raise error_from_body(resp.status_code, _error_payload(resp.status_code, resp.content))
 
     async def download(self, url: str, dest: str) -> int:
         size = 0
         async with self._blobs.stream("GET", self.absolute(url)) as resp:
             if resp.status_code >= 400:
                 await resp.aread()
-                raise error_from_body(resp.status_code, _json_or_empty(resp))
+                raise error_from_body(resp.status_code, _error_payload(resp.status_code, resp.content))
             with open(dest, "wb") as fh:
                 async for block in resp.aiter_bytes(1 << 20):
                     fh.write(block)
@@ -191,8 +187,9 @@ class CoordinatorClient:
         return size
 
 
-def _json_or_empty(resp: httpx.Response) -> Any:
+def _error_payload(status: int, raw: bytes) -> Any:
+    """The coordinator's JSON error body, or its first bytes as the message (a proxy's HTML page)."""
     try:
-        return resp.json()
+        return json.loads(raw)
     except ValueError:
-        return {"error": {"message": resp.text[:200] or f"HTTP {resp.status_code}"}}
+        return {"error": {"message": raw[:200].decode(errors="replace") or f"HTTP {status}"}}

@@ -13,8 +13,6 @@ agent's next poll; an agent that never polls again loses it to lease expiry, lik
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -44,14 +42,10 @@ class Handoff:
         leasing, agent, lease = self.leasing, self.agent, self.lease
         agent.reserved = max(0, agent.reserved - 1)
         if not claimed:
-            leasing.leases.pop(lease.task_id, None)
-            agent.leases.pop(lease.task_id, None)
+            leasing.forget(lease)
             agent.wake("task")  # it was taken off the waiting list: let it look again
             return False
-        c = claimed[0]
-        lease.epoch, lease.attempt = c.epoch, c.attempt
-        lease.offer = leasing.offer_for(lease, c.task_type, json.loads(c.spec), c.last_checkpoint)
-        leasing.counters["leases_granted"] += 1
+        leasing.grant(lease, claimed[0])
         leasing.counters["handoffs"] += 1
         agent.wake("task")
         return True
@@ -66,14 +60,7 @@ def reserve(leasing: Leasing, task_id: str, req: Requirement, meta: TaskMeta) ->
         if gpus is None or leasing.queue.first_fitting(view) is not None:
             agent.wake("task")  # let its own poll decide (claim from the queue, or end if gone)
             return None
-        now = time.time()
-        lease = LeaseState(
-            task_id=task_id, agent_id=agent.id, epoch=-1, attempt=0, gpus=gpus,
-            expires_at=time.monotonic() + leasing.settings.lease_ttl_s, started_at=now, req=req, meta=meta,
-            claim_id=agent.poll_id, delivered=False,
-        )
-        agent.leases[task_id] = lease
-        leasing.leases[task_id] = lease
+        lease = leasing.reserve_lease(agent, task_id, gpus, req, meta, agent.poll_id, delivered=False)
         agent.reserved += 1
         leasing.waiting.add(agent)  # still waiting (for this very lease): a cancel or drain can still wake it
         return Handoff(leasing, agent, lease, agent.poll_id)

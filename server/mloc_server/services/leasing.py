@@ -180,23 +180,15 @@ class Leasing:
         picks = self.queue.pick(agent.view(free), free)
         if not picks:
             return []
-        now, mono = time.time(), time.monotonic()
-        provisional: dict[str, LeaseState] = {}
-        for qt, gpus in picks:  # reserve the GPUs before the await
-            lease = LeaseState(
-                task_id=qt.id, agent_id=agent.id, epoch=-1, attempt=0, gpus=gpus,
-                expires_at=mono + self.settings.lease_ttl_s, started_at=now, req=qt.req, meta=qt.meta,
-                claim_id=poll_id,
-            )
-            provisional[qt.id] = lease
-            agent.leases[qt.id] = lease
-            self.leases[qt.id] = lease
+        now = time.time()
+        # reserve the GPUs before the await
+        provisional = {qt.id: self.reserve_lease(agent, qt.id, gpus, qt.req, qt.meta, poll_id) for qt, gpus in picks}
         claims = [repo.Claim(qt.id, gpus) for qt, gpus in picks]
         try:
             claimed = await self.db.write(lambda con: repo.claim_tasks(con, agent.id, claims, poll_id, now))
         except Exception:
             for qt, _ in picks:
-                self._forget(provisional[qt.id])
+                self.forget(provisional[qt.id])
                 self.queue.add(qt, now)
             raise
         got = {c.task_id: c for c in claimed}
@@ -205,13 +197,29 @@ class Leasing:
             lease = provisional[qt.id]
             c = got.get(qt.id)
             if c is None:  # changed under us (cancelled): nothing to run
-                self._forget(lease)
+                self.forget(lease)
                 continue
-            lease.epoch, lease.attempt = c.epoch, c.attempt
-            lease.offer = self.offer_for(lease, c.task_type, json.loads(c.spec), c.last_checkpoint)
-            offers.append(lease.offer)
-        self.counters["leases_granted"] += len(offers)
+            offers.append(self.grant(lease, c))
         return offers
+
+    def reserve_lease(self, agent: AgentState, task_id: str, gpus: tuple[int, ...], req: Requirement,
+                      meta: TaskMeta, claim_id: str, *, delivered: bool = True) -> LeaseState:
+        """A provisional lease (epoch -1) holding the agent's GPUs while its claim is committed."""
+        lease = LeaseState(
+            task_id=task_id, agent_id=agent.id, epoch=-1, attempt=0, gpus=gpus,
+            expires_at=time.monotonic() + self.settings.lease_ttl_s, started_at=time.time(), req=req, meta=meta,
+            claim_id=claim_id, delivered=delivered,
+        )
+        agent.leases[task_id] = lease
+        self.leases[task_id] = lease
+        return lease
+
+    def grant(self, lease: LeaseState, c: repo.Claimed) -> Lease:
+        """After the claim's commit: the provisional lease becomes real, with its offer."""
+        lease.epoch, lease.attempt = c.epoch, c.attempt
+        lease.offer = self.offer_for(lease, c.task_type, json.loads(c.spec), c.last_checkpoint)
+        self.counters["leases_granted"] += 1
+        return lease.offer
 
     def offer_for(self, lease: LeaseState, task_type: str, spec: dict[str, Any], checkpoint: str | None) -> Lease:
         resume = None
@@ -292,7 +300,7 @@ class Leasing:
                     lease.closing = False
                 raise
             for (i, lease, _c, state, _error), ok in zip(batch, written, strict=True):
-                self._forget(lease, freed=True)
+                self.forget(lease, freed=True)
                 if ok:
                     self.counters["tasks_finished"] += 1
                     self._notify_final(lease.task_id, state)
@@ -326,7 +334,7 @@ class Leasing:
             raise
         # a lost lease frees no slot for the agent's held poll: a silent (dead, cut off) agent would
         # claim work it never reads; its next poll says what it can take
-        self._forget(lease, freed=not lost)
+        self.forget(lease, freed=not lost)
         if lost:
             self.counters["leases_expired"] += 1
         log.warning("task %s attempt %d: %s -> %s", lease.task_id, lease.attempt, reason, state)
@@ -336,7 +344,7 @@ class Leasing:
             self._notify_final(lease.task_id, state)
         return state
 
-    def _forget(self, lease: LeaseState, freed: bool = False) -> None:
+    def forget(self, lease: LeaseState, freed: bool = False) -> None:
         self.leases.pop(lease.task_id, None)
         agent = self.agents.get(lease.agent_id)
         if agent is not None and agent.leases.pop(lease.task_id, None) is not None and freed:
