@@ -236,3 +236,23 @@ def test_a_process_that_escapes_the_group_does_not_hold_the_task_open(
     finally:
         with contextlib.suppress(OSError, ValueError):  # our test started it: stop it by its PID
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_task_env_is_clean_and_work_dirs_are_removed(coordinator: Coordinator, start_agent) -> None:
+    """A task starts from the agent's environment minus the agent's own settings and secrets, plus its
+    MLOC_* variables; its work dir goes once its result is in, whether it is small or large (rmtree)."""
+    agent = start_agent("tidy")
+    small = coordinator.submit({"taskType": "command", "command": 'env; echo kept > "$MLOC_OUTPUT_DIR/a.txt"'})
+    large = coordinator.submit({"taskType": "command", "command": (
+        'for i in $(seq 40); do echo $i > "$MLOC_WORKDIR/f$i"; done; '
+        'mkdir -p "$MLOC_WORKDIR/deep/er" && echo x > "$MLOC_WORKDIR/deep/er/y"')})
+    for task in (small, large):
+        assert coordinator.wait_state(task["id"], FINAL)["state"] == "succeeded"
+    env = coordinator.logs(small["id"])
+    assert f"MLOC_TASK_ID={small['id']}" in env and "MLOC_OUTPUT_DIR=" in env and "PATH=" in env
+    assert coordinator.join_token not in env
+    assert "MLOC_JOIN_TOKEN" not in env and "MLOC_COORDINATOR_URL" not in env and "MLOC_DATA_DIR" not in env
+    artifacts = coordinator.http.get(f"/api/v1/tasks/{small['id']}/artifacts").json()["artifacts"]
+    assert [a["name"] for a in artifacts] == ["a.txt"]  # uploaded before its dir was removed
+    work = agent.data_dir / "work"
+    wait_for(lambda: work.is_dir() and not any(work.iterdir()), 10, "both work dirs removed")

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from mloc_agent.runner import LineSplitter, TaskProcess
 from mloc_agent.sources import fetch_sources
 from mloc_agent.task_secrets import fetch_secrets
 from mloc_agent.uploads import fetch_checkpoint, upload
+from mloc_agent.workdirs import make_dirs
 
 if TYPE_CHECKING:
     from mloc_agent.main import Agent
@@ -35,6 +35,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 PIPE_DRAIN_S = 5.0
 SECRET_ENV = ("MLOC_JOIN_TOKEN", "MLOC_TOKEN", "MLOC_ADMIN_TOKEN", "MLOC_S3_SECRET_ACCESS_KEY")
+
+
+def task_base_env() -> dict[str, str]:
+    """The agent's environment minus its own settings and secrets: what every task process starts from.
+    Built once per agent (filtering os.environ costs ~0.1 ms, on every task start)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MLOC_") and k not in SECRET_ENV}
 
 
 class LeaseRun:
@@ -97,7 +103,7 @@ class LeaseRun:
             await self.logs.close(timeout=2)
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeats
-        await asyncio.to_thread(_remove_workdir, self.workdir)
+        self.agent.janitor.discard(self.workdir)
 
     async def _execute(self) -> Completion:
         lease, settings = self.lease, self.agent.settings
@@ -108,8 +114,8 @@ class LeaseRun:
         output_dir, ckpt_dir = self.workdir / "output", self.workdir / "checkpoints"
         # off the event loop: tens of microseconds on a quiet local disk, but a busy or network disk can
         # stall a mkdir for milliseconds, and every other lease's heartbeats wait on this loop
-        await asyncio.to_thread(_make_dirs, output_dir, ckpt_dir)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLOC_") and k not in SECRET_ENV}
+        await asyncio.to_thread(make_dirs, output_dir, ckpt_dir)
+        env = dict(self.agent.task_env)
         env.update(lease.spec.get("env") or {})
         secret_env = await fetch_secrets(self.client, lease)  # only here, in the child's environment
         self.logs.redactor.add(secret_env.values())
@@ -274,29 +280,3 @@ class LeaseRun:
             log.warning("task %s: completion refused (%s)", self.task_id, exc)
         except Exception as exc:
             log.error("task %s: could not report completion: %s", self.task_id, exc)
-
-
-def _make_dirs(*dirs: Path) -> None:
-    """Each dir and its parents (os.makedirs: no exception per missing parent, unlike Path.mkdir)."""
-    for d in dirs:
-        os.makedirs(d, exist_ok=True)
-
-
-def _remove_workdir(workdir: Path, max_entries: int = 16) -> None:
-    """Delete a task's work dir. A dir the task left (nearly) empty goes with a few rmdir/unlink
-    calls; anything larger with rmtree."""
-    try:
-        entries = list(os.scandir(workdir))
-        if len(entries) <= max_entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    os.rmdir(entry.path)  # OSError if not empty: rmtree below
-                else:
-                    os.unlink(entry.path)
-            os.rmdir(workdir)
-            return
-    except FileNotFoundError:
-        return
-    except OSError:
-        pass
-    shutil.rmtree(workdir, ignore_errors=True)

@@ -25,10 +25,11 @@ from mloc_shared.version import __version__
 from mloc_agent import inventory
 from mloc_agent.client import CoordinatorClient, TransportFault, retryable
 from mloc_agent.completions import CompletionReporter
-from mloc_agent.lease_run import LeaseRun
+from mloc_agent.lease_run import LeaseRun, task_base_env
 from mloc_agent.modules import registry
 from mloc_agent.runner import Warden
 from mloc_agent.settings import AgentSettings
+from mloc_agent.workdirs import Janitor
 
 log = logging.getLogger("mloc.agent")
 GPU_STATS_EVERY_S = 15.0
@@ -40,6 +41,8 @@ class Agent:
         self.settings = settings
         self.client = CoordinatorClient(settings.coordinator_url, ca_bundle=settings.ca_bundle)
         self.warden = Warden()
+        self.janitor = Janitor()
+        self.task_env = task_base_env()
         self.completions = CompletionReporter(self.client)
         self.modules: dict[str, str] = {}
         self.runs: dict[str, LeaseRun] = {}
@@ -229,6 +232,7 @@ class Agent:
             await run.fence("agent shutting down")
         await self.completions.stop()
         await self.warden.stop()
+        await asyncio.to_thread(self.janitor.close)
         await self.client.close()
         log.info("agent stopped")
 

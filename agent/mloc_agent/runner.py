@@ -93,6 +93,18 @@ class LineSplitter:
             self._buf = b""
 
 
+_DEVNULL_FD: int | None = None
+
+
+def _devnull() -> int:
+    """One read-only /dev/null fd kept open for every task's stdin (Popen's DEVNULL opens and closes one
+    per start)."""
+    global _DEVNULL_FD
+    if _DEVNULL_FD is None:
+        _DEVNULL_FD = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return _DEVNULL_FD
+
+
 class TaskProcess:
     """One running task process (the leader of its own process group)."""
 
@@ -131,7 +143,7 @@ class TaskProcess:
         env = warden.mark({**env, "MLOC_PROGRESS_FD": str(write_fd), "MLOC_PROGRESS": f"/dev/fd/{write_fd}"})
         try:
             popen = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w, env=env, cwd=str(cwd),
+                argv, stdin=_devnull(), stdout=out_w, stderr=err_w, env=env, cwd=str(cwd),
                 start_new_session=True, pass_fds=(write_fd,),
             )
         except BaseException:
