@@ -256,3 +256,26 @@ def test_task_env_is_clean_and_work_dirs_are_removed(coordinator: Coordinator, s
     assert [a["name"] for a in artifacts] == ["a.txt"]  # uploaded before its dir was removed
     work = agent.data_dir / "work"
     wait_for(lambda: work.is_dir() and not any(work.iterdir()), 10, "both work dirs removed")
+
+
+def test_work_dirs_left_by_a_killed_agent_are_removed_when_it_restarts(
+        coordinator: Coordinator, start_agent, tmp_path: Path) -> None:
+    agent = start_agent("phoenix")
+    pid_file = tmp_path / "pid"
+    task = coordinator.submit({"taskType": "command", "command": (
+        f'head -c 65536 /dev/zero > "$MLOC_OUTPUT_DIR/partial.bin"; echo $$ > {pid_file}; exec sleep 300')})
+    coordinator.wait_state(task["id"], "running")
+    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 10, "the task's pid"))
+    work = agent.data_dir / "work"
+    left = wait_for(lambda: [p for p in work.iterdir() if (p / "output" / "partial.bin").exists()], 10, "its work dir")
+    agent.kill9()
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10, "the task process gone (the warden)")
+    assert left[0].exists()  # nobody removed it: the agent died
+    try:
+        assert coordinator.http.post(f"/api/v1/tasks/{task['id']}/cancel").status_code == 200  # no second run
+        agent.start()
+        wait_for(lambda: not left[0].exists(), 10, "the dead run's work dir removed at restart")
+        assert not (agent.data_dir / "trash").exists() or not any((agent.data_dir / "trash").iterdir())
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)

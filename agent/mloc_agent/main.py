@@ -29,7 +29,7 @@ from mloc_agent.lease_run import LeaseRun, task_base_env
 from mloc_agent.modules import registry
 from mloc_agent.runner import Warden
 from mloc_agent.settings import AgentSettings
-from mloc_agent.workdirs import Janitor
+from mloc_agent.workdirs import Janitor, set_aside_stale
 
 log = logging.getLogger("mloc.agent")
 GPU_STATS_EVERY_S = 15.0
@@ -135,12 +135,22 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.drain)
         try:
+            await self._sweep_leftovers()
             await self.register()
             await self._poll_loop()
             if self.runs:
                 await asyncio.gather(*(r.done.wait() for r in self.runs.values()))
         finally:
             await self._shutdown()
+
+    async def _sweep_leftovers(self) -> None:
+        """Work dirs an earlier run left behind (it died without cleaning up) go before any lease is taken."""
+        data = self.settings.data_dir
+        stale = await asyncio.to_thread(set_aside_stale, data / "work", data / "trash")
+        if stale:
+            log.info("removing %d work dir(s) an earlier run of this agent left behind", len(stale))
+        for path in stale:
+            self.janitor.discard(path)
 
     async def _poll_loop(self) -> None:
         poll_id = uuid.uuid4().hex

@@ -1,4 +1,5 @@
-"""Each task's work dir: made before the task starts, removed once its result is acknowledged.
+"""Each task's work dir: made before the task starts, removed once its result is acknowledged, and
+swept at start-up when an earlier run of the agent died without removing it.
 
 Both happen off the event loop (a busy or network disk can stall a mkdir for milliseconds, and every
 other lease's heartbeats wait on that loop). Removal is fire-and-forget: one janitor thread takes
@@ -7,12 +8,14 @@ dirs from a queue, so a finished task costs the loop a queue put, not a thread h
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import shutil
 import threading
 import time
+import uuid
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -39,9 +42,32 @@ def remove_workdir(workdir: Path, max_entries: int = 16) -> None:
             return
     except FileNotFoundError:
         return
+    except NotADirectoryError:
+        with contextlib.suppress(OSError):
+            os.unlink(workdir)
+        return
     except OSError:
         pass
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def set_aside_stale(work_root: Path, trash: Path) -> list[Path]:
+    """Move what an earlier run of this agent left in ``work_root`` (killed with -9, or the box lost
+    power: its task processes are gone, the warden saw to that) into ``trash``, and return everything
+    there for the janitor. Renames only, so the agent starts at once however large the leftovers."""
+    try:
+        leftovers = list(os.scandir(work_root))
+    except FileNotFoundError:
+        leftovers = []
+    if leftovers:
+        os.makedirs(trash, exist_ok=True)
+    for entry in leftovers:
+        with contextlib.suppress(OSError):
+            os.rename(entry.path, trash / f"{entry.name}.{uuid.uuid4().hex[:8]}")
+    try:  # an earlier sweep may have been cut short too
+        return [Path(e.path) for e in os.scandir(trash)]
+    except FileNotFoundError:
+        return []
 
 
 class Janitor:
