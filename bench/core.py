@@ -23,24 +23,17 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.peers.measure import percentile
 from tests.harness import Agent, Coordinator, wait_for
 
 PROTO = {"X-MLOC-Protocol": "1"}
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
-    return ordered[k]
-
-
 async def register(http: aiohttp.ClientSession, url: str, join_token: str, name: str) -> str:
     body = {"agent_version": "bench", "name": name, "inventory": {"hostname": name}, "task_types": ["command"],
             "max_tasks": 1}
-    async with http.post(f"{url}/api/v1/agents/register", json=body,
-                         headers={**PROTO, "X-MLOC-Join-Token": join_token}) as resp:
-        resp.raise_for_status()
-        return (await resp.json())["credential"]
+    headers = {**PROTO, "X-MLOC-Join-Token": join_token}
+    return (await post_json(http, f"{url}/api/v1/agents/register", body, headers))["credential"]
 
 
 async def post_json(http: aiohttp.ClientSession, url: str, body: dict, headers: dict | None = None) -> dict:

@@ -7,10 +7,10 @@ submit-to-start latency and its throughput, so they can be told apart from MLOC'
 
 - **start**: ``time.time()``, then start ``date +%s.%N`` (vfork + exec, its stdout on a pipe) and
   read its stamp back: the latency of starting a process and having it run, nothing else;
-- **throughput**: N ``true`` processes from one asyncio loop, ``concurrency`` at a time, each with
-  the three pipes MLOC's agent gives a task (stdout, stderr, progress) followed by ``add_reader``
-  and its exit seen through a pidfd (what ``agent/mloc_agent/runner.py`` does), and the CPU that
-  costs the parent and the children per process.
+- **throughput**: N ``true`` processes from one asyncio loop, ``concurrency`` at a time, started by
+  the agent's own ``TaskProcess`` (``agent/mloc_agent/runner.py``: the three pipes a task gets,
+  followed with ``add_reader``, its exit seen through a pidfd), and the CPU that costs the parent
+  and the children per process.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import shutil
 import statistics
 import subprocess
 import time
+from pathlib import Path
 
 from bench.peers.measure import percentile
 
@@ -44,52 +45,24 @@ def start_latency(n: int) -> list[float]:
     return samples[20:]  # the first starts warm the page cache
 
 
-async def _one(loop: asyncio.AbstractEventLoop, argv: list[str], stdin: int, env: dict[str, str]) -> None:
-    pipes = [os.pipe() for _ in range(3)]
-    proc = subprocess.Popen(argv, stdin=stdin, stdout=pipes[0][1], stderr=pipes[1][1], env=env, cwd="/",
-                            start_new_session=True, pass_fds=(pipes[2][1],))
-    for _, w in pipes:
-        os.close(w)
-    closed = []
-    for r, _ in pipes:
-        fut = loop.create_future()
-        closed.append(fut)
-
-        def readable(r: int = r, fut: asyncio.Future[None] = fut) -> None:
-            if not os.read(r, 65536):
-                loop.remove_reader(r)
-                os.close(r)
-                fut.set_result(None)
-
-        loop.add_reader(r, readable)
-    pidfd = os.pidfd_open(proc.pid)
-    exited = loop.create_future()
-
-    def on_exit() -> None:
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-        exited.set_result(proc.wait())
-
-    loop.add_reader(pidfd, on_exit)
-    await exited
-    await asyncio.gather(*closed)
-
-
 async def spawn_throughput(n: int, concurrency: int) -> tuple[float, float, float]:
-    """(processes/s, parent CPU ms per process, children CPU ms per process)."""
-    loop = asyncio.get_running_loop()
-    argv, env = [shutil.which("true") or "true"], dict(os.environ)
-    stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    """(processes/s, parent CPU ms per process, children CPU ms per process), each process started,
+    followed and reaped by the agent's own ``TaskProcess`` (its pipes and pidfd), nothing else."""
+    from mloc_agent.runner import TaskProcess, Warden  # the agent's code, not a copy of it
+
+    argv, env, cwd = [shutil.which("true") or "true"], dict(os.environ), Path("/")
+    warden = Warden()  # not started: only its environment mark is used
     gate = asyncio.Semaphore(concurrency)
 
-    async def gated() -> None:
+    async def one() -> None:
         async with gate:
-            await _one(loop, argv, stdin, env)
+            proc = TaskProcess.start(argv, env, cwd, warden, lambda _stream, _data: None, lambda _data: None)
+            await proc.wait()
+            await proc.output_closed()
 
     before, t0 = os.times(), time.perf_counter()
-    await asyncio.gather(*(gated() for _ in range(n)))
+    await asyncio.gather(*(one() for _ in range(n)))
     elapsed, after = time.perf_counter() - t0, os.times()
-    os.close(stdin)
     parent = (after.user + after.system) - (before.user + before.system)
     children = (after.children_user + after.children_system) - (before.children_user + before.children_system)
     return n / elapsed, parent / n * 1000, children / n * 1000

@@ -104,25 +104,30 @@ class TaskQueue:
         """
         taken: list[tuple[QueuedTask, tuple[int, ...]]] = []
         while len(taken) < limit and agent.free_slots > 0:
-            heads = [h for h in (self._head(r) for r in list(self._buckets)) if h is not None]
-            heads.sort()
-            for head in heads:
-                gpus = pick_gpus(head.req, agent)
-                if gpus is not None:
-                    heapq.heappop(self._buckets[head.req])
-                    del self._live[head.id]
-                    agent.used_gpus.update(gpus)
-                    agent.free_slots -= 1
-                    taken.append((head, gpus))
-                    break
-            else:
+            best = self._best_fit(agent)
+            if best is None:
                 break
+            head, gpus = best
+            heapq.heappop(self._buckets[head.req])
+            del self._live[head.id]
+            agent.used_gpus.update(gpus)
+            agent.free_slots -= 1
+            taken.append(best)
         return taken
 
     def first_fitting(self, agent: AgentView) -> QueuedTask | None:
         """The best ready task ``agent`` could take now, left in the queue (None if there is none)."""
+        best = self._best_fit(agent)
+        return best[0] if best is not None else None
+
+    def _best_fit(self, agent: AgentView) -> tuple[QueuedTask, tuple[int, ...]] | None:
+        """The best ready task that fits ``agent``, with the GPUs it would get (one head per requirement)."""
         heads = sorted(h for h in (self._head(r) for r in list(self._buckets)) if h is not None)
-        return next((h for h in heads if pick_gpus(h.req, agent) is not None), None)
+        for head in heads:
+            gpus = pick_gpus(head.req, agent)
+            if gpus is not None:
+                return head, gpus
+        return None
 
     def requirements(self) -> list[Requirement]:
         return [r for r in list(self._buckets) if self._head(r) is not None]
