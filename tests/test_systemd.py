@@ -10,10 +10,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.prerequisites import missing
 from tests.systemd_verify import ANALYZE, verify
 
 UNITS = Path(__file__).resolve().parents[1] / "systemd"
-needs_systemd = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed (.ci/run installs it)")
+
+
+@pytest.fixture
+def systemd_analyze() -> None:
+    if ANALYZE is None:
+        missing("systemd-analyze is not installed (apt-get install systemd)")
+
+
+needs_systemd = pytest.mark.usefixtures("systemd_analyze")
 
 
 def service(name: str) -> dict[str, list[str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 from aiohttp import web
 from mloc_shared.errors import BadRequest, ValidationFailed
@@ -12,6 +13,7 @@ from mloc_shared.spec_parsing import parse_document, validate_spec
 
 from mloc_server.api.common import int_query, ok, state, user
 
+log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 STATES = ("queued", "running", *sorted(FINAL_STATES))
 MAX_BULK = 5000
@@ -96,15 +98,18 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
         "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
     })
     await resp.prepare(request)
-    async for chunks in st.logs.follow(task_id, attempt_no, cursor):
+    try:
+        async for chunks in st.logs.follow(task_id, attempt_no, cursor):
+            if sse:
+                events = (f"id: {c['attempt']}.{c['seq']}\ndata: {json.dumps(c)}\n\n" for c in chunks)
+                payload = "".join(events) or ": keepalive\n\n"
+            else:
+                payload = "".join(c["data"] for c in chunks)
+            if payload:
+                await resp.write(payload.encode())
         if sse:
-            events = (f"id: {c['attempt']}.{c['seq']}\ndata: {json.dumps(c)}\n\n" for c in chunks)
-            payload = "".join(events) or ": keepalive\n\n"
-        else:
-            payload = "".join(c["data"] for c in chunks)
-        if payload:
-            await resp.write(payload.encode())
-    if sse:
-        await resp.write(b"event: end\ndata: {}\n\n")
-    await resp.write_eof()
+            await resp.write(b"event: end\ndata: {}\n\n")
+        await resp.write_eof()
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError too: the follower hung up, which is normal
+        log.debug("log follower of task %s went away", task_id)
     return resp
