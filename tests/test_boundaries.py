@@ -1,10 +1,17 @@
-"""Package boundaries: the protocol loads no HTTP stack, the coordinator no ML library, and the
-agent's main process never torch."""
+"""Package boundaries: the protocol loads no HTTP stack, the coordinator no ML library, the
+agent's main process never torch, and the shared CLI neither side (each registers itself)."""
 
 from __future__ import annotations
 
+import ast
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
+
+import mloc_shared
+import pytest
 
 ML = ("torch", "transformers", "trl", "peft", "langchain", "chromadb", "vllm", "sentence_transformers")
 
@@ -33,3 +40,48 @@ def test_agent_main_process_never_imports_torch() -> None:
         "registry.available([], {})\n"  # loads every module class to read its requirements
     )
     assert not loaded_after(code) & set(ML)
+
+
+def test_cli_imports_neither_side() -> None:
+    mods = loaded_after("import mloc_shared.cli.main, mloc_shared.cli.demo")
+    assert "typer" in mods
+    assert not mods & {"mloc_server", "mloc_agent"}
+
+
+def test_shared_names_neither_side_in_its_code() -> None:
+    """Even a lazy import or a ``python -m mloc_agent...`` string would tie mloc-shared to a side."""
+    side = re.compile(r"^mloc_(server|agent)(\.\w+)*$")
+    found = []
+    for path in Path(mloc_shared.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                modules = [node.value]
+            else:
+                continue
+            found += [f"{path.name}:{node.lineno} {m}" for m in modules if side.match(m)]
+    assert not found
+
+
+def test_start_finds_each_side_and_its_flags_through_entry_points() -> None:
+    def start_help(node_type: str) -> str:
+        return subprocess.run([sys.executable, "-m", "mloc_shared.cli.main", "start", "--node-type", node_type,
+                               "--help"], capture_output=True, text=True, check=True, env={**os.environ,
+                               "COLUMNS": "200"}).stdout
+
+    coordinator = start_help("orchestrator")
+    assert "--host" in coordinator and "--port" in coordinator and "--coordinator-url" not in coordinator
+    agent = start_help("worker")
+    assert "--coordinator-url" in agent and "--labels" in agent and "--port" not in agent
+
+
+def test_a_side_not_installed_names_the_package_to_install() -> None:
+    from mloc_shared.cli import nodes
+
+    with pytest.raises(nodes.NodeTypeUnavailable, match=r"install the mloc-server package \(pip install ./server\)"):
+        nodes.command("orchestrator", group="mloc.no_such_group")
+    with pytest.raises(nodes.NodeTypeUnavailable, match="install the mloc-agent package"):
+        nodes.command(nodes.canonical("AGENT"), group="mloc.no_such_group")

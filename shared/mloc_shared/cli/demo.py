@@ -5,7 +5,6 @@ and both processes are stopped at the end."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import socket
@@ -13,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 console = Console()
+# the agent registers what builds the tiny model (its ``python -m`` module), so this side never names it
+DEMO_ENTRY_POINT_GROUP = "mloc.demo"
 HELLO = """taskType: command
 name: hello-fleet
 command: |
@@ -127,10 +129,12 @@ def run(workdir: str | None = None) -> int:
         console.print("3. submitting a command task (as `curl --data-binary @hello.yaml` would)")
         task = http.post("/api/v1/tasks", content=HELLO).json()
         _show(http, _follow(http, task["id"]))
-        if "sft" in w["task_types"] and importlib.util.find_spec("mloc_agent.tiny"):
+        tiny_model = entry_points(group=DEMO_ENTRY_POINT_GROUP, name="tiny_model")
+        if "sft" in w["task_types"] and tiny_model:
             console.print("4. a real fine-tune: LoRA on a tiny Llama-style model built locally")
             model_dir = root / "tiny-model"
-            subprocess.run([sys.executable, "-m", "mloc_agent.tiny", str(model_dir)], check=True,
+            # run as a module in a child: building the model imports torch, this process never does
+            subprocess.run([sys.executable, "-m", next(iter(tiny_model)).module, str(model_dir)], check=True,
                            stdout=subprocess.DEVNULL)
             task = http.post("/api/v1/tasks", json=_fine_tune_spec(model_dir)).json()
             if "id" not in task:

@@ -5,7 +5,6 @@ Settings come from flags, ``MLOC_*`` variables and a YAML file (``--config`` or 
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from mloc_shared.api_client import ApiClient
+from mloc_shared.cli import nodes
+from mloc_shared.cli.options import CONFIG
 from mloc_shared.errors import MlocError
 from mloc_shared.protocol import FINAL_STATES
 from mloc_shared.settings import ClientSettings, load_settings
@@ -28,7 +29,7 @@ app.add_typer(token_app, name="token")
 console = Console()
 err = Console(stderr=True)
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML settings file (or MLOC_CONFIG)")
+ConfigOpt = CONFIG
 
 
 def _client(config: Path | None = None) -> ApiClient:
@@ -58,48 +59,39 @@ def _call(fn, *args, **kwargs) -> Any:
         raise typer.Exit(3) from None
 
 
-@app.command()
+@app.command(add_help_option=False, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def start(
-    node_type: str = typer.Option(None, "--node-type", "-t", help="orchestrator (coordinator) or worker (agent)"),
-    config: Path | None = ConfigOpt,
-    host: str | None = typer.Option(None, help="coordinator: listen address (MLOC_HOST)"),
-    port: int | None = typer.Option(None, help="coordinator: listen port (MLOC_PORT)"),
-    data_dir: Path | None = typer.Option(None, help="SQLite file, artifacts, agent state (MLOC_DATA_DIR)"),
-    coordinator_url: str | None = typer.Option(None, help="agent: coordinator URL (MLOC_COORDINATOR_URL)"),
-    join_token: str | None = typer.Option(None, help="join token (MLOC_JOIN_TOKEN)"),
-    name: str | None = typer.Option(None, help="agent: name (MLOC_AGENT_NAME)"),
-    labels: str | None = typer.Option(None, help="agent: labels k=v,k=v (MLOC_AGENT_LABELS)"),
-    log_level: str | None = typer.Option(None, help="MLOC_LOG_LEVEL"),
+    ctx: typer.Context,
+    node_type: str | None = typer.Option(None, "--node-type", "-t", envvar="MLOC_NODE_TYPE", show_envvar=False,
+                                         help="orchestrator (coordinator) or worker (agent); MLOC_NODE_TYPE"),
 ) -> None:
-    """Start a coordinator (--node-type orchestrator) or an agent (--node-type worker)."""
-    kind = (node_type or os.environ.get("MLOC_NODE_TYPE") or "WORKER").lower()
+    """Start a coordinator (--node-type orchestrator) or an agent (--node-type worker).
+
+    Each node type's flags belong to the package that provides it: see mloc start --node-type NAME --help.
+    """
+    if node_type is None and "--help" in ctx.args:
+        _start_help(ctx)
+        return
+    kind = nodes.canonical(node_type or "WORKER")
     try:
-        if kind in ("orchestrator", "coordinator", "server"):
-            try:
-                from mloc_server.serve import main as serve_main
-                from mloc_server.settings import CoordinatorSettings
-            except ImportError:
-                err.print("[red]error:[/red] the coordinator is not installed here: pip install ./server")
-                raise typer.Exit(2) from None
-            settings = load_settings(CoordinatorSettings, config, host=host, port=port, data_dir=data_dir,
-                                     join_token=join_token, log_level=log_level)
-            serve_main(settings)
-        elif kind in ("worker", "agent"):
-            try:
-                from mloc_agent.main import main as agent_main
-                from mloc_agent.settings import AgentSettings
-            except ImportError:
-                err.print("[red]error:[/red] the agent is not installed here: pip install ./agent")
-                raise typer.Exit(2) from None
-            settings = load_settings(AgentSettings, config, coordinator_url=coordinator_url, data_dir=data_dir,
-                                     join_token=join_token, agent_name=name, agent_labels=labels,
-                                     log_level=log_level)
-            agent_main(settings)
-        else:
-            err.print(f"[red]error:[/red] --node-type must be orchestrator or worker, not {node_type!r}")
-            raise typer.Exit(2)
+        command = nodes.command(kind)
+    except nodes.NodeTypeUnavailable as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        command.main(ctx.args, prog_name=f"{ctx.command_path} --node-type {kind}")
     except MlocError as exc:
         _fail(exc)
+
+
+def _start_help(ctx: typer.Context) -> None:
+    """``mloc start --help``: this command's help, then which node types this box can start."""
+    console.print(ctx.get_help())
+    table = Table("node type", "provided by", "installed here", title="node types")
+    for name in nodes.names():
+        known = nodes.KNOWN.get(name)
+        table.add_row(name, known.package if known else "", "yes" if nodes.installed(name) else "no")
+    console.print(table)
 
 
 def _progress_text(task: dict[str, Any]) -> str:
