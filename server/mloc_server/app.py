@@ -81,7 +81,7 @@ async def _lifecycle(app: web.Application, settings: CoordinatorSettings) -> Asy
     st = AppState(
         settings=settings, db=db, auth=auth, leasing=leasing, tasks=Tasks(leasing, secrets), agents=Agents(leasing),
         artifacts=Artifacts(leasing, store, int(settings.max_artifact_gb * (1 << 30))), logs=Logs(leasing),
-        secrets=secrets, store=store, started_at=time.time(),
+        secrets=secrets, artifact_store=store, started_at=time.time(),
     )
     app[STATE] = st
     await _bootstrap_tokens(st)

@@ -29,7 +29,7 @@ class AppState:
     artifacts: Artifacts
     logs: Logs
     secrets: TaskSecrets
-    store: ArtifactStore
+    artifact_store: ArtifactStore  # blobs (local disk or S3); services.artifacts.Artifacts is the logic
     started_at: float
 
 

@@ -125,7 +125,8 @@ def test_loading_the_task_modules_does_not_import_langchain_chroma_or_torch() ->
     """The agent's main process imports module files to read their class attributes, nothing heavy."""
     code = ("import sys\nfrom mloc_agent.modules import registry\n"
             "for name in ('rag_inference', 'agent_inference'): registry.load(registry.BUILTIN[name])\n"
-            "import mloc_agent.modules.tools, mloc_agent.modules.sandbox, mloc_agent.modules.chat_model\n"
+            "import mloc_agent.modules.agents.tools, mloc_agent.modules.agents.sandbox\n"
+            "import mloc_agent.modules.rag.chat_model\n"
             "heavy = [m for m in ('langchain', 'langchain_core', 'chromadb', 'torch', 'sentence_transformers',"
             " 'transformers', 'langgraph') if m in sys.modules]\nprint(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)

@@ -33,7 +33,7 @@ def test_readme_examples_keep_their_original_fields() -> None:
     rag = yaml.safe_load((CONFIGS / "rag_example.yaml").read_text())["hyperparameters"]
     assert {k: rag[k] for k in ("embedding_model", "vector_db", "retrieval_k")} == {
         "embedding_model": "sentence-transformers/all-MiniLM-L6-v2", "vector_db": "chromadb", "retrieval_k": 5}
-    agent = yaml.safe_load((CONFIGS / "agent_example.yaml").read_text())["hyperparameters"]
+    agent = yaml.safe_load((CONFIGS / "agent_inference_example.yaml").read_text())["hyperparameters"]
     assert agent["agent_type"] == "react" and agent["tools"] == ["python_repl", "web_search"]
 
 

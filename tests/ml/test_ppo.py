@@ -18,7 +18,7 @@ from tests.ml.test_training_modules import load_adapter, lora_weights_moved
 pytestmark = pytest.mark.ml
 torch = pytest.importorskip("torch", reason="the ML training stack is not installed (make venv-ml)")
 
-from mloc_agent.modules import ppo_core as core  # noqa: E402
+from mloc_agent.modules.ppo import core  # noqa: E402
 
 PROMPT_ROWS = [{"messages": [{"role": "user", "content": f"question {i}"},
                              {"role": "assistant", "content": f"answer {i * 2}"}]} for i in range(12)]
@@ -186,7 +186,7 @@ def test_ppo_resumes_from_its_checkpoint_exactly_where_the_lost_attempt_was(
     """A resumed attempt restores adapter, value head, optimizer and KL coefficient and draws the same
     prompts and samples: its steps 4-6 repeat the uninterrupted run's."""
     from mloc_agent.modules.base import TaskContext
-    from mloc_agent.modules.ppo import PPOModule
+    from mloc_agent.modules.ppo.ppo import PPOModule
 
     spec = train_spec("ppo", tiny_lm, {"rows": PROMPT_ROWS}, {})
     spec["hyperparameters"] = ppo_hyperparameters(tiny_rm)

@@ -19,8 +19,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from mloc_agent.modules.sandbox import SandboxPolicy, run_python
-from mloc_agent.modules.sandbox_boot import landlock_abi
+from mloc_agent.modules.agents.sandbox import SandboxPolicy, run_python
+from mloc_agent.modules.agents.sandbox_boot import landlock_abi
 
 from tests.harness import Coordinator, wait_for
 from tests.ml.conftest import run_to_end

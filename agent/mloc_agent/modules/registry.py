@@ -15,14 +15,14 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "mloc.modules"
 BUILTIN: dict[str, str] = {
     "command": "mloc_agent.modules.command:CommandModule",
-    "rag_inference": "mloc_agent.modules.rag:RagModule",
-    "agent_inference": "mloc_agent.modules.agent_inference:AgentInferenceModule",
-    "sft": "mloc_agent.modules.sft:SFTModule",
-    "dpo": "mloc_agent.modules.dpo:DPOModule",
-    "grpo": "mloc_agent.modules.grpo:GRPOModule",
-    "reward_model": "mloc_agent.modules.reward:RewardModelModule",
-    "ppo": "mloc_agent.modules.ppo:PPOModule",
-    "inference": "mloc_agent.modules.inference:InferenceModule",
+    "rag_inference": "mloc_agent.modules.rag.rag_inference:RagModule",
+    "agent_inference": "mloc_agent.modules.agents.agent_inference:AgentInferenceModule",
+    "sft": "mloc_agent.modules.training.sft:SFTModule",
+    "dpo": "mloc_agent.modules.training.dpo:DPOModule",
+    "grpo": "mloc_agent.modules.training.grpo:GRPOModule",
+    "reward_model": "mloc_agent.modules.training.reward_model:RewardModelModule",
+    "ppo": "mloc_agent.modules.ppo.ppo:PPOModule",
+    "inference": "mloc_agent.modules.inference.inference:InferenceModule",
 }
 
 

@@ -34,7 +34,7 @@ async def download_artifact(request: web.Request) -> web.StreamResponse:
 
 
 def _local(request: web.Request) -> LocalStore:
-    store = state(request).store
+    store = state(request).artifact_store
     if not isinstance(store, LocalStore):
         raise NotFound("this coordinator stores artifacts in an object store, not locally")
     return store

@@ -23,8 +23,8 @@ from mloc_shared.hyperparams import AgentInferenceHyperparameters, WebSearchSett
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "mloc.tools"
 BUILTIN_TOOLS: dict[str, str] = {
-    "python_repl": "mloc_agent.modules.tools:python_repl_tool",
-    "web_search": "mloc_agent.modules.tools:web_search_tool",
+    "python_repl": "mloc_agent.modules.agents.tools:python_repl_tool",
+    "web_search": "mloc_agent.modules.agents.tools:web_search_tool",
 }
 TAVILY_URL = "https://api.tavily.com/search"
 
@@ -76,7 +76,7 @@ def python_repl_tool(ctx: ToolContext) -> Any:
     from langchain_core.tools import StructuredTool
     from pydantic import BaseModel, Field
 
-    from mloc_agent.modules.sandbox import SandboxPolicy, layers_missing, run_python
+    from mloc_agent.modules.agents.sandbox import SandboxPolicy, layers_missing, run_python
 
     unknown = set(ctx.config) - {"timeout_s", "memory_mb"}
     if unknown:

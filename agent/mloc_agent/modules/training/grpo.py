@@ -2,7 +2,7 @@
 
 Each prompt gets ``num_generations`` completions, scored by the reward functions in
 ``hyperparameters.reward_funcs`` (built-ins, ``package.module:function`` references or a reward
-model; see rewards.py), weighted by their ``weight``. Dataset columns other than ``prompt`` reach
+model; see grpo_rewards.py), weighted by their ``weight``. Dataset columns other than ``prompt`` reach
 the reward functions by name (e.g. ``answer`` for ``answer_match``).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mloc_agent.modules.training import TrainingJob, TrainingModule
+from mloc_agent.modules.training.base import TrainingJob, TrainingModule
 
 
 class GRPOModule(TrainingModule):
@@ -21,8 +21,8 @@ class GRPOModule(TrainingModule):
     def build_trainer(self, job: TrainingJob) -> tuple[Any, dict[str, Any]]:
         from trl import GRPOConfig, GRPOTrainer
 
-        from mloc_agent.modules.hf_data import for_prompts
-        from mloc_agent.modules.rewards import build_rewards
+        from mloc_agent.modules.training.data import for_prompts
+        from mloc_agent.modules.training.grpo_rewards import build_rewards
 
         hp = job.hp
         rows = for_prompts(job.rows, job.data_spec)

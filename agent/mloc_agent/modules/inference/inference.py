@@ -32,9 +32,9 @@ class InferenceModule(BaseModule):
     requires: ClassVar[tuple[str, ...]] = ("torch", "transformers")
 
     async def execute(self, progress_callback: ProgressCallback | None = None) -> dict[str, Any]:
-        from mloc_agent.modules.hf_common import TaskInputError, quiet_environment
-        from mloc_agent.modules.inference_engines import ENGINES
-        from mloc_agent.modules.model_sources import resolve_model
+        from mloc_agent.modules.inference.engines import ENGINES
+        from mloc_agent.modules.sources.models import resolve_model
+        from mloc_agent.modules.training.trainer_common import TaskInputError, quiet_environment
 
         quiet_environment()
         hp = parse_hyperparameters("inference", self.spec.get("hyperparameters"))
@@ -117,7 +117,7 @@ def _read_rows(path: Path) -> list[Any]:
 
 
 def _local(ref: str, download_dir: Path) -> Path:
-    from mloc_agent.modules.inputs import fetch, is_url
+    from mloc_agent.modules.sources.documents import fetch, is_url
 
     if is_url(ref):
         return fetch(ref, download_dir)
@@ -130,7 +130,7 @@ def _local(ref: str, download_dir: Path) -> Path:
 def load_prompts(hp: InferenceHyperparameters, dataset: dict[str, Any] | None, download_dir: Path
                  ) -> list[dict[str, Any]]:
     """Every prompt as ``{"id", "prompt"}``: inline ones, then the file's, then the dataset's."""
-    from mloc_agent.modules.hf_common import TaskInputError
+    from mloc_agent.modules.training.trainer_common import TaskInputError
 
     sources: list[tuple[str, list[Any], dict[str, str]]] = [("hyperparameters.prompts", list(hp.prompts or []), {})]
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mloc_agent.modules.training import TrainingJob, TrainingModule
+from mloc_agent.modules.training.base import TrainingJob, TrainingModule
 
 
 def template_marks_assistant(tokenizer: Any) -> bool:
@@ -26,7 +26,7 @@ class SFTModule(TrainingModule):
     def build_trainer(self, job: TrainingJob) -> tuple[Any, dict[str, Any]]:
         from trl import SFTConfig, SFTTrainer
 
-        from mloc_agent.modules.hf_data import for_sft
+        from mloc_agent.modules.training.data import for_sft
 
         hp = job.hp
         rows, kind = for_sft(job.rows, job.data_spec, has_chat_template=bool(job.tokenizer.chat_template))

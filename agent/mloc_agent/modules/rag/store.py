@@ -25,7 +25,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from mloc_agent.modules.inputs import SourceDocument
+from mloc_agent.modules.sources.documents import SourceDocument
 
 log = logging.getLogger(__name__)
 MINILM_NAMES = {"sentence-transformers/all-minilm-l6-v2", "all-minilm-l6-v2"}

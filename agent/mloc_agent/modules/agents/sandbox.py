@@ -5,7 +5,7 @@ attacker wrote (a web page, a document). So ``python_repl`` never runs it in the
 each call starts a fresh interpreter in a fresh temp dir, with a scrubbed environment, in its own
 session (killed as a group on timeout), and sandbox_boot.py confines it with user, network and
 PID namespaces, Landlock, rlimits and an audit hook before it compiles the snippet. The threat model
-and what each layer does and does not stop are in docs/agents.md.
+and what each layer does and does not stop are in docs/agent-tasks.md.
 """
 
 from __future__ import annotations

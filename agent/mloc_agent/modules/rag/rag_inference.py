@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mloc_agent import task_contract
 from mloc_agent.modules.base import BaseModule, ProgressCallback
 
 DEFAULT_SYSTEM = ("Answer the question using only the numbered context passages. Cite the passages you use "
@@ -24,7 +25,7 @@ DEFAULT_TEMPLATE = "Context:\n{context}\n\nQuestion: {question}"
 
 def agent_data_dir(workdir: Path) -> Path | None:
     """The agent's data dir: MLOC_AGENT_DATA_DIR, which the agent sets for every task process."""
-    value = os.environ.get("MLOC_AGENT_DATA_DIR")
+    value = os.environ.get(task_contract.AGENT_DATA_DIR)
     if value:
         return Path(value)
     return workdir.parent.parent if workdir.parent.name == "work" else None
@@ -50,8 +51,8 @@ class RagModule(BaseModule):
     async def execute(self, progress_callback: ProgressCallback | None = None) -> dict[str, Any]:
         from mloc_shared.hyperparams import RagInferenceHyperparameters, parse_hyperparameters
 
-        from mloc_agent.modules import chat_model
-        from mloc_agent.modules.inputs import load_documents, load_questions
+        from mloc_agent.modules.rag import chat_model
+        from mloc_agent.modules.sources.documents import load_documents, load_questions
 
         report = progress_callback or self.ctx.progress
         params = parse_hyperparameters("rag_inference", self.spec.get("hyperparameters"))
@@ -68,7 +69,7 @@ class RagModule(BaseModule):
         docs = load_documents(refs, downloads)
         if refs and not docs:
             raise ValueError(f"hyperparameters.documents: no readable text in {', '.join(refs)}")
-        from mloc_agent.modules.rag_store import RagStore, locked
+        from mloc_agent.modules.rag.store import RagStore, locked
 
         directory = persist_dir(params.persist_directory, self.ctx.workdir)
         device = _device(self.ctx.gpus)
@@ -120,7 +121,7 @@ class RagModule(BaseModule):
 
 def _generator(choice: Any, params: Any, device: str) -> Any:
     """messages -> answer text, or None for retrieval only."""
-    from mloc_agent.modules import chat_model
+    from mloc_agent.modules.rag import chat_model
 
     if choice.provider == "none":
         return None

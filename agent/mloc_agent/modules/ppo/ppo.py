@@ -33,7 +33,7 @@ class PPOModule(BaseModule):
     requires: ClassVar[tuple[str, ...]] = ("torch", "transformers", "peft", "datasets", "safetensors")
 
     async def execute(self, progress_callback: ProgressCallback | None = None) -> dict[str, Any]:
-        from mloc_agent.modules.hf_common import quiet_environment
+        from mloc_agent.modules.training.trainer_common import quiet_environment
 
         quiet_environment()
         hp = parse_hyperparameters("ppo", self.spec.get("hyperparameters"))
@@ -55,16 +55,16 @@ class PPORun:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from mloc_agent.modules.hf_common import (
+        from mloc_agent.modules.ppo.core import AdaptiveKLController, FixedKLController
+        from mloc_agent.modules.ppo.models import PolicyWithValue, RewardScorer
+        from mloc_agent.modules.sources.models import resolve_model
+        from mloc_agent.modules.training.trainer_common import (
             TaskInputError,
             device_plan,
             load_tokenizer,
             lora_config,
             quantization_config,
         )
-        from mloc_agent.modules.model_sources import resolve_model
-        from mloc_agent.modules.ppo_core import AdaptiveKLController, FixedKLController
-        from mloc_agent.modules.ppo_models import PolicyWithValue, RewardScorer
 
         model_spec = self.spec.get("model")
         if not model_spec:
@@ -116,8 +116,8 @@ class PPORun:
 
     def _reward_source(self) -> str:
         """A local folder, a hub id, or ``task:<id>``: the model a finished reward_model task wrote."""
-        from mloc_agent.modules.hf_common import TaskInputError
-        from mloc_agent.modules.task_outputs import TaskOutputError, task_output
+        from mloc_agent.modules.sources.task_outputs import TaskOutputError, task_output
+        from mloc_agent.modules.training.trainer_common import TaskInputError
 
         name = self.hp.reward_model
         if name.startswith("task:"):
@@ -134,8 +134,8 @@ class PPORun:
         return name
 
     def _prompts(self) -> list[Any]:
-        from mloc_agent.modules.hf_common import TaskInputError
-        from mloc_agent.modules.hf_data import for_prompts, load_rows
+        from mloc_agent.modules.training.data import for_prompts, load_rows
+        from mloc_agent.modules.training.trainer_common import TaskInputError
 
         hp, dataset = self.hp, self.spec.get("dataset")
         if dataset is None and hp.query_dataset:
@@ -204,7 +204,7 @@ class PPORun:
     def run(self) -> dict[str, Any]:
         import torch
 
-        from mloc_agent.modules.ppo_core import batch_indices
+        from mloc_agent.modules.ppo.core import batch_indices
 
         self._load()
         hp = self.hp
@@ -233,7 +233,7 @@ class PPORun:
         """One PPO step (TRL <= 0.11 ``PPOTrainer.step``) on one rollout batch."""
         import torch
 
-        from mloc_agent.modules.ppo_core import compute_advantages, compute_rewards, ppo_loss, should_stop_early
+        from mloc_agent.modules.ppo.core import compute_advantages, compute_rewards, ppo_loss, should_stop_early
 
         hp, policy = self.hp, self.policy
         max_prompt = (hp.max_length or 10**6) - hp.max_new_tokens
@@ -251,7 +251,7 @@ class PPORun:
         kl_coef = self.kl_ctl.value
         rewards, non_score, kl = compute_rewards(scores, old_logp, ref_logp, mask, kl_coef, hp.kl_penalty)
         if hp.whiten_rewards:
-            from mloc_agent.modules.ppo_core import masked_whiten
+            from mloc_agent.modules.ppo.core import masked_whiten
 
             rewards = masked_whiten(rewards, mask, shift_mean=False)
         advantages, returns = compute_advantages(old_values, rewards, mask, hp.gamma, hp.lam)

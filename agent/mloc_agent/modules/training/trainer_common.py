@@ -67,8 +67,8 @@ def download(url: str, dest: Path, *, unpack: bool = True) -> Path:
 
 def resolve_task_output(task_id: str, ctx: TaskContext) -> Path:
     """``model.source: {type: task, identifier: <task_id>}``: the model a finished task left (its
-    merged/full model, else its adapter folder), fetched by the agent before the start (task_outputs.py)."""
-    from mloc_agent.modules.task_outputs import TaskOutputError, loadable_path
+    merged/full model, else its adapter folder), fetched by the agent before the start (sources/task_outputs.py)."""
+    from mloc_agent.modules.sources.task_outputs import TaskOutputError, loadable_path
 
     try:
         return loadable_path(task_id, ctx)
@@ -206,7 +206,7 @@ def user_callbacks(references: list[str]) -> list[Any]:
 
 def run_training(trainer: Any, ctx: TaskContext, record: Any) -> dict[str, Any]:
     """Train, resuming from the attempt's downloaded checkpoint when there is one; the result's numbers."""
-    from mloc_agent.modules.hf_progress import resume_checkpoint
+    from mloc_agent.modules.training.progress import resume_checkpoint
 
     resume = resume_checkpoint(ctx)
     out = trainer.train(resume_from_checkpoint=resume)

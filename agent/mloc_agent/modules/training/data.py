@@ -16,7 +16,7 @@ from typing import Any
 from mloc_shared.hyperparams import TrainingDataset
 
 from mloc_agent.modules.base import TaskContext
-from mloc_agent.modules.hf_common import TaskInputError, download
+from mloc_agent.modules.training.trainer_common import TaskInputError, download
 
 ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
 ALPACA_PROMPT_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from mloc_agent.modules.base import TaskContext
-from mloc_agent.modules.hf_common import TaskInputError, resolve_model_source
-from mloc_agent.modules.task_outputs import TaskOutputError, task_output
+from mloc_agent.modules.sources.task_outputs import TaskOutputError, task_output
+from mloc_agent.modules.training.trainer_common import TaskInputError, resolve_model_source
 
 MAX_CHAIN = 4
 

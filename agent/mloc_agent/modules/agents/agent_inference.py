@@ -5,7 +5,7 @@ Accepts the original README's example as written (``agent_type: react``, ``tools
 web_search]``). The model must be an OpenAI-compatible endpoint (``chat_model.base_url``, e.g. vLLM
 started with ``--enable-auto-tool-choice``): LangChain's local ChatHuggingFace parses no tool calls.
 Writes ``answers.jsonl`` (one line per question: answer, steps) and ``transcript.jsonl`` (one line
-per message: tool calls, tool results, final answers). See docs/agents.md.
+per message: tool calls, tool results, final answers). See docs/agent-tasks.md.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ DEFAULT_SYSTEM = ("You are a careful assistant. Use the tools when they help: py
 
 def protected_paths(workdir: Path) -> list[Path]:
     """What model-written code must never read: the agent's data dir (its credential, other tasks)."""
-    from mloc_agent.modules.rag import agent_data_dir
+    from mloc_agent.modules.rag.rag_inference import agent_data_dir
 
     data_dir = agent_data_dir(workdir)
     return [data_dir] if data_dir is not None else [workdir]
@@ -53,9 +53,9 @@ class AgentInferenceModule(BaseModule):
     async def execute(self, progress_callback: ProgressCallback | None = None) -> dict[str, Any]:
         from mloc_shared.hyperparams import AgentInferenceHyperparameters, parse_hyperparameters
 
-        from mloc_agent.modules import chat_model
-        from mloc_agent.modules.inputs import load_questions
-        from mloc_agent.modules.tools import build_tools
+        from mloc_agent.modules.agents.tools import build_tools
+        from mloc_agent.modules.rag import chat_model
+        from mloc_agent.modules.sources.documents import load_questions
 
         report = progress_callback or self.ctx.progress
         params = parse_hyperparameters("agent_inference", self.spec.get("hyperparameters"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mloc_agent.modules.training import TrainingJob, TrainingModule
+from mloc_agent.modules.training.base import TrainingJob, TrainingModule
 
 
 class DPOModule(TrainingModule):
@@ -19,7 +19,7 @@ class DPOModule(TrainingModule):
     def build_trainer(self, job: TrainingJob) -> tuple[Any, dict[str, Any]]:
         from trl import DPOConfig, DPOTrainer
 
-        from mloc_agent.modules.hf_data import for_preference
+        from mloc_agent.modules.training.data import for_preference
 
         hp = job.hp
         rows = for_preference(job.rows, job.data_spec)

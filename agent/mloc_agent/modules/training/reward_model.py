@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from mloc_agent.modules.training import TrainingJob, TrainingModule
+from mloc_agent.modules.training.base import TrainingJob, TrainingModule
 
 
 class RewardModelModule(TrainingModule):
@@ -18,7 +18,7 @@ class RewardModelModule(TrainingModule):
     def build_trainer(self, job: TrainingJob) -> tuple[Any, dict[str, Any]]:
         from trl import RewardConfig, RewardTrainer
 
-        from mloc_agent.modules.hf_data import for_preference
+        from mloc_agent.modules.training.data import for_preference
 
         hp = job.hp
         rows = for_preference(job.rows, job.data_spec)

@@ -17,7 +17,7 @@ from typing import Any
 
 from mloc_shared.hyperparams import RewardFunction
 
-from mloc_agent.modules.hf_common import TaskInputError
+from mloc_agent.modules.training.trainer_common import TaskInputError
 
 DEFAULT_FORMAT = r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*"
 DEFAULT_LENGTH = 100

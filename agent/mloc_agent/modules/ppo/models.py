@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mloc_agent.modules.ppo_core import logprobs_from_logits, response_mask
+from mloc_agent.modules.ppo.core import logprobs_from_logits, response_mask
 
 
 class ValueHead(nn.Module):

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from mloc_shared.hyperparams import TrainingHyperparameters, parse_hyperparameters
 
 from mloc_agent.modules.base import BaseModule, ProgressCallback
-from mloc_agent.modules.hf_common import (
+from mloc_agent.modules.training.trainer_common import (
     TRAINING_REQUIRES,
     DevicePlan,
     TaskInputError,
@@ -62,12 +62,12 @@ class TrainingModule(BaseModule):
         raise NotImplementedError
 
     def rows(self, job_spec: dict[str, Any], seed: int) -> tuple[Any, Any]:
-        from mloc_agent.modules.hf_data import load_rows
+        from mloc_agent.modules.training.data import load_rows
 
         return load_rows(job_spec.get("dataset"), self.ctx, seed=seed)
 
     async def execute(self, progress_callback: ProgressCallback | None = None) -> dict[str, Any]:
-        from mloc_agent.modules.hf_progress import TrainingRecord, make_progress_callback
+        from mloc_agent.modules.training.progress import TrainingRecord, make_progress_callback
 
         quiet_environment()
         spec = self.spec

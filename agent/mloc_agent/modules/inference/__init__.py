@@ -1,0 +1,1 @@
+"""inference: batch generation with transformers or vLLM."""

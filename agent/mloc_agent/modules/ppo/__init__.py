@@ -1,0 +1,1 @@
+"""ppo: classic PPO for RLHF, implemented here (module, models, math)."""
