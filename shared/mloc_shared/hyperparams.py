@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from mloc_shared.task_types import DATASET_TYPES
+
 
 class Hyperparameters(BaseModel):
     """Strict: an unknown key is an error, so a misspelt setting never silently falls back to a default."""
@@ -296,9 +298,6 @@ class TrainingDataset(Hyperparameters):
         return self
 
 
-TRAINING_DATASET_TYPES = frozenset({"sft", "dpo", "grpo", "reward_model", "ppo", "inference"})
-
-
 # -- the hook TaskSpec calls --------------------------------------------------------------------------
 
 
@@ -335,7 +334,7 @@ def check_hyperparameters(task_type: str, data: dict[str, Any]) -> None:
 
 def check_dataset(task_type: str, data: dict[str, Any] | None) -> None:
     """Training task types read ``dataset`` with TrainingDataset; others keep their own shape."""
-    if data is None or task_type not in TRAINING_DATASET_TYPES:
+    if data is None or task_type not in DATASET_TYPES:
         return
     error = _unknown_key_error(TrainingDataset, data, "dataset field")
     if error is not None:

@@ -28,13 +28,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mloc_shared.hyperparams import HYPERPARAMETERS
+from mloc_shared.task_types import INFERENCE_TYPES, TRAINING_TYPES
 
 if TYPE_CHECKING:
     from mloc_shared.taskspec import TaskSpec
 
 OVERHEAD_GB = 1.5
-TRAINING_TYPES = frozenset({"sft", "dpo", "grpo", "reward_model", "ppo"})
-INFERENCE_TYPES = frozenset({"inference", "rag_inference", "agent_inference"})
 _MOE = re.compile(r"(?<![\w.])(\d+)\s*x\s*(\d+(?:\.\d+)?)\s*([bm])(?![a-z])", re.IGNORECASE)
 _SIZE = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*([bm])(?![a-z])", re.IGNORECASE)
 

@@ -13,19 +13,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from mloc_shared.hyperparams import check_dataset, check_hyperparameters
+from mloc_shared.task_types import BUILTIN_TASK_TYPES as BUILTIN_TASK_TYPES  # re-exported for the coordinator
+from mloc_shared.task_types import default_gpus
 
-BUILTIN_TASK_TYPES = (
-    "command",
-    "sft",
-    "ppo",
-    "dpo",
-    "grpo",
-    "reward_model",
-    "inference",
-    "rag_inference",
-    "agent_inference",
-)
-ML_TASK_TYPES = frozenset(BUILTIN_TASK_TYPES) - {"command"}
 _TASK_TYPE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_.\-/]{1,63}$")
 SECRET_MIN, SECRET_MAX = 4, 65536
@@ -167,7 +157,7 @@ class TaskSpec(SpecModel):
         """
         if self.resources.gpus is not None:
             return self.resources.gpus
-        return 1 if self.task_type in ML_TASK_TYPES - {"agent_inference"} else 0
+        return default_gpus(self.task_type)
 
     def display_name(self) -> str:
         return self.name or self.task_type

@@ -1,6 +1,9 @@
 """Task modules by task type: the built-ins plus third-party ones from the ``mloc.modules`` entry
 point group. Looking a module up imports only its light module file; a module imports its heavy
-libraries (torch, trl, ...) inside ``execute``, in the child process."""
+libraries (torch, trl, ...) inside ``execute``, in the child process.
+
+The built-in names are mloc_shared.task_types.BUILTIN_TASK_TYPES (what the coordinator accepts);
+``BUILTIN`` maps each to its class, and tests/test_task_types.py checks that the two agree."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from mloc_agent.modules.base import BaseModule
 
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "mloc.modules"
-BUILTIN: dict[str, str] = {
+BUILTIN: dict[str, str] = {  # mloc_shared.task_types names -> 'package.module:Class'
     "command": "mloc_agent.modules.command:CommandModule",
     "rag_inference": "mloc_agent.modules.rag.rag_inference:RagModule",
     "agent_inference": "mloc_agent.modules.agents.agent_inference:AgentInferenceModule",
