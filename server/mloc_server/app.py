@@ -24,9 +24,11 @@ from mloc_server.artifacts.local import LocalStore
 from mloc_server.services.agents import Agents
 from mloc_server.services.artifacts import Artifacts
 from mloc_server.services.auth import Auth
+from mloc_server.services.fleet import Fleet
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.logs import Logs
-from mloc_server.services.reaper import flush, run_reaper
+from mloc_server.services.polling import Polling
+from mloc_server.services.reaper import Reaper
 from mloc_server.services.recovery import load_state
 from mloc_server.services.secrets import TaskSecrets
 from mloc_server.services.tasks import Tasks
@@ -74,26 +76,30 @@ async def _lifecycle(app: web.Application, settings: CoordinatorSettings) -> Asy
     store = make_store(settings)
     auth = Auth(db, settings.loopback_admin)
     await auth.load()
-    leasing = Leasing(db, settings, resume_url=store.download_url)
-    await load_state(leasing)
-    secrets = TaskSecrets(leasing, settings.data_dir / "secrets.key")
+    fleet = Fleet()
+    leasing = Leasing(db, fleet, settings, resume_url=store.download_url)
+    await load_state(db, fleet, leasing, settings)
+    secrets = TaskSecrets(db, leasing, settings.data_dir / "secrets.key")
     await secrets.load()
     st = AppState(
-        settings=settings, db=db, auth=auth, leasing=leasing, tasks=Tasks(leasing, secrets), agents=Agents(leasing),
-        artifacts=Artifacts(leasing, store, int(settings.max_artifact_gb * (1 << 30))), logs=Logs(leasing),
-        secrets=secrets, artifact_store=store, started_at=time.time(),
+        settings=settings, db=db, auth=auth, fleet=fleet, leasing=leasing,
+        polling=Polling(fleet, leasing, settings), tasks=Tasks(db, fleet, leasing, secrets),
+        agents=Agents(db, fleet, settings),
+        artifacts=Artifacts(db, leasing, store, int(settings.max_artifact_gb * (1 << 30))), logs=Logs(db, leasing),
+        secrets=secrets, store=store, started_at=time.time(),
     )
     app[STATE] = st
     await _bootstrap_tokens(st)
-    reaper = asyncio.create_task(run_reaper(leasing), name="mloc-reaper")
+    reaper = Reaper(db, fleet, leasing, settings)
+    reaping = asyncio.create_task(reaper.run(), name="mloc-reaper")
     try:
         yield
     finally:
-        reaper.cancel()
+        reaping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await reaper
+            await reaping
         with contextlib.suppress(Exception):
-            await flush(leasing)
+            await reaper.flush()
         await store.close()
         await db.close()
 

@@ -51,7 +51,7 @@ async def serve(settings: CoordinatorSettings) -> None:
     await stop.wait()
     state = app.get(STATE)
     if state is not None:  # held polls and log streams would otherwise delay the stop by a poll hold
-        state.leasing.release_polls()
+        state.polling.release()
         state.logs.release_followers()
     await runner.cleanup()
 

@@ -10,8 +10,10 @@ from mloc_server.artifacts.base import ArtifactStore
 from mloc_server.services.agents import Agents
 from mloc_server.services.artifacts import Artifacts
 from mloc_server.services.auth import Auth
+from mloc_server.services.fleet import Fleet
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.logs import Logs
+from mloc_server.services.polling import Polling
 from mloc_server.services.secrets import TaskSecrets
 from mloc_server.services.tasks import Tasks
 from mloc_server.settings import CoordinatorSettings
@@ -23,13 +25,15 @@ class AppState:
     settings: CoordinatorSettings
     db: Database
     auth: Auth
+    fleet: Fleet
     leasing: Leasing
+    polling: Polling
     tasks: Tasks
     agents: Agents
     artifacts: Artifacts
     logs: Logs
     secrets: TaskSecrets
-    artifact_store: ArtifactStore  # blobs (local disk or S3); services.artifacts.Artifacts is the logic
+    store: ArtifactStore
     started_at: float
 
 

@@ -38,7 +38,7 @@ async def register(request: web.Request) -> web.Response:
         existing = st.agents.authenticate(request.headers.get("Authorization"))
     else:
         await st.auth.use_join_token(request.headers.get("X-MLOC-Join-Token"))
-        existing = st.leasing.agent_named(req.name)
+        existing = st.fleet.agent_named(req.name)
         if existing is not None and existing.waiter is not None:
             raise Conflict(f"an agent named {req.name!r} is connected right now; give this one another name",
                            field="name")
@@ -50,7 +50,7 @@ async def poll(request: web.Request) -> web.Response:
     me = agent(request)
     req = await read_model(request, PollRequest)
     me.address = request.remote
-    return ok(await state(request).leasing.poll(
+    return ok(await state(request).polling.poll(
         me, req, peer_alive=lambda: request.transport is not None and not request.transport.is_closing()))
 
 

@@ -90,7 +90,7 @@ class Metrics:
                 took = (r["finished_at"] - r["started_at"]) if r["started_at"] is not None else 0.0
                 self.task_durations.labels(r["task_type"], r["state"]).observe(max(0.0, took))
             self._finished_after = rows[-1]["finished_at"]
-        counts = fleet_counts(st.leasing)
+        counts = fleet_counts(st.fleet, st.settings.poll_hold_s)
         tasks = GaugeMetricFamily("mloc_tasks", "Tasks by state (queued = the queue's depth)", labels=["state"])
         for name in TASK_STATES:
             tasks.add_metric([name], by_state.get(name, 0))
@@ -105,7 +105,7 @@ class Metrics:
         families: list[Metric] = [tasks, agents, gpus,
                                   GaugeMetricFamily("mloc_leases_active", "Leases held now", value=counts.leases)]
         for key, (name, doc) in COUNTERS.items():
-            families.append(CounterMetricFamily(name, doc, value=st.leasing.counters.get(key, 0)))
+            families.append(CounterMetricFamily(name, doc, value=st.fleet.counters.get(key, 0)))
         families.append(GaugeMetricFamily("mloc_uptime_seconds", "Seconds since this coordinator started",
                                           value=time.time() - st.started_at))
         self.snapshot.families = families

@@ -48,7 +48,8 @@ async def overview(request: web.Request) -> web.Response:
     st = state(request)
     tasks = await ops.tasks_by_state(st.db, None if principal.is_admin else principal.user)
     return ok({
-        **fleet_counts(st.leasing).as_dict(), "tasks": tasks, "user": principal.user, "role": principal.role,
+        **fleet_counts(st.fleet, st.settings.poll_hold_s).as_dict(), "tasks": tasks, "user": principal.user,
+        "role": principal.role,
         "version": __version__, "server_time": time.time(), "poll_hold_s": st.settings.poll_hold_s,
     })
 

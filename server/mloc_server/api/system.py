@@ -26,7 +26,7 @@ async def health(request: web.Request) -> web.Response:
     body = {
         "status": "ok" if healthy else "degraded", "version": __version__, "protocol_version": PROTOCOL_VERSION,
         "uptime_s": round(time.time() - st.started_at, 1), "database": "ok" if healthy else st.db.last_error,
-        "queued": len(st.leasing.queue), "running": len(st.leasing.leases), "agents": len(st.leasing.agents),
+        "queued": len(st.fleet.queue), "running": len(st.fleet.leases), "agents": len(st.fleet.agents),
     }
     return ok(body, status=200 if healthy else 503)
 
@@ -45,7 +45,7 @@ async def workers(request: web.Request) -> web.Response:
     if wanted and wanted not in AGENT_STATES:
         raise ValidationFailed(f"state must be one of {', '.join(AGENT_STATES)}", field="state")
     page, size = int_query(request, "page", 1, 1, 1_000_000), int_query(request, "page_size", 50, 1, 500)
-    matching = select_agents(st.leasing, wanted, q.get("q") or None)
+    matching = select_agents(st.fleet, st.settings.poll_hold_s, wanted, q.get("q") or None)
     shown = [st.agents.describe(a) for a in matching[(page - 1) * size : page * size]]
     return ok({"workers": shown, "total": len(matching), "page": page, "page_size": size,
                "pages": (len(matching) + size - 1) // size})

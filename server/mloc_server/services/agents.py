@@ -12,9 +12,11 @@ from mloc_shared.errors import NotFound, Unauthorized
 from mloc_shared.protocol import Inventory, RegisterRequest, RegisterResponse
 
 from mloc_server.services.auth import hash_secret, new_secret
-from mloc_server.services.fleet import AgentState
-from mloc_server.services.leasing import Leasing
+from mloc_server.services.fleet import AgentState, Fleet
+from mloc_server.services.leasing import lease_timings
+from mloc_server.settings import CoordinatorSettings
 from mloc_server.store import repo
+from mloc_server.store.database import Database
 
 
 def agent_from_row(row: sqlite3.Row) -> AgentState:
@@ -27,8 +29,10 @@ def agent_from_row(row: sqlite3.Row) -> AgentState:
 
 
 class Agents:
-    def __init__(self, leasing: Leasing) -> None:
-        self.leasing = leasing
+    def __init__(self, db: Database, fleet: Fleet, settings: CoordinatorSettings) -> None:
+        self.db = db
+        self.fleet = fleet
+        self.settings = settings
 
     async def register(self, req: RegisterRequest, existing: AgentState | None) -> RegisterResponse:
         """A new agent (join token checked by the caller) or a known one re-registering itself."""
@@ -53,39 +57,37 @@ class Agents:
             repo.upsert_agent(con, row)
             con.execute("UPDATE agents SET credential_hash=? WHERE id=?", (agent.credential_hash, agent.id))
 
-        await self.leasing.db.write(write)
-        self.leasing.add_agent(agent)
-        for req_shape in self.leasing.queue.requirements():  # new capacity: wake it if work waits
-            self.leasing.wake_for(req_shape)
-        return RegisterResponse(agent_id=agent.id, credential=credential, timings=self.leasing.timings)
+        await self.db.write(write)
+        self.fleet.add_agent(agent)
+        self.fleet.wake_for_queued()  # new capacity: wake it if work waits
+        return RegisterResponse(agent_id=agent.id, credential=credential, timings=lease_timings(self.settings))
 
     def authenticate(self, authorization: str | None) -> AgentState:
         from mloc_server.services.auth import Auth
 
         token = Auth.bearer(authorization)
-        agent = self.leasing.by_credential.get(hash_secret(token)) if token else None
+        agent = self.fleet.by_credential.get(hash_secret(token)) if token else None
         if agent is None:
             raise Unauthorized("unknown agent credential; register again with the join token")
         return agent
 
     def find(self, key: str) -> AgentState:
-        for agent in self.leasing.agents.values():
+        for agent in self.fleet.agents.values():
             if key in (agent.id, agent.name):
                 return agent
         raise NotFound(f"no agent named {key!r}")
 
     async def set_state(self, key: str, state: str) -> AgentState:
         agent = self.find(key)
-        await self.leasing.db.write(lambda con: repo.set_agent_state(con, agent.id, state))
+        await self.db.write(lambda con: repo.set_agent_state(con, agent.id, state))
         agent.state = state
         agent.wake("state")
         if state == "active":
-            for req_shape in self.leasing.queue.requirements():
-                self.leasing.wake_for(req_shape)
+            self.fleet.wake_for_queued()
         return agent
 
     def describe(self, agent: AgentState) -> dict[str, Any]:
-        hold = self.leasing.settings.poll_hold_s
+        hold = self.settings.poll_hold_s
         stats = {s.index: s for s in agent.gpu_stats or []}
         used = {g: lease.task_id for lease in agent.leases.values() for g in lease.gpus}
         gpus = []
@@ -98,7 +100,7 @@ class Agents:
                 d["memory_used_mb"] = stat.memory_used_mb
             d["task_id"] = used.get(gpu.index)
             gpus.append(d)
-        connected = agent.connected(hold)
+        connected = agent.connected(hold, time.time())
         return {
             "id": agent.id, "name": agent.name, "labels": agent.labels,
             "state": agent.state if connected else "offline",
@@ -114,4 +116,4 @@ class Agents:
         }
 
     def listing(self) -> list[dict[str, Any]]:
-        return [self.describe(a) for a in sorted(self.leasing.agents.values(), key=lambda a: a.name)]
+        return [self.describe(a) for a in sorted(self.fleet.agents.values(), key=lambda a: a.name)]

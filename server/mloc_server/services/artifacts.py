@@ -14,10 +14,12 @@ from mloc_server.artifacts.base import ArtifactStore, check_artifact_name
 from mloc_server.services.fleet import AgentState
 from mloc_server.services.leasing import Leasing
 from mloc_server.store import repo
+from mloc_server.store.database import Database
 
 
 class Artifacts:
-    def __init__(self, leasing: Leasing, store: ArtifactStore, max_bytes: int) -> None:
+    def __init__(self, db: Database, leasing: Leasing, store: ArtifactStore, max_bytes: int) -> None:
+        self.db = db
         self.leasing = leasing
         self.store = store
         self.max_bytes = max_bytes
@@ -36,7 +38,7 @@ class Artifacts:
             "kind": req.kind, "step": req.step, "size": req.size, "storage_key": key,
             "multipart_id": planned.multipart_id, "created_at": time.time(),
         }
-        await self.leasing.db.write(lambda con: repo.insert_upload(con, row))
+        await self.db.write(lambda con: repo.insert_upload(con, row))
         return UploadPlan(
             upload_id=upload_id, url=planned.url, headers=planned.headers, part_size=planned.part_size,
             parts=[PartUrl(part_number=i + 1, url=u) for i, u in enumerate(planned.part_urls)] or None,
@@ -44,7 +46,7 @@ class Artifacts:
 
     async def commit(self, agent: AgentState, task_id: str, upload_id: str, req: UploadCommit) -> dict[str, Any]:
         self.leasing.own_lease(agent, task_id, req.epoch)
-        up = await self.leasing.db.read_one("SELECT * FROM uploads WHERE id=? AND task_id=?", (upload_id, task_id))
+        up = await self.db.read_one("SELECT * FROM uploads WHERE id=? AND task_id=?", (upload_id, task_id))
         if up is None:
             raise NotFound(f"no pending upload {upload_id} for task {task_id}")
         parts = [(p.part_number, p.etag) for p in req.parts or []]
@@ -61,7 +63,7 @@ class Artifacts:
                                                    "size": taken["size"], "storage_key": taken["storage_key"]})
             return taken
 
-        taken = await self.leasing.db.write(write)
+        taken = await self.db.write(write)
         if taken is None:
             raise NotFound(f"upload {upload_id} was already committed")
         return {"name": taken["name"], "kind": taken["kind"], "size": taken["size"], "step": taken["step"]}
@@ -70,11 +72,11 @@ class Artifacts:
         return [
             {"name": r["name"], "kind": r["kind"], "step": r["step"], "size": r["size"], "attempt": r["attempt"],
              "created_at": r["created_at"], "url": f"/api/v1/tasks/{task_id}/artifacts/{quote(r['name'])}"}
-            for r in await repo.task_artifacts(self.leasing.db, task_id)
+            for r in await repo.task_artifacts(self.db, task_id)
         ]
 
     async def download_url(self, task_id: str, name: str) -> str:
-        row = await repo.artifact(self.leasing.db, task_id, name)
+        row = await repo.artifact(self.db, task_id, name)
         if row is None:
             raise NotFound(f"task {task_id} has no artifact {name!r}")
         return self.store.download_url(row["storage_key"])

@@ -1,21 +1,24 @@
-"""In-memory state of the fleet: agents, their leases and their waiting polls.
+"""In-memory state of the fleet: the queue, agents, their leases and their waiting polls.
 
-SQLite is the truth; this mirror is rebuilt from it at start and updated after each commit, so
-the hot paths (poll, heartbeat) answer without a query.
+SQLite is the truth; this mirror is rebuilt from it at start (services/recovery.py) and updated
+after each commit, so the hot paths (poll, heartbeat) answer without a query.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from mloc_shared.protocol import GpuStat, Inventory, Lease
 
-from mloc_server.services.queue import TaskMeta
-from mloc_server.services.scheduler import AgentView, Requirement
+from mloc_server.services.queue import QueuedTask, TaskMeta, TaskQueue
+from mloc_server.services.scheduler import AgentView, Requirement, pick_gpus
+from mloc_server.services.waiting import WaitingPolls
+
+# event counts kept in memory since start (api/metrics.py exports them)
+COUNTERS = ("leases_granted", "handoffs", "leases_expired", "tasks_finished", "polls", "heartbeats")
 
 
 @dataclass
@@ -92,6 +95,78 @@ class AgentState:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(reason)
 
-    def connected(self, hold_s: float, now: float | None = None) -> bool:
-        now = time.time() if now is None else now
+    def connected(self, hold_s: float, now: float) -> bool:
         return now - self.last_seen < hold_s + 30
+
+
+class Fleet:
+    """The queue, the agents, their leases and their held polls: what every hot path reads.
+
+    Pure state, no I/O and no clock: leasing commits first and then updates this, so a failed
+    write leaves the mirror as it was. One object, so the parts of the coordinator that change it
+    (leasing, the long poll, registration, the reaper) are handed the same one explicitly.
+    """
+
+    def __init__(self) -> None:
+        self.queue = TaskQueue()
+        self.agents: dict[str, AgentState] = {}
+        self.by_credential: dict[str, AgentState] = {}
+        self.by_name: dict[str, AgentState] = {}
+        self.leases: dict[str, LeaseState] = {}
+        self.waiting = WaitingPolls()
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+
+    def add_agent(self, agent: AgentState) -> None:
+        """Register an agent, or replace the one with its id (re-registered): it keeps the leases."""
+        old = self.agents.get(agent.id)
+        if old is not None:
+            self.by_credential.pop(old.credential_hash, None)
+            self.by_name.pop(old.name, None)
+            agent.leases = old.leases
+            old.wake("superseded")
+        self.agents[agent.id] = agent
+        self.by_credential[agent.credential_hash] = agent
+        self.by_name[agent.name] = agent
+
+    def agent_named(self, name: str) -> AgentState | None:
+        return self.by_name.get(name)
+
+    def agent_name(self, agent_id: str) -> str:
+        """The agent's name for messages; its id when it is not registered (any more)."""
+        agent = self.agents.get(agent_id)
+        return agent.name if agent is not None else agent_id
+
+    def wake_agent(self, agent_id: str, reason: str) -> None:
+        agent = self.agents.get(agent_id)
+        if agent is not None:
+            agent.wake(reason)
+
+    def add_lease(self, agent: AgentState | None, lease: LeaseState) -> None:
+        """Track a lease, and hold its GPUs on ``agent`` (None: an agent no longer registered)."""
+        self.leases[lease.task_id] = lease
+        if agent is not None:
+            agent.leases[lease.task_id] = lease
+
+    def drop_lease(self, lease: LeaseState, *, freed: bool = False) -> None:
+        """Forget a lease; ``freed`` tells the agent's held poll that it can take one more task."""
+        self.leases.pop(lease.task_id, None)
+        agent = self.agents.get(lease.agent_id)
+        if agent is not None and agent.leases.pop(lease.task_id, None) is not None and freed:
+            agent.freed_since_poll += 1
+            agent.wake("slot")
+
+    def enqueue(self, task: QueuedTask, now: float) -> None:
+        if self.queue.add(task, now):
+            self.wake_for(task.req)
+
+    def wake_for(self, req: Requirement) -> None:
+        """Wake one waiting agent that could take a task of this shape now (no thundering herd)."""
+        for agent in self.waiting.pop_fitting(lambda view: pick_gpus(req, view) is not None):
+            agent.wake("task")
+            if agent.peer_alive():  # a hung-up poll claims nothing: wake another one
+                return
+
+    def wake_for_queued(self) -> None:
+        """New capacity (an agent registered or was uncordoned): wake a poll for each queued shape."""
+        for req in self.queue.requirements():
+            self.wake_for(req)

@@ -14,19 +14,17 @@ agent's next poll; an agent that never polls again loses it to lease expiry, lik
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from mloc_server.services.fleet import AgentState, LeaseState
+from mloc_server.services.fleet import AgentState, Fleet, LeaseState
+from mloc_server.services.leasing import Leasing
 from mloc_server.services.queue import TaskMeta
 from mloc_server.services.scheduler import Requirement, pick_gpus
 from mloc_server.store import repo
 
-if TYPE_CHECKING:
-    from mloc_server.services.leasing import Leasing
-
 
 @dataclass
 class Handoff:
+    fleet: Fleet
     leasing: Leasing
     agent: AgentState
     lease: LeaseState
@@ -39,29 +37,29 @@ class Handoff:
     def settle(self, claimed: list[repo.Claimed]) -> bool:
         """After the commit: hand the lease to the agent's poll, or undo the reservation (the
         insert found an existing task, or failed). Returns whether the task was handed over."""
-        leasing, agent, lease = self.leasing, self.agent, self.lease
+        agent, lease = self.agent, self.lease
         agent.reserved = max(0, agent.reserved - 1)
         if not claimed:
-            leasing.forget(lease)
+            self.fleet.drop_lease(lease)
             agent.wake("task")  # it was taken off the waiting list: let it look again
             return False
-        leasing.grant(lease, claimed[0])
-        leasing.counters["handoffs"] += 1
+        self.leasing.grant(lease, claimed[0])
+        self.fleet.counters["handoffs"] += 1
         agent.wake("task")
         return True
 
 
-def reserve(leasing: Leasing, task_id: str, req: Requirement, meta: TaskMeta) -> Handoff | None:
+def reserve(fleet: Fleet, leasing: Leasing, task_id: str, req: Requirement, meta: TaskMeta) -> Handoff | None:
     """Pick a held poll for a task about to be inserted, and reserve its GPUs; None when there is
     no such poll (the task is queued as usual)."""
-    for agent in leasing.waiting.pop_fitting(lambda view: pick_gpus(req, view) is not None):
+    for agent in fleet.waiting.pop_fitting(lambda view: pick_gpus(req, view) is not None):
         view = agent.view(agent.poll_free - agent.reserved)
         gpus = pick_gpus(req, view) if agent.peer_alive() and agent.poll_id else None
-        if gpus is None or leasing.queue.first_fitting(view) is not None:
+        if gpus is None or fleet.queue.first_fitting(view) is not None:
             agent.wake("task")  # let its own poll decide (claim from the queue, or end if gone)
             return None
         lease = leasing.reserve_lease(agent, task_id, gpus, req, meta, agent.poll_id, delivered=False)
         agent.reserved += 1
-        leasing.waiting.add(agent)  # still waiting (for this very lease): a cancel or drain can still wake it
-        return Handoff(leasing, agent, lease, agent.poll_id)
+        fleet.waiting.add(agent)  # still waiting (for this very lease): a cancel or drain can still wake it
+        return Handoff(fleet, leasing, agent, lease, agent.poll_id)
     return None

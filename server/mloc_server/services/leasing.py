@@ -1,19 +1,18 @@
-"""Leases: the long poll that hands out work, heartbeats that renew, completions, and the reaper.
+"""Leasing proper: claim, renew, complete, requeue and cancel, each a commit to SQLite first and
+then the matching change to the in-memory fleet.
 
 Rules (the protocol's contract, also in docs/protocol.md):
 - A claim is a compare-and-set on ``state='queued'`` and bumps the task's epoch (fencing token).
 - Every agent call about a task carries the epoch; a stale epoch or another agent's task is 409.
-- An agent keeps a lease in its poll's ``running`` list until its completion is acknowledged. A
-  lease missing from that list was lost by the agent (it restarted): it is requeued at once,
-  unless it was claimed for this very poll id — then the reply was lost and it is offered again.
 - Lease expiry lives in memory: heartbeats write nothing. After a restart every live lease gets
   ``restart_grace_s`` before it can expire, so a coordinator blip never requeues healthy work.
 - Finished states are final.
+The long poll that hands the leases out is services/polling.py; the reaper that expires them is
+services/reaper.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import random
@@ -29,15 +28,12 @@ from mloc_shared.protocol import (
     HeartbeatRequest,
     HeartbeatResponse,
     Lease,
-    PollRequest,
-    PollResponse,
     Timings,
 )
 
-from mloc_server.services.fleet import AgentState, LeaseState
-from mloc_server.services.queue import QueuedTask, TaskMeta, TaskQueue
-from mloc_server.services.scheduler import Requirement, pick_gpus
-from mloc_server.services.waiting import WaitingPolls
+from mloc_server.services.fleet import AgentState, Fleet, LeaseState
+from mloc_server.services.queue import QueuedTask, TaskMeta
+from mloc_server.services.scheduler import Requirement
 from mloc_server.settings import CoordinatorSettings
 from mloc_server.store import repo
 from mloc_server.store.database import Database
@@ -45,139 +41,31 @@ from mloc_server.store.database import Database
 log = logging.getLogger(__name__)
 
 
+def lease_timings(settings: CoordinatorSettings) -> Timings:
+    """The timings an agent is told at registration (how long polls hold, how often to renew)."""
+    return Timings(poll_hold_s=settings.poll_hold_s, heartbeat_s=settings.heartbeat_s, lease_ttl_s=settings.lease_ttl_s)
+
+
 class Leasing:
     def __init__(
         self,
         db: Database,
+        fleet: Fleet,
         settings: CoordinatorSettings,
         resume_url: Callable[[str], str] | None = None,
     ) -> None:
-        self.db = db
+        self._db = db
+        self.fleet = fleet
         self.settings = settings
         self.resume_url = resume_url
-        self.queue = TaskQueue()
-        self.agents: dict[str, AgentState] = {}
-        self.by_credential: dict[str, AgentState] = {}
-        self.by_name: dict[str, AgentState] = {}
-        self.leases: dict[str, LeaseState] = {}
-        self.waiting = WaitingPolls()
+        # called with (task_id, state) once a task reaches a final state (secrets, log followers)
         self.on_task_final: list[Callable[[str, str], None]] = []
-        self.shutting_down = False
-        self.counters: dict[str, int] = {
-            "leases_granted": 0, "handoffs": 0, "leases_expired": 0, "tasks_finished": 0, "polls": 0, "heartbeats": 0,
-        }
 
-    @property
-    def timings(self) -> Timings:
-        s = self.settings
-        return Timings(poll_hold_s=s.poll_hold_s, heartbeat_s=s.heartbeat_s, lease_ttl_s=s.lease_ttl_s)
+    # -- claim --------------------------------------------------------------------------------
 
-    def add_agent(self, agent: AgentState) -> None:
-        old = self.agents.get(agent.id)
-        if old is not None:
-            self.by_credential.pop(old.credential_hash, None)
-            self.by_name.pop(old.name, None)
-            agent.leases = old.leases
-            old.wake("superseded")
-        self.agents[agent.id] = agent
-        self.by_credential[agent.credential_hash] = agent
-        self.by_name[agent.name] = agent
-
-    def agent_named(self, name: str) -> AgentState | None:
-        return self.by_name.get(name)
-
-    # -- queueing -----------------------------------------------------------------------------
-
-    def enqueue(self, task_id: str, req: Requirement, meta: TaskMeta, queued_at: float, not_before: float = 0.0):
-        if self.queue.add(QueuedTask.make(task_id, req, meta, queued_at, not_before), time.time()):
-            self.wake_for(req)
-
-    def wake_for(self, req: Requirement) -> None:
-        """Wake one waiting agent that could take a task of this shape now (no thundering herd)."""
-        for agent in self.waiting.pop_fitting(lambda view: pick_gpus(req, view) is not None):
-            agent.wake("task")
-            if agent.peer_alive():  # a hung-up poll claims nothing: wake another one
-                return
-
-    # -- the long poll ------------------------------------------------------------------------
-
-    async def poll(self, agent: AgentState, req: PollRequest,
-                   peer_alive: Callable[[], bool] | None = None) -> PollResponse:
-        """``peer_alive`` says whether the agent still waits for this answer (its connection is open):
-        a killed agent's held poll must not claim tasks that would then wait out a lease TTL."""
-        self.counters["polls"] += 1
-        agent.peer_alive = peer_alive or (lambda: True)
-        agent.last_seen = time.time()
-        agent.seen_dirty = True
-        agent.self_draining = req.draining
-        if req.gpu_stats is not None:
-            agent.gpu_stats = req.gpu_stats
-        agent.wake("superseded")  # an older poll of this agent still held: answer it empty
-        lost: list[str] = []
-        if req.completions:
-            done_now = await self.complete_many(agent, [(c.task_id, c) for c in req.completions])
-            lost = [c.task_id for c, o in zip(req.completions, done_now, strict=True) if isinstance(o, LeaseLost)]
-        reported = {r.task_id: r.epoch for r in req.running}
-        done = {c.task_id for c in req.completions}
-        reoffer: list[Lease] = []
-        for lease in list(agent.leases.values()):
-            if lease.task_id in reported or lease.task_id in done or lease.closing or lease.epoch < 0:
-                continue  # (epoch < 0: a claim or handoff being committed)
-            if not lease.delivered:
-                continue  # a handoff no reply has carried yet: the loop below delivers it
-            if lease.claim_id == req.poll_id and lease.offer is not None:
-                reoffer.append(lease.offer.model_copy(update={"ttl_s": self.settings.lease_ttl_s}))
-            else:
-                await self.expire(lease, f"agent {agent.name} no longer runs it (it restarted or lost the offer)")
-        for task_id, epoch in reported.items():
-            lease = agent.leases.get(task_id)
-            if lease is None or lease.epoch != epoch:
-                lost.append(task_id)
-        agent.freed_since_poll = 0
-        # each hold ends between 50 % and 100 % of poll_hold_s: a fleet that connected at once (a coordinator
-        # restart, a bulk dispatch) would otherwise renew every poll in the same instant, round after round
-        deadline = time.monotonic() + self.settings.poll_hold_s * random.uniform(0.5, 1.0)
-        loop = asyncio.get_running_loop()
-        while True:
-            if not agent.peer_alive():
-                return PollResponse(drain=not agent.accepting)
-            resp = PollResponse(lost=lost, drain=not agent.accepting, leases=reoffer)
-            for lease in agent.leases.values():
-                if lease.cancel_requested and not lease.cancel_sent:
-                    lease.cancel_sent = True
-                    resp.cancel.append(lease.task_id)
-                if not lease.delivered and lease.offer is not None:  # handed off (services/handoff.py)
-                    lease.delivered, lease.claim_id = True, req.poll_id
-                    resp.leases.append(lease.offer)
-            free = min(req.free_slots + agent.freed_since_poll - agent.reserved, agent.max_tasks - len(agent.leases))
-            if not resp.leases and free > 0 and agent.accepting:
-                resp.leases = await self._claim(agent, free, req.poll_id)
-            if resp.leases or resp.cancel or resp.lost:
-                return resp
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.shutting_down:
-                return resp
-            waiter = loop.create_future()
-            agent.waiter = waiter
-            agent.poll_id, agent.poll_free = req.poll_id, free
-            if free > 0 and agent.accepting:  # a poll that can take nothing must not absorb a submit's wake
-                self.waiting.add(agent)
-            # a timer rather than asyncio.wait_for: a wake resumes this poll in one loop step, not three
-            timer = loop.call_later(remaining, _resolve_once, waiter, "timeout")
-            try:
-                reason = await waiter
-            finally:
-                timer.cancel()
-                if agent.waiter is waiter:
-                    agent.waiter = None
-                    self.waiting.discard(agent)
-            if reason == "timeout":
-                return resp
-            if reason == "superseded":
-                return PollResponse(drain=not agent.accepting)
-
-    async def _claim(self, agent: AgentState, free: int, poll_id: str) -> list[Lease]:
-        picks = self.queue.pick(agent.view(free), free)
+    async def claim(self, agent: AgentState, free: int, poll_id: str) -> list[Lease]:
+        """Take up to ``free`` queued tasks that fit the agent, in one commit; their offers."""
+        picks = self.fleet.queue.pick(agent.view(free), free)
         if not picks:
             return []
         now = time.time()
@@ -185,11 +73,11 @@ class Leasing:
         provisional = {qt.id: self.reserve_lease(agent, qt.id, gpus, qt.req, qt.meta, poll_id) for qt, gpus in picks}
         claims = [repo.Claim(qt.id, gpus) for qt, gpus in picks]
         try:
-            claimed = await self.db.write(lambda con: repo.claim_tasks(con, agent.id, claims, poll_id, now))
+            claimed = await self._db.write(lambda con: repo.claim_tasks(con, agent.id, claims, poll_id, now))
         except Exception:
             for qt, _ in picks:
-                self.forget(provisional[qt.id])
-                self.queue.add(qt, now)
+                self.fleet.drop_lease(provisional[qt.id])
+                self.fleet.queue.add(qt, now)
             raise
         got = {c.task_id: c for c in claimed}
         offers: list[Lease] = []
@@ -197,7 +85,7 @@ class Leasing:
             lease = provisional[qt.id]
             c = got.get(qt.id)
             if c is None:  # changed under us (cancelled): nothing to run
-                self.forget(lease)
+                self.fleet.drop_lease(lease)
                 continue
             offers.append(self.grant(lease, c))
         return offers
@@ -210,15 +98,14 @@ class Leasing:
             expires_at=time.monotonic() + self.settings.lease_ttl_s, started_at=time.time(), req=req, meta=meta,
             claim_id=claim_id, delivered=delivered,
         )
-        agent.leases[task_id] = lease
-        self.leases[task_id] = lease
+        self.fleet.add_lease(agent, lease)
         return lease
 
     def grant(self, lease: LeaseState, c: repo.Claimed) -> Lease:
         """After the claim's commit: the provisional lease becomes real, with its offer."""
         lease.epoch, lease.attempt = c.epoch, c.attempt
         lease.offer = self.offer_for(lease, c.task_type, json.loads(c.spec), c.last_checkpoint)
-        self.counters["leases_granted"] += 1
+        self.fleet.counters["leases_granted"] += 1
         return lease.offer
 
     def offer_for(self, lease: LeaseState, task_type: str, spec: dict[str, Any], checkpoint: str | None) -> Lease:
@@ -235,7 +122,7 @@ class Leasing:
     # -- renew / finish -----------------------------------------------------------------------
 
     def own_lease(self, agent: AgentState, task_id: str, epoch: int) -> LeaseState:
-        lease = self.leases.get(task_id)
+        lease = self.fleet.leases.get(task_id)
         if lease is None or lease.agent_id != agent.id or lease.epoch != epoch or lease.epoch < 0:
             raise LeaseLost(
                 f"task {task_id} is not leased to agent {agent.name} at epoch {epoch}",
@@ -245,7 +132,7 @@ class Leasing:
 
     def heartbeat(self, agent: AgentState, task_id: str, req: HeartbeatRequest) -> HeartbeatResponse:
         """Renew a lease. In memory only: progress is flushed to SQLite by the reaper in batches."""
-        self.counters["heartbeats"] += 1
+        self.fleet.counters["heartbeats"] += 1
         lease = self.own_lease(agent, task_id, req.epoch)
         lease.expires_at = time.monotonic() + self.settings.lease_ttl_s
         agent.last_seen = time.time()
@@ -270,7 +157,7 @@ class Leasing:
         outcomes: list[str | MlocError | None] = [None] * len(items)
         batch: list[tuple[int, LeaseState, Completion, str, str | None]] = []
         for i, (task_id, c) in enumerate(items):
-            lease = self.leases.get(task_id)
+            lease = self.fleet.leases.get(task_id)
             if lease is None or lease.agent_id != agent.id or lease.epoch != c.epoch or lease.closing:
                 outcomes[i] = await self._late_completion(agent, task_id, c)
                 continue
@@ -294,15 +181,15 @@ class Leasing:
                         for _, lease, c, state, error in batch]
 
             try:
-                written = await self.db.write(write)
+                written = await self._db.write(write)
             except Exception:
                 for _, lease, *_rest in batch:
                     lease.closing = False
                 raise
             for (i, lease, _c, state, _error), ok in zip(batch, written, strict=True):
-                self.forget(lease, freed=True)
+                self.fleet.drop_lease(lease, freed=True)
                 if ok:
-                    self.counters["tasks_finished"] += 1
+                    self.fleet.counters["tasks_finished"] += 1
                     self._notify_final(lease.task_id, state)
                     outcomes[i] = state
                 else:
@@ -311,7 +198,7 @@ class Leasing:
 
     async def _late_completion(self, agent: AgentState, task_id: str, c: Completion) -> str | MlocError:
         """A completion for a lease we no longer hold: the same answer if it already committed."""
-        row = await repo.get_task(self.db, task_id)
+        row = await repo.get_task(self._db, task_id)
         if row is not None and row["agent_id"] == agent.id and row["epoch"] == c.epoch \
                 and row["state"] in FINAL_STATES:
             return row["state"]
@@ -327,29 +214,22 @@ class Leasing:
         backoff = min(m.backoff_s * 2 ** max(0, lease.attempt - 1), m.backoff_max_s) * random.uniform(0.8, 1.2)
         now = time.time()
         try:
-            state = await self.db.write(
+            state = await self._db.write(
                 lambda con: repo.requeue_task(con, lease.task_id, lease.epoch, reason, now + backoff, now))
         except Exception:
             lease.closing = False
             raise
         # a lost lease frees no slot for the agent's held poll: a silent (dead, cut off) agent would
         # claim work it never reads; its next poll says what it can take
-        self.forget(lease, freed=not lost)
+        self.fleet.drop_lease(lease, freed=not lost)
         if lost:
-            self.counters["leases_expired"] += 1
+            self.fleet.counters["leases_expired"] += 1
         log.warning("task %s attempt %d: %s -> %s", lease.task_id, lease.attempt, reason, state)
         if state == "queued":
-            self.enqueue(lease.task_id, lease.req, m, now, now + backoff)
+            self.fleet.enqueue(QueuedTask.make(lease.task_id, lease.req, m, now, now + backoff), time.time())
         elif state in FINAL_STATES:
             self._notify_final(lease.task_id, state)
         return state
-
-    def forget(self, lease: LeaseState, freed: bool = False) -> None:
-        self.leases.pop(lease.task_id, None)
-        agent = self.agents.get(lease.agent_id)
-        if agent is not None and agent.leases.pop(lease.task_id, None) is not None and freed:
-            agent.freed_since_poll += 1
-            agent.wake("slot")
 
     def _notify_final(self, task_id: str, state: str) -> None:
         for callback in self.on_task_final:
@@ -359,39 +239,26 @@ class Leasing:
 
     async def cancel(self, task_id: str) -> str:
         now = time.time()
-        queued = self.queue.get(task_id)
+        queued = self.fleet.queue.get(task_id)
         if queued is not None:
-            self.queue.remove(task_id)
+            self.fleet.queue.remove(task_id)
             try:
-                ok = await self.db.write(lambda con: repo.cancel_queued(con, task_id, now))
+                ok = await self._db.write(lambda con: repo.cancel_queued(con, task_id, now))
             except Exception:
-                self.queue.add(queued, now)
+                self.fleet.queue.add(queued, now)
                 raise
             if ok:
                 self._notify_final(task_id, "cancelled")
                 return "cancelled"
-        lease = self.leases.get(task_id)
+        lease = self.fleet.leases.get(task_id)
         if lease is not None:
-            await self.db.write(lambda con: repo.request_cancel(con, task_id, now))
+            await self._db.write(lambda con: repo.request_cancel(con, task_id, now))
             lease.cancel_requested = True
-            agent = self.agents.get(lease.agent_id)
-            if agent is not None:
-                agent.wake("cancel")
+            self.fleet.wake_agent(lease.agent_id, "cancel")
             return "cancelling"
-        row = await repo.get_task(self.db, task_id)
+        row = await repo.get_task(self._db, task_id)
         if row is None:
             raise NotFound(f"no task {task_id}")
         if row["state"] in FINAL_STATES:
             raise Conflict(f"task {task_id} already {row['state']}; finished states are final")
         raise Conflict(f"task {task_id} is {row['state']}; try again")
-
-    def release_polls(self) -> None:
-        """Answer every held poll now (shutting down): agents poll again and find the new process."""
-        self.shutting_down = True
-        for agent in self.agents.values():
-            agent.wake("superseded")
-
-
-def _resolve_once(fut: asyncio.Future[str], value: str) -> None:
-    if not fut.done():
-        fut.set_result(value)

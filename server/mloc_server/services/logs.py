@@ -13,10 +13,12 @@ from mloc_shared.protocol import FINAL_STATES, LogBatch
 from mloc_server.services.fleet import AgentState
 from mloc_server.services.leasing import Leasing
 from mloc_server.store import repo
+from mloc_server.store.database import Database
 
 
 class Logs:
-    def __init__(self, leasing: Leasing) -> None:
+    def __init__(self, db: Database, leasing: Leasing) -> None:
+        self.db = db
         self.leasing = leasing
         self._events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self.closing = False
@@ -37,11 +39,11 @@ class Logs:
         lease = self.leasing.own_lease(agent, task_id, batch.epoch)
         chunks = [(c.seq, c.stream, c.data) for c in batch.chunks]
         now = time.time()
-        await self.leasing.db.write(lambda con: repo.insert_logs(con, task_id, lease.attempt, chunks, now))
+        await self.db.write(lambda con: repo.insert_logs(con, task_id, lease.attempt, chunks, now))
         self._wake(task_id)
 
     async def read(self, task_id: str, attempt: int | None, cursor: tuple[int, int]) -> list[dict[str, Any]]:
-        rows = await repo.task_logs(self.leasing.db, task_id, attempt, cursor)
+        rows = await repo.task_logs(self.db, task_id, attempt, cursor)
         return [{"attempt": r["attempt"], "seq": r["seq"], "stream": r["stream"], "data": r["data"]} for r in rows]
 
     async def follow(
@@ -58,7 +60,7 @@ class Logs:
                 cursor = (chunks[-1]["attempt"], chunks[-1]["seq"])
                 yield chunks
                 continue
-            row = await repo.get_task(self.leasing.db, task_id)
+            row = await repo.get_task(self.db, task_id)
             if row is None or row["state"] in FINAL_STATES or self.closing:
                 return
             try:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from mloc_server.services.fleet import AgentState
-from mloc_server.services.leasing import Leasing
+from mloc_server.services.fleet import AgentState, Fleet
 
 AGENT_STATES = ("active", "draining", "offline")
 
@@ -36,13 +35,12 @@ class FleetCounts:
                 "leases": self.leases, "queued": self.queued}
 
 
-def fleet_counts(leasing: Leasing, now: float | None = None) -> FleetCounts:
+def fleet_counts(fleet: Fleet, hold_s: float, now: float | None = None) -> FleetCounts:
     """One pass over the agents: O(agents + leases), about a millisecond for a thousand agents."""
     now = time.time() if now is None else now
-    hold = leasing.settings.poll_hold_s
-    counts = FleetCounts(leases=len(leasing.leases), queued=len(leasing.queue))
-    for agent in leasing.agents.values():
-        st = agent_state(agent, hold, now)
+    counts = FleetCounts(leases=len(fleet.leases), queued=len(fleet.queue))
+    for agent in fleet.agents.values():
+        st = agent_state(agent, hold_s, now)
         counts.agents[st] += 1
         used = len(agent.used_gpus()) if agent.leases else 0
         idle = len(agent.inventory.gpus) - used
@@ -54,13 +52,13 @@ def fleet_counts(leasing: Leasing, now: float | None = None) -> FleetCounts:
     return counts
 
 
-def select_agents(leasing: Leasing, state: str | None, text: str | None) -> list[AgentState]:
+def select_agents(fleet: Fleet, hold_s: float, state: str | None, text: str | None) -> list[AgentState]:
     """Agents in a state and/or matching a text (name, hostname, label), sorted by name."""
-    now, hold = time.time(), leasing.settings.poll_hold_s
+    now = time.time()
     needle = text.lower() if text else None
     out = []
-    for agent in leasing.agents.values():
-        if state and agent_state(agent, hold, now) != state:
+    for agent in fleet.agents.values():
+        if state and agent_state(agent, hold_s, now) != state:
             continue
         if needle:
             hay = " ".join([agent.name, agent.inventory.hostname or "",

@@ -6,30 +6,31 @@ import json
 import logging
 import time
 
-from mloc_server.services.fleet import LeaseState
+from mloc_server.services.fleet import Fleet, LeaseState
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.queue import QueuedTask, TaskMeta
 from mloc_server.services.scheduler import Requirement
+from mloc_server.settings import CoordinatorSettings
 from mloc_server.store import repo
+from mloc_server.store.database import Database
 
 log = logging.getLogger(__name__)
 
 
-async def load_state(leasing: Leasing) -> None:
+async def load_state(db: Database, fleet: Fleet, leasing: Leasing, settings: CoordinatorSettings) -> None:
     """Rebuild the in-memory mirror from SQLite; live leases get the restart grace."""
     from mloc_server.services.agents import agent_from_row
 
-    for row in await repo.all_agents(leasing.db):
-        agent = agent_from_row(row)
-        leasing.add_agent(agent)
+    for row in await repo.all_agents(db):
+        fleet.add_agent(agent_from_row(row))
     now, mono = time.time(), time.monotonic()
-    grace = max(leasing.settings.lease_ttl_s, leasing.settings.restart_grace_s)
-    for row in await repo.active_tasks(leasing.db):
+    grace = max(settings.lease_ttl_s, settings.restart_grace_s)
+    for row in await repo.active_tasks(db):
         spec = json.loads(row["spec"])
         req = Requirement.from_json(row["requirement"])
         meta = TaskMeta.from_spec(spec)
         if row["state"] == "queued":
-            leasing.queue.add(QueuedTask.make(row["id"], req, meta, row["queued_at"], row["not_before"]), now)
+            fleet.queue.add(QueuedTask.make(row["id"], req, meta, row["queued_at"], row["not_before"]), now)
             continue
         gpus = tuple(json.loads(row["lease_gpus"] or "[]"))
         lease = LeaseState(
@@ -39,9 +40,6 @@ async def load_state(leasing: Leasing) -> None:
             progress=json.loads(row["progress"]) if row["progress"] else None,
         )
         lease.offer = leasing.offer_for(lease, row["task_type"], spec, row["last_checkpoint"])
-        leasing.leases[lease.task_id] = lease
-        agent = leasing.agents.get(lease.agent_id)
-        if agent is not None:
-            agent.leases[lease.task_id] = lease
+        fleet.add_lease(fleet.agents.get(lease.agent_id), lease)
     log.info("loaded %d agents, %d queued tasks, %d live leases (grace %.0fs)",
-             len(leasing.agents), len(leasing.queue), len(leasing.leases), grace)
+             len(fleet.agents), len(fleet.queue), len(fleet.leases), grace)

@@ -23,6 +23,7 @@ from mloc_shared.errors import Unavailable
 from mloc_server.services.fleet import AgentState
 from mloc_server.services.leasing import Leasing
 from mloc_server.store import ops
+from mloc_server.store.database import Database
 
 log = logging.getLogger(__name__)
 REDACTED = "<redacted>"
@@ -48,9 +49,9 @@ def load_key(path: Path) -> bytes:
 
 
 class TaskSecrets:
-    def __init__(self, leasing: Leasing, key_path: Path) -> None:
+    def __init__(self, db: Database, leasing: Leasing, key_path: Path) -> None:
         self.leasing = leasing
-        self.db = leasing.db
+        self.db = db
         self._fernet = Fernet(load_key(key_path))
         self._held: set[str] = set()  # tasks with stored secrets: only these cost a delete at the end
         self._pending_delete: set[str] = set()

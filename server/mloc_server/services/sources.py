@@ -24,9 +24,9 @@ MAX_SOURCES = 8
 
 async def lease_sources(artifacts: Artifacts, agent: AgentState, task_id: str, req: SourcesRequest) -> SourcesResponse:
     """Presigned downloads of every task output the leased task reads; refuses what its owner may not read."""
-    leasing = artifacts.leasing
-    leasing.own_lease(agent, task_id, req.epoch)
-    row = await repo.get_task(leasing.db, task_id)
+    db = artifacts.db
+    artifacts.leasing.own_lease(agent, task_id, req.epoch)
+    row = await repo.get_task(db, task_id)
     if row is None:
         raise ValidationFailed(f"no task {task_id}")
     owner = row["owner"]
@@ -40,7 +40,7 @@ async def lease_sources(artifacts: Artifacts, agent: AgentState, task_id: str, r
         seen.add(ref)
         if len(out) >= MAX_SOURCES:
             raise ValidationFailed(f"task {task_id} reads more than {MAX_SOURCES} tasks' outputs (through chains)")
-        src = await repo.get_task(leasing.db, ref)
+        src = await repo.get_task(db, ref)
         if src is None or src["owner"] != owner:
             raise ValidationFailed(f"task {task_id} reads the outputs of task {ref}, which does not exist "
                                    f"(or belongs to another user)", field="model.source.identifier")
@@ -48,7 +48,7 @@ async def lease_sources(artifacts: Artifacts, agent: AgentState, task_id: str, r
             raise ValidationFailed(f"task {task_id} reads the outputs of task {ref}, which is {src['state']}: "
                                    "only a succeeded task's outputs can be used", field="model.source.identifier")
         latest: dict[str, SourceArtifact] = {}  # a retried task may have uploaded a name twice: the last wins
-        for art in await repo.task_artifacts(leasing.db, ref):
+        for art in await repo.task_artifacts(db, ref):
             if art["kind"] == "artifact":
                 latest[art["name"]] = SourceArtifact(name=art["name"], size=art["size"],
                                                      url=artifacts.store.download_url(art["storage_key"]))

@@ -17,11 +17,13 @@ from mloc_shared.taskspec import BUILTIN_TASK_TYPES, TaskSpec
 
 from mloc_server.services import handoff
 from mloc_server.services.auth import Principal
+from mloc_server.services.fleet import Fleet
 from mloc_server.services.leasing import Leasing
-from mloc_server.services.queue import TaskMeta
+from mloc_server.services.queue import QueuedTask, TaskMeta
 from mloc_server.services.scheduler import Requirement, unplaceable_reason
 from mloc_server.services.secrets import TaskSecrets, split_secrets
 from mloc_server.store import repo
+from mloc_server.store.database import Database
 
 
 def new_task_id() -> str:
@@ -30,9 +32,10 @@ def new_task_id() -> str:
 
 
 class Tasks:
-    def __init__(self, leasing: Leasing, secrets: TaskSecrets) -> None:
+    def __init__(self, db: Database, fleet: Fleet, leasing: Leasing, secrets: TaskSecrets) -> None:
+        self.db = db
+        self.fleet = fleet
         self.leasing = leasing
-        self.db = leasing.db
         self.secrets = secrets
 
     async def submit(
@@ -57,7 +60,7 @@ class Tasks:
             body_hash=hashlib.sha256(body.encode()).hexdigest(),
         )
         meta = TaskMeta.from_spec(wire)
-        hand = handoff.reserve(self.leasing, new.id, req, meta)  # an agent's poll is waiting: claim it now
+        hand = handoff.reserve(self.fleet, self.leasing, new.id, req, meta)  # an agent's poll is waiting: claim it now
 
         def write(con):
             task_id, created = repo.insert_task(con, new)
@@ -79,7 +82,7 @@ class Tasks:
             await asyncio.sleep(0)
         if created:
             if not handed:
-                self.leasing.enqueue(row["id"], req, meta, now)
+                self.fleet.enqueue(QueuedTask.make(row["id"], req, meta, now), time.time())
             record = self.record(row)  # a new task has no attempts yet: no second read
         else:
             record = await self.get(row["id"], principal)
@@ -89,7 +92,7 @@ class Tasks:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             warnings.append(f"taskType {spec.task_type!r} is not a built-in type{hint}")
         if record["state"] == "queued":
-            unplaceable = unplaceable_reason(req, (a.view() for a in self.leasing.agents.values()))
+            unplaceable = unplaceable_reason(req, (a.view() for a in self.fleet.agents.values()))
             if unplaceable:
                 warnings.append(unplaceable)
         if warnings:
@@ -124,7 +127,7 @@ class Tasks:
         for i in sealed:
             self.secrets.stored(ids[i])
         for task_id, (req, meta) in zip(ids, shapes, strict=True):
-            self.leasing.enqueue(task_id, req, meta, now)
+            self.fleet.enqueue(QueuedTask.make(task_id, req, meta, now), time.time())
         return [{"id": task_id, "state": "queued"} for task_id in ids]
 
     def _visible(self, row: sqlite3.Row | None, principal: Principal, task_id: str) -> sqlite3.Row:
@@ -144,13 +147,12 @@ class Tasks:
         return record
 
     def _agent_name(self, agent_id: str | None) -> str | None:
-        agent = self.leasing.agents.get(agent_id) if agent_id else None
-        return agent.name if agent else agent_id
+        return self.fleet.agent_name(agent_id) if agent_id else agent_id
 
     def record(self, row: sqlite3.Row, reasons: dict[str, str | None] | None = None) -> dict[str, Any]:
         """The public view of a task row, merged with live lease state (progress, cancel)."""
         task_id = row["id"]
-        lease = self.leasing.leases.get(task_id)
+        lease = self.fleet.leases.get(task_id)
         progress = lease.progress if lease is not None and lease.progress else (
             json.loads(row["progress"]) if row["progress"] else None)
         record: dict[str, Any] = {
@@ -184,12 +186,12 @@ class Tasks:
         if reasons is not None and key in reasons:
             reason = reasons[key]
         else:
-            reason = unplaceable_reason(Requirement.from_json(key), (a.view() for a in self.leasing.agents.values()))
+            reason = unplaceable_reason(Requirement.from_json(key), (a.view() for a in self.fleet.agents.values()))
             if reasons is not None:
                 reasons[key] = reason
         if reason:
             return reason
-        queued = self.leasing.queue.get(row["id"])
+        queued = self.fleet.queue.get(row["id"])
         if queued is not None and queued.not_before > time.time():
             return f"retry backoff: eligible again in {queued.not_before - time.time():.0f}s"
         return "waiting for a fitting agent to have free GPUs"

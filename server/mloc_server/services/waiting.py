@@ -10,9 +10,12 @@ check stands for its whole group; a fleet has a few hardware shapes, not thousan
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
-from mloc_server.services.fleet import AgentState
 from mloc_server.services.scheduler import AgentView, match_key
+
+if TYPE_CHECKING:  # fleet.py holds a WaitingPolls
+    from mloc_server.services.fleet import AgentState
 
 
 class WaitingPolls:
