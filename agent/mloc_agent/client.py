@@ -1,8 +1,6 @@
-"""The agent's only HTTP code: typed calls to the coordinator, with retries by error type.
-
-Retry policy (stated per call, Buildkite-style): network faults and 5xx are retried with
-exponential backoff and full jitter; 4xx answers are definitive and never retried (a 409 means
-the lease is gone: stop the task). Presigned URLs for artifacts are fetched here too.
+"""The agent's only HTTP code: typed calls to the coordinator. Presigned URLs for artifacts are
+fetched here too. Every failure is an ``MlocError``: an answer rebuilt from its error body, or a
+``TransportFault`` when none came; retries.py decides which are retried.
 
 Two clients, each where it is best: protocol calls (poll, heartbeat, logs, completions — several
 per task, on the hot path) go through aiohttp, which costs about a third of httpx's time per call;
@@ -11,17 +9,17 @@ artifact bytes (streamed PUTs with a Content-Length to presigned S3 URLs, downlo
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
-import logging
+import os
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urljoin
 
 import aiohttp
 import httpx
-from mloc_shared.errors import MlocError, error_from_body
+from mloc_shared.errors import TransportFault, error_from_body
 from mloc_shared.protocol import (
     Completion,
     CompletionBatch,
@@ -43,33 +41,21 @@ from mloc_shared.protocol import (
 )
 from mloc_shared.version import PROTOCOL_HEADER, PROTOCOL_VERSION
 from pydantic import BaseModel
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
-log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
-T = TypeVar("T")
 
 
-class TransportFault(Exception):
-    """The coordinator could not be reached, or the connection broke or timed out (always retryable)."""
+def _fault(exc: BaseException) -> TransportFault:
+    return TransportFault(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
 
-def retryable(exc: BaseException) -> bool:
-    if isinstance(exc, (TransportFault, httpx.TransportError)):
-        return True
-    return isinstance(exc, MlocError) and exc.status >= 500
-
-
-async def with_retries(call: Callable[[], Awaitable[T]], budget_s: float, what: str) -> T:
-    """Retry ``call`` on network faults and 5xx for up to ``budget_s`` (backoff 0.2 s -> 10 s, jittered)."""
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception(retryable), stop=stop_after_delay(budget_s),
-        wait=wait_random_exponential(multiplier=0.2, max=10), reraise=True,
-        before_sleep=lambda rs: log.warning("%s failed (%s); retrying", what, rs.outcome.exception()),
-    ):
-        with attempt:
-            return await call()
-    raise AssertionError("unreachable")
+@contextlib.contextmanager
+def _blob_faults() -> Iterator[None]:
+    """httpx's transport errors (artifact transfers) as the error tree's TransportFault."""
+    try:
+        yield
+    except httpx.TransportError as exc:
+        raise _fault(exc) from exc
 
 
 class CoordinatorClient:
@@ -113,8 +99,8 @@ class CoordinatorClient:
                 timeout=aiohttp.ClientTimeout(total=timeout if timeout is not None else 30.0, sock_connect=10.0),
             ) as resp:
                 status, raw = resp.status, await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise TransportFault(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise _fault(exc) from exc
         if status >= 400:
             raise error_from_body(status, _error_payload(status, raw))
         return model.model_validate_json(raw) if model is not None else json.loads(raw)
@@ -156,34 +142,35 @@ class CoordinatorClient:
         return urljoin(self.base_url, url.lstrip("/")) if url.startswith("/") else url
 
     async def put_bytes(self, url: str, data: bytes, headers: dict[str, str] | None = None) -> str:
-        resp = await self._blobs.put(self.absolute(url), content=data, headers=headers or {})
+        with _blob_faults():
+            resp = await self._blobs.put(self.absolute(url), content=data, headers=headers or {})
         if resp.status_code >= 400:
             raise error_from_body(resp.status_code, _error_payload(resp.status_code, resp.content))
         return resp.headers.get("ETag", "")
 
     async def put_file(self, url: str, path: str, headers: dict[str, str] | None = None) -> None:
-        async def chunks():
+        async def chunks() -> AsyncIterator[bytes]:
             with open(path, "rb") as fh:
                 while block := fh.read(1 << 20):
                     yield block
 
-        import os
-
         hdrs = {"Content-Length": str(os.path.getsize(path)), **(headers or {})}
-        resp = await self._blobs.put(self.absolute(url), content=chunks(), headers=hdrs)
+        with _blob_faults():
+            resp = await self._blobs.put(self.absolute(url), content=chunks(), headers=hdrs)
         if resp.status_code >= 400:
             raise error_from_body(resp.status_code, _error_payload(resp.status_code, resp.content))
 
     async def download(self, url: str, dest: str) -> int:
         size = 0
-        async with self._blobs.stream("GET", self.absolute(url)) as resp:
-            if resp.status_code >= 400:
-                await resp.aread()
-                raise error_from_body(resp.status_code, _error_payload(resp.status_code, resp.content))
-            with open(dest, "wb") as fh:
-                async for block in resp.aiter_bytes(1 << 20):
-                    fh.write(block)
-                    size += len(block)
+        with _blob_faults():  # the body too: a connection can break mid-download
+            async with self._blobs.stream("GET", self.absolute(url)) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    raise error_from_body(resp.status_code, _error_payload(resp.status_code, resp.content))
+                with open(dest, "wb") as fh:
+                    async for block in resp.aiter_bytes(1 << 20):
+                        fh.write(block)
+                        size += len(block)
         return size
 
 

@@ -11,7 +11,8 @@ import logging
 from mloc_shared.errors import LeaseLost, MlocError
 from mloc_shared.protocol import Completion, CompletionBatch, CompletionRef
 
-from mloc_agent.client import CoordinatorClient, with_retries
+from mloc_agent.client import CoordinatorClient
+from mloc_agent.retries import with_retries
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 500

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 from mloc_shared.errors import LeaseLost, MlocError
 from mloc_shared.protocol import Completion, HeartbeatRequest, Lease, Progress
 
-from mloc_agent.client import TransportFault, retryable
 from mloc_agent.log_streamer import LogStreamer
 from mloc_agent.modules.registry import load
+from mloc_agent.retries import Backoff, retryable
 from mloc_agent.runner import LineSplitter, TaskProcess
 from mloc_agent.sources import fetch_sources
 from mloc_agent.task_secrets import fetch_secrets
@@ -228,6 +228,8 @@ class LeaseRun:
         interval = self.agent.timings.heartbeat_s
         ttl = self.lease.ttl_s
         last_ok_sent = time.monotonic()
+        # a renewal must land within the TTL, so failed ones are retried about every second, not backed off far
+        retry = Backoff(min(1.0, interval / 2), 2 * min(1.0, interval / 2))
 
         def left() -> float:
             """Seconds until the task must be stopped. The lease is ours until last_ok_sent + ttl at best
@@ -247,21 +249,22 @@ class LeaseRun:
                     self.task_id, HeartbeatRequest(epoch=self.lease.epoch, progress=self.progress),
                     timeout=max(0.1, min(max(1.0, min(interval, 10.0)), left())))
                 last_ok_sent, ttl = sent, resp.ttl_s
+                retry.reset()
                 if resp.cancel and self.cancel_reason is None and not self.done.is_set():
                     self.agent.spawn(self.cancel("cancel requested"))
                 wait = interval * random.uniform(0.9, 1.1)
             except LeaseLost as exc:
                 self.agent.spawn(self.fence(f"lease lost: {exc.message}"))
                 return
-            except (TransportFault, MlocError) as exc:
-                if isinstance(exc, MlocError) and not retryable(exc):
+            except MlocError as exc:
+                if not retryable(exc):
                     self.agent.spawn(self.fence(f"heartbeat refused: {exc}"))
                     return
                 if left() <= 0:
                     self.agent.spawn(self.fence(
                         f"could not renew the lease within its TTL ({ttl:g}s): self-fencing"))
                     return
-                wait = min(min(1.0, interval / 2) * random.uniform(0.5, 1.5), left())
+                wait = min(retry.next_s(), left())
             await asyncio.sleep(wait)
 
     async def _complete(self, completion: Completion | None) -> None:

@@ -11,12 +11,12 @@ import asyncio
 import codecs
 import contextlib
 import logging
-import random
 
 from mloc_shared.errors import MlocError
 from mloc_shared.protocol import LogBatch, LogChunk
 
-from mloc_agent.client import CoordinatorClient, retryable
+from mloc_agent.client import CoordinatorClient
+from mloc_agent.retries import Backoff, retryable
 from mloc_agent.task_secrets import Redactor
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class LogStreamer:
         self.buffered = sum(len(c.data) for c in self.pending)
 
     async def _run(self) -> None:
-        delay = 0.2
+        backoff = Backoff(0.2, 10.0)
         while True:
             if not self.pending:
                 if self._closing:
@@ -112,20 +112,14 @@ class LogStreamer:
                 continue
             try:
                 await self._send_some()
-                delay = 0.2
+                backoff.reset()
             except MlocError as exc:
                 if not retryable(exc):
                     log.warning("task %s: coordinator refused logs (%s); dropping them", self.task_id, exc)
                     self.lost = True
                     self.pending.clear()
                     return
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 10)
-            except Exception as exc:
-                if not retryable(exc):
-                    raise
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 10)
+                await asyncio.sleep(backoff.next_s())  # chunks are numbered: a resent batch is stored once
             else:
                 if not self._closing:
                     with contextlib.suppress(TimeoutError):

@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import signal
 import sys
 import time
@@ -18,15 +17,16 @@ import uuid
 import warnings
 from typing import Any
 
-from mloc_shared.errors import MlocError, ProtocolMismatch, Unauthorized
+from mloc_shared.errors import MlocError, Unauthorized
 from mloc_shared.protocol import LeaseRef, PollRequest, RegisterRequest, Timings
 from mloc_shared.version import __version__
 
 from mloc_agent import inventory
-from mloc_agent.client import CoordinatorClient, TransportFault, retryable
+from mloc_agent.client import CoordinatorClient
 from mloc_agent.completions import CompletionReporter
 from mloc_agent.lease_run import LeaseRun, task_base_env
 from mloc_agent.modules import registry
+from mloc_agent.retries import Backoff, retryable, retryable_registration
 from mloc_agent.runner import Warden
 from mloc_agent.settings import AgentSettings
 from mloc_agent.workdirs import Janitor, set_aside_stale
@@ -80,7 +80,7 @@ class Agent:
             inventory=self.inventory, task_types=sorted(self.modules), max_tasks=self.max_tasks,
         )
         state = self._load_state()
-        delay = 0.5
+        backoff = Backoff(0.5, 30.0)
         while True:
             try:
                 if state is not None:
@@ -94,19 +94,17 @@ class Agent:
                     self.client.credential = None
                     resp = await self.client.register(req, self.settings.join_token)
                 break
-            except ProtocolMismatch:
-                raise
-            except (TransportFault, MlocError) as exc:
-                if isinstance(exc, MlocError) and not retryable(exc) and exc.status not in (409,):
+            except MlocError as exc:
+                if not retryable_registration(exc):  # a protocol mismatch among them: this agent is too old
                     raise
                 if self.draining:  # stopped (SIGTERM) before it ever registered: nothing to finish
                     return
+                delay = backoff.next_s()
                 log.warning("registration failed (%s); retrying in %.1fs", exc, delay)
                 with contextlib.suppress(TimeoutError):  # a SIGTERM (drain sets _idle) ends the wait at once
-                    await asyncio.wait_for(self._idle.wait(), delay * random.uniform(0.5, 1.5))
+                    await asyncio.wait_for(self._idle.wait(), delay)
                 if self.draining:
                     return
-                delay = min(delay * 2, 30)
         self.client.credential = resp.credential
         self.client.poll_hold_s = resp.timings.poll_hold_s
         self.timings = resp.timings
@@ -154,7 +152,7 @@ class Agent:
 
     async def _poll_loop(self) -> None:
         poll_id = uuid.uuid4().hex
-        delay = 0.5
+        backoff = Backoff(0.5, 30.0)
         while not (self.draining and not self.runs):
             req = PollRequest(
                 poll_id=poll_id, free_slots=0 if self.draining else max(0, self.max_tasks - len(self.runs)),
@@ -184,14 +182,14 @@ class Agent:
                 self.settings.state_file.unlink(missing_ok=True)
                 await self.register()
                 continue
-            except (TransportFault, MlocError) as exc:
-                if isinstance(exc, MlocError) and not retryable(exc):
+            except MlocError as exc:
+                if not retryable(exc):
                     raise
+                delay = backoff.next_s()
                 log.warning("poll failed (%s); retrying in ~%.1fs", exc, delay)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # same poll_id: a retry is idempotent
-                delay = min(delay * 2, 30)
+                await asyncio.sleep(delay)  # same poll_id: a retry is idempotent
                 continue
-            delay = 0.5
+            backoff.reset()
             poll_id = uuid.uuid4().hex
             new_runs = [self._start(lease) for lease in resp.leases if lease.task_id not in self.runs]
             if new_runs:  # start them before the next poll's work competes for this loop (briefly: a download

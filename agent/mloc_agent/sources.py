@@ -16,8 +16,9 @@ from pathlib import Path
 from mloc_shared.chaining import referenced_tasks
 from mloc_shared.protocol import Lease, SourcesRequest
 
-from mloc_agent.client import CoordinatorClient, with_retries
+from mloc_agent.client import CoordinatorClient
 from mloc_agent.modules.sources.task_outputs import SOURCE_FILE
+from mloc_agent.retries import with_retries
 
 
 def _safe_target(root: Path, name: str) -> Path:

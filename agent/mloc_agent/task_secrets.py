@@ -12,7 +12,8 @@ from collections.abc import Iterable
 
 from mloc_shared.protocol import Lease, SecretsRequest
 
-from mloc_agent.client import CoordinatorClient, with_retries
+from mloc_agent.client import CoordinatorClient
+from mloc_agent.retries import with_retries
 
 MASK = "***"
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from mloc_shared.protocol import UploadCommit, UploadedPart, UploadRequest
 
-from mloc_agent.client import CoordinatorClient, with_retries
+from mloc_agent.client import CoordinatorClient
+from mloc_agent.retries import with_retries
 
 
 def _tar(folder: Path) -> Path:

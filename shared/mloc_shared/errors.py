@@ -1,6 +1,15 @@
 """The error tree of MLOC's API, shared by the coordinator (which raises) and clients (which read).
 
-Every error answers as JSON ``{"error": {"code", "message", "field", "line", "hint"}}``.
+Every error answers as JSON ``{"error": {"code", "message", "field", "line", "hint"}}``. One branch
+is never an answer: ``TransportFault``, raised by clients when no answer came, so a caller handles
+"the coordinator said no" and "the coordinator could not be reached" with one ``except MlocError``.
+
+    MlocError (status 500)
+    ├── BadRequest 400, ValidationFailed 422, Unauthorized 401, Forbidden 403, NotFound 404,
+    │   PayloadTooLarge 413, ProtocolMismatch 426, Unavailable 503
+    ├── Conflict 409
+    │   └── LeaseLost 409 (code lease_lost)
+    └── TransportFault (no status: no answer came)
 """
 
 from __future__ import annotations
@@ -96,6 +105,15 @@ class Unavailable(MlocError):
 
     status = 503
     code = "unavailable"
+
+
+class TransportFault(MlocError):
+    """No answer: the peer could not be reached, or the connection broke or timed out mid-call.
+    Retryable, unlike most answers (the client may not know whether the request took effect, so
+    only idempotent calls are retried)."""
+
+    status = 0
+    code = "transport_fault"
 
 
 def error_from_body(status: int, body: Any) -> MlocError:
