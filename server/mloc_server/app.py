@@ -34,7 +34,7 @@ from mloc_server.services.secrets import TaskSecrets
 from mloc_server.services.tasks import Tasks
 from mloc_server.settings import CoordinatorSettings
 from mloc_server.state import STATE, AppState
-from mloc_server.store.database import Database
+from mloc_server.store import SqliteStore
 
 log = logging.getLogger("mloc.coordinator")
 
@@ -71,7 +71,7 @@ async def _lifecycle(app: web.Application, settings: CoordinatorSettings) -> Asy
     if settings.redis_url:
         log.warning("MLOC_REDIS_URL is set but MLOC has no Redis any more: the coordinator keeps its "
                     "state in SQLite (%s); the setting is ignored", settings.database_path)
-    db = Database(settings.database_path, settings.db_synchronous)
+    db = SqliteStore.at(settings.database_path, settings.db_synchronous)
     await db.open()
     store = make_store(settings)
     auth = Auth(db, settings.loopback_admin)

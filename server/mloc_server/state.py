@@ -17,13 +17,13 @@ from mloc_server.services.polling import Polling
 from mloc_server.services.secrets import TaskSecrets
 from mloc_server.services.tasks import Tasks
 from mloc_server.settings import CoordinatorSettings
-from mloc_server.store.database import Database
+from mloc_server.store import Store
 
 
 @dataclass
 class AppState:
     settings: CoordinatorSettings
-    db: Database
+    db: Store
     auth: Auth
     fleet: Fleet
     leasing: Leasing

@@ -11,6 +11,7 @@ from mloc_shared.errors import NotFound, PayloadTooLarge
 
 from mloc_server.api.common import ok, state, user
 from mloc_server.artifacts.local import LocalStore
+from mloc_server.schemas import BlobStored
 
 routes = web.RouteTableDef()
 CHUNK = 1 << 20
@@ -21,7 +22,7 @@ async def list_artifacts(request: web.Request) -> web.Response:
     st = state(request)
     task_id = request.match_info["task_id"]
     await st.tasks.get(task_id, user(request))
-    return ok({"artifacts": await st.artifacts.listing(task_id)})
+    return ok(await st.artifacts.listing(task_id))
 
 
 @routes.get("/api/v1/tasks/{task_id}/artifacts/{name:.+}")
@@ -61,7 +62,7 @@ async def put_blob(request: web.Request) -> web.Response:
     finally:
         if tmp.exists():
             tmp.unlink()
-    return ok({"size": size}, status=201)
+    return ok(BlobStored(size=size), status=201)
 
 
 @routes.get("/api/v1/blobs/{key:.+}")

@@ -20,9 +20,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from mloc_server.api.common import state, user
-from mloc_server.services.overview import AGENT_STATES, fleet_counts
+from mloc_server.services.overview import AGENT_STATES, finished_tasks, fleet_counts, task_counts
 from mloc_server.state import AppState
-from mloc_server.store import ops
 
 routes = web.RouteTableDef()
 TASK_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -84,12 +83,12 @@ class Metrics:
             return encoder(self.registry), content_type
 
     async def _refresh(self, st: AppState) -> None:
-        by_state = await ops.tasks_by_state(st.db)
-        while rows := await ops.finished_since(st.db, self._finished_after):
-            for r in rows:
-                took = (r["finished_at"] - r["started_at"]) if r["started_at"] is not None else 0.0
-                self.task_durations.labels(r["task_type"], r["state"]).observe(max(0.0, took))
-            self._finished_after = rows[-1]["finished_at"]
+        by_state = await task_counts(st.db)
+        while finished := await finished_tasks(st.db, self._finished_after):
+            for t in finished:
+                took = (t.finished_at - t.started_at) if t.started_at is not None else 0.0
+                self.task_durations.labels(t.task_type, t.state).observe(max(0.0, took))
+            self._finished_after = finished[-1].finished_at
         counts = fleet_counts(st.fleet, st.settings.poll_hold_s)
         tasks = GaugeMetricFamily("mloc_tasks", "Tasks by state (queued = the queue's depth)", labels=["state"])
         for name in TASK_STATES:

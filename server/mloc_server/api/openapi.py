@@ -1,9 +1,9 @@
 """The OpenAPI 3.1 document of the coordinator's API, served at ``GET /api/v1/openapi.json``.
 
 Schemas come from the pydantic models the handlers read and write (the wire protocol, the task spec,
-api/schemas.py), so a changed model changes the document. Paths come from ``OPERATIONS`` below: one
-row per route, checked against the routes the app registers (tests/test_openapi.py), and every answer
-is checked against the document by the API fuzz test.
+and mloc_server/schemas.py: the models the services return), so a changed model changes the document.
+Paths come from ``OPERATIONS`` below: one row per route, checked against the routes the app registers
+(tests/test_openapi.py), and every answer is checked against the document by the API fuzz test.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from mloc_shared.version import PROTOCOL_HEADER, PROTOCOL_VERSION, __version__
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from mloc_server.api import schemas as s
+from mloc_server import schemas as s
 from mloc_server.api.system import TokenCreate
 from mloc_server.api.tasks import MAX_BULK, STATES
 from mloc_server.services.overview import AGENT_STATES

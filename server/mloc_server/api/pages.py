@@ -6,15 +6,12 @@ of data comes from the API, which needs a token (kept by the page in localStorag
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from aiohttp import web
-from mloc_shared.version import __version__
 
 from mloc_server.api.common import ok, state, user
-from mloc_server.services.overview import fleet_counts
-from mloc_server.store import ops
+from mloc_server.services.overview import overview as fleet_overview
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 routes = web.RouteTableDef()
@@ -46,12 +43,7 @@ async def overview(request: web.Request) -> web.Response:
     """Counts for the page's header: the fleet from memory, tasks by state (a user's own only)."""
     principal = user(request)
     st = state(request)
-    tasks = await ops.tasks_by_state(st.db, None if principal.is_admin else principal.user)
-    return ok({
-        **fleet_counts(st.fleet, st.settings.poll_hold_s).as_dict(), "tasks": tasks, "user": principal.user,
-        "role": principal.role,
-        "version": __version__, "server_time": time.time(), "poll_hold_s": st.settings.poll_hold_s,
-    })
+    return ok(await fleet_overview(st.db, st.fleet, st.settings.poll_hold_s, principal))
 
 
 routes.static("/static", STATIC, append_version=False)

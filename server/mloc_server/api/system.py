@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from aiohttp import web
 from mloc_shared.errors import ValidationFailed
@@ -11,8 +11,9 @@ from mloc_shared.version import PROTOCOL_VERSION, __version__
 from pydantic import BaseModel, Field
 
 from mloc_server.api.common import admin, int_query, ok, read_model, state, user
+from mloc_server.schemas import Health, TokenCreated, TokenRevoked, WorkerList
 from mloc_server.services.overview import AGENT_STATES, select_agents
-from mloc_server.store import repo
+from mloc_server.services.usage import usage_stats
 
 routes = web.RouteTableDef()
 
@@ -23,11 +24,11 @@ async def health(request: web.Request) -> web.Response:
     if not st.db.healthy:
         await st.db.probe()  # the last write failed: see whether the disk works again
     healthy = st.db.healthy
-    body = {
-        "status": "ok" if healthy else "degraded", "version": __version__, "protocol_version": PROTOCOL_VERSION,
-        "uptime_s": round(time.time() - st.started_at, 1), "database": "ok" if healthy else st.db.last_error,
-        "queued": len(st.fleet.queue), "running": len(st.fleet.leases), "agents": len(st.fleet.agents),
-    }
+    body = Health(
+        status="ok" if healthy else "degraded", version=__version__, protocol_version=PROTOCOL_VERSION,
+        uptime_s=round(time.time() - st.started_at, 1), database="ok" if healthy else st.db.last_error,
+        queued=len(st.fleet.queue), running=len(st.fleet.leases), agents=len(st.fleet.agents),
+    )
     return ok(body, status=200 if healthy else 503)
 
 
@@ -40,15 +41,20 @@ async def workers(request: web.Request) -> web.Response:
     q = request.query
     if not any(k in q for k in ("page", "page_size", "state", "q")):
         agents = st.agents.listing()
-        return ok({"workers": agents, "total": len(agents)})
+        return _workers(WorkerList(workers=agents, total=len(agents)))
     wanted = q.get("state") or None
     if wanted and wanted not in AGENT_STATES:
         raise ValidationFailed(f"state must be one of {', '.join(AGENT_STATES)}", field="state")
     page, size = int_query(request, "page", 1, 1, 1_000_000), int_query(request, "page_size", 50, 1, 500)
     matching = select_agents(st.fleet, st.settings.poll_hold_s, wanted, q.get("q") or None)
     shown = [st.agents.describe(a) for a in matching[(page - 1) * size : page * size]]
-    return ok({"workers": shown, "total": len(matching), "page": page, "page_size": size,
-               "pages": (len(matching) + size - 1) // size})
+    return _workers(WorkerList(workers=shown, total=len(matching), page=page, page_size=size,
+                               pages=(len(matching) + size - 1) // size))
+
+
+def _workers(listing: WorkerList) -> web.Response:
+    # unset fields stay out: page fields when not paged, GPU fields an agent did not report
+    return ok(listing.model_dump(mode="json", exclude_unset=True))
 
 
 @routes.post("/api/v1/agents/{name}/drain")
@@ -57,7 +63,7 @@ async def drain(request: web.Request) -> web.Response:
     admin(request)
     st = state(request)
     agent = await st.agents.set_state(request.match_info["name"], "draining")
-    return ok(st.agents.describe(agent))
+    return ok(st.agents.describe(agent).model_dump(mode="json", exclude_unset=True))
 
 
 @routes.post("/api/v1/agents/{name}/undrain")
@@ -66,7 +72,7 @@ async def undrain(request: web.Request) -> web.Response:
     admin(request)
     st = state(request)
     agent = await st.agents.set_state(request.match_info["name"], "active")
-    return ok(st.agents.describe(agent))
+    return ok(st.agents.describe(agent).model_dump(mode="json", exclude_unset=True))
 
 
 def _date(request: web.Request, name: str) -> float | None:
@@ -78,7 +84,7 @@ def _date(request: web.Request, name: str) -> float | None:
     except ValueError:
         raise ValidationFailed(f"{name} must be a date like 2024-01-01", field=name) from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
 
 
@@ -89,10 +95,8 @@ async def stats(request: web.Request) -> web.Response:
     if not principal.is_admin:
         who = principal.user
     start, end = _date(request, "start_date"), _date(request, "end_date")
-    body = await repo.stats(state(request).db, who, start, end)
-    body.update({"user": who, "start_date": request.query.get("start_date"),
-                 "end_date": request.query.get("end_date")})
-    return ok(body)
+    return ok(await usage_stats(state(request).db, who, start, end, start_date=request.query.get("start_date"),
+                                end_date=request.query.get("end_date")))
 
 
 class TokenCreate(BaseModel):
@@ -112,14 +116,13 @@ async def create_token(request: web.Request) -> web.Response:
         raise ValidationFailed("a user token needs a user name", field="user")
     token_id, secret = await state(request).auth.create_token(
         req.kind, user=req.user, role=req.role, ttl_s=req.ttl_s, max_uses=req.max_uses, note=req.note)
-    return ok({"id": token_id, "token": secret, "kind": req.kind, "user": req.user, "role": req.role}, status=201)
+    return ok(TokenCreated(id=token_id, token=secret, kind=req.kind, user=req.user, role=req.role), status=201)
 
 
 @routes.get("/api/v1/tokens")
 async def list_tokens(request: web.Request) -> web.Response:
     admin(request)
-    rows = await repo.list_tokens(state(request).db)
-    return ok({"tokens": [dict(r) for r in rows]})
+    return ok(await state(request).auth.tokens())
 
 
 @routes.delete("/api/v1/tokens/{token_id}")
@@ -130,4 +133,4 @@ async def revoke_token(request: web.Request) -> web.Response:
         from mloc_shared.errors import NotFound
 
         raise NotFound(f"no token {request.match_info['token_id']}")
-    return ok({"id": request.match_info["token_id"], "revoked": True})
+    return ok(TokenRevoked(id=request.match_info["token_id"], revoked=True))

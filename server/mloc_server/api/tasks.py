@@ -90,9 +90,7 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
     follow = request.query.get("follow", "").lower() in ("1", "true", "yes")
     sse = "text/event-stream" in request.headers.get("Accept", "")
     if not follow and not sse:
-        chunks = await st.logs.read(task_id, attempt_no, cursor)
-        nxt = (chunks[-1]["attempt"], chunks[-1]["seq"]) if chunks else cursor
-        return ok({"chunks": chunks, "next": {"after_attempt": nxt[0], "after_seq": nxt[1]}})
+        return ok(await st.logs.page(task_id, attempt_no, cursor))
     resp = web.StreamResponse(headers={
         "Content-Type": "text/event-stream" if sse else "text/plain; charset=utf-8",
         "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
@@ -101,10 +99,10 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
     try:
         async for chunks in st.logs.follow(task_id, attempt_no, cursor):
             if sse:
-                events = (f"id: {c['attempt']}.{c['seq']}\ndata: {json.dumps(c)}\n\n" for c in chunks)
+                events = (f"id: {c.attempt}.{c.seq}\ndata: {json.dumps(c.model_dump())}\n\n" for c in chunks)
                 payload = "".join(events) or ": keepalive\n\n"
             else:
-                payload = "".join(c["data"] for c in chunks)
+                payload = "".join(c.data for c in chunks)
             if payload:
                 await resp.write(payload.encode())
         if sse:

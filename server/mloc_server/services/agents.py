@@ -2,34 +2,40 @@
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import time
 import uuid
-from typing import Any
 
 from mloc_shared.errors import NotFound, Unauthorized
-from mloc_shared.protocol import Inventory, RegisterRequest, RegisterResponse
+from mloc_shared.protocol import RegisterRequest, RegisterResponse
 
+from mloc_server.schemas import Worker, WorkerGpu, WorkerLease
 from mloc_server.services.auth import hash_secret, new_secret
 from mloc_server.services.fleet import AgentState, Fleet
 from mloc_server.services.leasing import lease_timings
 from mloc_server.settings import CoordinatorSettings
-from mloc_server.store import repo
-from mloc_server.store.database import Database
+from mloc_server.store import Store
+from mloc_server.store.records import StoredAgent
 
 
-def agent_from_row(row: sqlite3.Row) -> AgentState:
+def agent_from_row(row: StoredAgent) -> AgentState:
+    """The in-memory agent for a stored one (at start; its leases are attached afterwards)."""
     return AgentState(
-        id=row["id"], name=row["name"], credential_hash=row["credential_hash"],
-        labels=json.loads(row["labels"]), inventory=Inventory.model_validate_json(row["inventory"]),
-        task_types=frozenset(json.loads(row["task_types"])), max_tasks=row["max_tasks"], state=row["state"],
-        version=row["version"], registered_at=row["registered_at"], last_seen=row["last_seen"],
+        id=row.id, name=row.name, credential_hash=row.credential_hash, labels=row.labels, inventory=row.inventory,
+        task_types=frozenset(row.task_types), max_tasks=row.max_tasks, state=row.state, version=row.version,
+        registered_at=row.registered_at, last_seen=row.last_seen,
+    )
+
+
+def stored_agent(agent: AgentState) -> StoredAgent:
+    return StoredAgent(
+        id=agent.id, name=agent.name, credential_hash=agent.credential_hash, labels=agent.labels,
+        inventory=agent.inventory, task_types=sorted(agent.task_types), max_tasks=agent.max_tasks,
+        state=agent.state, version=agent.version, registered_at=agent.registered_at, last_seen=agent.last_seen,
     )
 
 
 class Agents:
-    def __init__(self, db: Database, fleet: Fleet, settings: CoordinatorSettings) -> None:
+    def __init__(self, db: Store, fleet: Fleet, settings: CoordinatorSettings) -> None:
         self.db = db
         self.fleet = fleet
         self.settings = settings
@@ -45,19 +51,8 @@ class Agents:
             state=existing.state if existing else "active", version=req.agent_version,
             registered_at=existing.registered_at if existing else now, last_seen=now,
         )
-        row = {
-            "id": agent.id, "name": agent.name, "credential_hash": agent.credential_hash,
-            "labels": json.dumps(agent.labels), "inventory": agent.inventory.model_dump_json(),
-            "task_types": json.dumps(sorted(agent.task_types)), "max_tasks": agent.max_tasks,
-            "state": agent.state, "version": agent.version, "registered_at": agent.registered_at,
-            "last_seen": now,
-        }
-
-        def write(con):
-            repo.upsert_agent(con, row)
-            con.execute("UPDATE agents SET credential_hash=? WHERE id=?", (agent.credential_hash, agent.id))
-
-        await self.db.write(write)
+        row = stored_agent(agent)
+        await self.db.write(lambda tx: tx.save_agent(row))
         self.fleet.add_agent(agent)
         self.fleet.wake_for_queued()  # new capacity: wake it if work waits
         return RegisterResponse(agent_id=agent.id, credential=credential, timings=lease_timings(self.settings))
@@ -79,41 +74,39 @@ class Agents:
 
     async def set_state(self, key: str, state: str) -> AgentState:
         agent = self.find(key)
-        await self.db.write(lambda con: repo.set_agent_state(con, agent.id, state))
+        await self.db.write(lambda tx: tx.set_agent_state(agent.id, state))
         agent.state = state
         agent.wake("state")
         if state == "active":
             self.fleet.wake_for_queued()
         return agent
 
-    def describe(self, agent: AgentState) -> dict[str, Any]:
+    def describe(self, agent: AgentState) -> Worker:
+        """The listing's view of an agent; send it with ``exclude_unset`` (a GPU shows what was reported)."""
         hold = self.settings.poll_hold_s
         stats = {s.index: s for s in agent.gpu_stats or []}
         used = {g: lease.task_id for lease in agent.leases.values() for g in lease.gpus}
         gpus = []
         for gpu in agent.inventory.gpus:
-            d = gpu.model_dump(exclude_none=True)
+            reported = gpu.model_dump(exclude_none=True)
             stat = stats.get(gpu.index)
             if stat is not None and stat.utilization_pct is not None:
-                d["utilization_pct"] = stat.utilization_pct
+                reported["utilization_pct"] = stat.utilization_pct
             if stat is not None and stat.memory_used_mb is not None:
-                d["memory_used_mb"] = stat.memory_used_mb
-            d["task_id"] = used.get(gpu.index)
-            gpus.append(d)
+                reported["memory_used_mb"] = stat.memory_used_mb
+            gpus.append(WorkerGpu(**reported, task_id=used.get(gpu.index)))
         connected = agent.connected(hold, time.time())
-        return {
-            "id": agent.id, "name": agent.name, "labels": agent.labels,
-            "state": agent.state if connected else "offline",
-            "draining": agent.self_draining or agent.state == "draining",
-            "connected": connected, "address": agent.address, "version": agent.version, "last_seen": agent.last_seen,
-            "registered_at": agent.registered_at, "max_tasks": agent.max_tasks,
-            "task_types": sorted(agent.task_types), "gpu_source": agent.inventory.gpu_source,
-            "hostname": agent.inventory.hostname, "cpu_count": agent.inventory.cpu_count,
-            "memory_mb": agent.inventory.memory_mb, "gpus": gpus,
-            "leases": [{"task_id": lease.task_id, "epoch": lease.epoch, "attempt": lease.attempt,
-                        "gpus": list(lease.gpus), "progress": lease.progress}
-                       for lease in agent.leases.values() if lease.epoch >= 0],
-        }
+        return Worker(
+            id=agent.id, name=agent.name, labels=agent.labels, state=agent.state if connected else "offline",
+            draining=agent.self_draining or agent.state == "draining", connected=connected, address=agent.address,
+            version=agent.version, last_seen=agent.last_seen, registered_at=agent.registered_at,
+            max_tasks=agent.max_tasks, task_types=sorted(agent.task_types), gpu_source=agent.inventory.gpu_source,
+            hostname=agent.inventory.hostname, cpu_count=agent.inventory.cpu_count,
+            memory_mb=agent.inventory.memory_mb, gpus=gpus,
+            leases=[WorkerLease(task_id=lease.task_id, epoch=lease.epoch, attempt=lease.attempt, gpus=list(lease.gpus),
+                                progress=lease.progress)
+                    for lease in agent.leases.values() if lease.epoch >= 0],
+        )
 
-    def listing(self) -> list[dict[str, Any]]:
+    def listing(self) -> list[Worker]:
         return [self.describe(a) for a in sorted(self.fleet.agents.values(), key=lambda a: a.name)]

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
 from urllib.parse import quote
 
 from mloc_shared.errors import NotFound, PayloadTooLarge
 from mloc_shared.protocol import PartUrl, UploadCommit, UploadPlan, UploadRequest
 
 from mloc_server.artifacts.base import ArtifactStore, check_artifact_name
+from mloc_server.schemas import ArtifactList, ArtifactView, UploadCommitted
 from mloc_server.services.fleet import AgentState
 from mloc_server.services.leasing import Leasing
-from mloc_server.store import repo
-from mloc_server.store.database import Database
+from mloc_server.store import Store
+from mloc_server.store.records import PendingUpload
 
 
 class Artifacts:
-    def __init__(self, db: Database, leasing: Leasing, store: ArtifactStore, max_bytes: int) -> None:
+    def __init__(self, db: Store, leasing: Leasing, store: ArtifactStore, max_bytes: int) -> None:
         self.db = db
         self.leasing = leasing
         self.store = store
@@ -33,50 +33,37 @@ class Artifacts:
         upload_id = uuid.uuid4().hex
         key = f"tasks/{task_id}/{upload_id}/{name}"
         planned = await self.store.plan_upload(key, req.size)
-        row = {
-            "id": upload_id, "task_id": task_id, "epoch": req.epoch, "attempt": lease.attempt, "name": name,
-            "kind": req.kind, "step": req.step, "size": req.size, "storage_key": key,
-            "multipart_id": planned.multipart_id, "created_at": time.time(),
-        }
-        await self.db.write(lambda con: repo.insert_upload(con, row))
+        upload = PendingUpload(
+            id=upload_id, task_id=task_id, epoch=req.epoch, attempt=lease.attempt, name=name, kind=req.kind,
+            step=req.step, size=req.size, storage_key=key, multipart_id=planned.multipart_id, created_at=time.time(),
+        )
+        await self.db.write(lambda tx: tx.insert_upload(upload))
         return UploadPlan(
             upload_id=upload_id, url=planned.url, headers=planned.headers, part_size=planned.part_size,
             parts=[PartUrl(part_number=i + 1, url=u) for i, u in enumerate(planned.part_urls)] or None,
         )
 
-    async def commit(self, agent: AgentState, task_id: str, upload_id: str, req: UploadCommit) -> dict[str, Any]:
+    async def commit(self, agent: AgentState, task_id: str, upload_id: str, req: UploadCommit) -> UploadCommitted:
         self.leasing.own_lease(agent, task_id, req.epoch)
-        up = await self.db.read_one("SELECT * FROM uploads WHERE id=? AND task_id=?", (upload_id, task_id))
+        up = await self.db.pending_upload(upload_id, task_id)
         if up is None:
             raise NotFound(f"no pending upload {upload_id} for task {task_id}")
         parts = [(p.part_number, p.etag) for p in req.parts or []]
-        await self.store.finish_upload(up["storage_key"], up["multipart_id"], parts)
+        await self.store.finish_upload(up.storage_key, up.multipart_id, parts)
         now = time.time()
-
-        def write(con):
-            taken = repo.take_upload(con, upload_id)
-            if taken is None:
-                return None
-            repo.record_artifact(con, taken, now)
-            if taken["kind"] == "checkpoint":
-                repo.set_checkpoint(con, task_id, {"name": taken["name"], "step": taken["step"],
-                                                   "size": taken["size"], "storage_key": taken["storage_key"]})
-            return taken
-
-        taken = await self.db.write(write)
+        taken = await self.db.write(lambda tx: tx.commit_upload(upload_id, now))
         if taken is None:
             raise NotFound(f"upload {upload_id} was already committed")
-        return {"name": taken["name"], "kind": taken["kind"], "size": taken["size"], "step": taken["step"]}
+        return UploadCommitted(name=taken.name, kind=taken.kind, size=taken.size, step=taken.step)
 
-    async def listing(self, task_id: str) -> list[dict[str, Any]]:
-        return [
-            {"name": r["name"], "kind": r["kind"], "step": r["step"], "size": r["size"], "attempt": r["attempt"],
-             "created_at": r["created_at"], "url": f"/api/v1/tasks/{task_id}/artifacts/{quote(r['name'])}"}
-            for r in await repo.task_artifacts(self.db, task_id)
-        ]
+    async def listing(self, task_id: str) -> ArtifactList:
+        return ArtifactList(artifacts=[
+            ArtifactView.of(art, f"/api/v1/tasks/{task_id}/artifacts/{quote(art.name)}")
+            for art in await self.db.task_artifacts(task_id)
+        ])
 
     async def download_url(self, task_id: str, name: str) -> str:
-        row = await repo.artifact(self.db, task_id, name)
-        if row is None:
+        art = await self.db.artifact(task_id, name)
+        if art is None:
             raise NotFound(f"task {task_id} has no artifact {name!r}")
-        return self.store.download_url(row["storage_key"])
+        return self.store.download_url(art.storage_key)

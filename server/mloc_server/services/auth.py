@@ -17,8 +17,9 @@ from pathlib import Path
 
 from mloc_shared.errors import Forbidden, Unauthorized
 
-from mloc_server.store import repo
-from mloc_server.store.database import Database
+from mloc_server.schemas import TokenInfo, TokenList
+from mloc_server.store import Store
+from mloc_server.store.records import StoredToken
 
 log = logging.getLogger(__name__)
 LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
@@ -52,18 +53,15 @@ LOOPBACK_PRINCIPAL = Principal(user="local", role="admin")
 
 
 class Auth:
-    def __init__(self, db: Database, loopback_admin: bool) -> None:
+    def __init__(self, db: Store, loopback_admin: bool) -> None:
         self.db = db
         self.loopback_admin = loopback_admin
         self._users: dict[str, Principal] = {}
 
     async def load(self) -> None:
-        rows = await self.db.read(
-            "SELECT token_hash, user, role, expires_at FROM tokens WHERE kind='user' AND revoked=0"
-        )
-        now = time.time()
-        self._users = {r["token_hash"]: Principal(r["user"], r["role"]) for r in rows
-                       if r["expires_at"] is None or r["expires_at"] > now}
+        """Cache the valid user tokens: checking a request's token is a dict lookup, not a query."""
+        tokens = await self.db.active_user_tokens(time.time())
+        self._users = {t.token_hash: Principal(t.user, t.role) for t in tokens}
 
     @staticmethod
     def bearer(header: str | None) -> str | None:
@@ -98,23 +96,27 @@ class Auth:
         secret = secret or new_secret(kind)
         token_id = uuid.uuid4().hex[:12]
         now = time.time()
-        row = {
-            "id": token_id, "kind": kind, "token_hash": hash_secret(secret), "user": user, "role": role,
-            "created_at": now, "expires_at": now + ttl_s if ttl_s else None, "max_uses": max_uses, "note": note,
-        }
-        await self.db.write(lambda con: repo.insert_token(con, row))
+        token = StoredToken(
+            id=token_id, kind=kind, token_hash=hash_secret(secret), user=user, role=role, created_at=now,
+            expires_at=now + ttl_s if ttl_s else None, max_uses=max_uses, uses=0, revoked=False, note=note,
+        )
+        await self.db.write(lambda tx: tx.insert_token(token))
         if kind == "user":
-            self._users[row["token_hash"]] = Principal(user, role)
+            self._users[token.token_hash] = Principal(user, role)
         return token_id, secret
 
+    async def tokens(self) -> TokenList:
+        """Every token, oldest first, without the hashes of their secrets."""
+        return TokenList(tokens=[TokenInfo.of(t) for t in await self.db.list_tokens()])
+
     async def revoke(self, token_id: str) -> bool:
-        ok = await self.db.write(lambda con: repo.revoke_token(con, token_id))
+        ok = await self.db.write(lambda tx: tx.revoke_token(token_id))
         await self.load()
         return ok
 
     async def ensure_known(self, kind: str, secret: str, **kwargs) -> None:
         """Make sure a configured secret (MLOC_JOIN_TOKEN, MLOC_ADMIN_TOKEN) is a valid token."""
-        if await repo.token_by_hash(self.db, hash_secret(secret)) is None:
+        if await self.db.token_by_hash(hash_secret(secret)) is None:
             await self.create_token(kind, secret=secret, note="from settings", **kwargs)
 
     async def bootstrap_secret(self, kind: str, path: Path, **kwargs) -> str:
@@ -133,6 +135,7 @@ class Auth:
         if not secret:
             raise Unauthorized("registration needs a join token (MLOC_JOIN_TOKEN)")
         digest = hash_secret(secret)
-        ok = await self.db.write(lambda con: repo.use_join_token(con, digest, time.time()))
+        now = time.time()
+        ok = await self.db.write(lambda tx: tx.use_join_token(digest, now))
         if not ok:
             raise Unauthorized("the join token is not valid (unknown, revoked, expired or used up)")

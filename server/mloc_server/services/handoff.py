@@ -19,7 +19,8 @@ from mloc_server.services.fleet import AgentState, Fleet, LeaseState
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.queue import TaskMeta
 from mloc_server.services.scheduler import Requirement, pick_gpus
-from mloc_server.store import repo
+from mloc_server.store import StoreTx
+from mloc_server.store.records import Claim, Claimed
 
 
 @dataclass
@@ -30,11 +31,11 @@ class Handoff:
     lease: LeaseState
     poll_id: str
 
-    def claim(self, con, task_id: str, now: float) -> list[repo.Claimed]:
+    def claim(self, tx: StoreTx, task_id: str, now: float) -> list[Claimed]:
         """Inside the submit's transaction: claim the new task for the reserved agent."""
-        return repo.claim_tasks(con, self.agent.id, [repo.Claim(task_id, self.lease.gpus)], self.poll_id, now)
+        return tx.claim_tasks(self.agent.id, [Claim(task_id, self.lease.gpus)], self.poll_id, now)
 
-    def settle(self, claimed: list[repo.Claimed]) -> bool:
+    def settle(self, claimed: list[Claimed]) -> bool:
         """After the commit: hand the lease to the agent's poll, or undo the reservation (the
         insert found an existing task, or failed). Returns whether the task was handed over."""
         agent, lease = self.agent, self.lease

@@ -35,8 +35,8 @@ from mloc_server.services.fleet import AgentState, Fleet, LeaseState
 from mloc_server.services.queue import QueuedTask, TaskMeta
 from mloc_server.services.scheduler import Requirement
 from mloc_server.settings import CoordinatorSettings
-from mloc_server.store import repo
-from mloc_server.store.database import Database
+from mloc_server.store import Store, StoreTx
+from mloc_server.store.records import Claim, Claimed
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def lease_timings(settings: CoordinatorSettings) -> Timings:
 class Leasing:
     def __init__(
         self,
-        db: Database,
+        db: Store,
         fleet: Fleet,
         settings: CoordinatorSettings,
         resume_url: Callable[[str], str] | None = None,
@@ -71,9 +71,9 @@ class Leasing:
         now = time.time()
         # reserve the GPUs before the await
         provisional = {qt.id: self.reserve_lease(agent, qt.id, gpus, qt.req, qt.meta, poll_id) for qt, gpus in picks}
-        claims = [repo.Claim(qt.id, gpus) for qt, gpus in picks]
+        claims = [Claim(qt.id, gpus) for qt, gpus in picks]
         try:
-            claimed = await self._db.write(lambda con: repo.claim_tasks(con, agent.id, claims, poll_id, now))
+            claimed = await self._db.write(lambda tx: tx.claim_tasks(agent.id, claims, poll_id, now))
         except Exception:
             for qt, _ in picks:
                 self.fleet.drop_lease(provisional[qt.id])
@@ -101,7 +101,7 @@ class Leasing:
         self.fleet.add_lease(agent, lease)
         return lease
 
-    def grant(self, lease: LeaseState, c: repo.Claimed) -> Lease:
+    def grant(self, lease: LeaseState, c: Claimed) -> Lease:
         """After the claim's commit: the provisional lease becomes real, with its offer."""
         lease.epoch, lease.attempt = c.epoch, c.attempt
         lease.offer = self.offer_for(lease, c.task_type, json.loads(c.spec), c.last_checkpoint)
@@ -175,9 +175,9 @@ class Leasing:
         if batch:
             now = time.time()
 
-            def write(con) -> list[bool]:
-                return [repo.finish_task(con, lease.task_id, c.epoch, state, now, result=c.result, error=error,
-                                         exit_code=c.exit_code, progress=lease.progress)
+            def write(tx: StoreTx) -> list[bool]:
+                return [tx.finish_task(lease.task_id, c.epoch, state, now, result=c.result, error=error,
+                                       exit_code=c.exit_code, progress=lease.progress)
                         for _, lease, c, state, error in batch]
 
             try:
@@ -198,10 +198,9 @@ class Leasing:
 
     async def _late_completion(self, agent: AgentState, task_id: str, c: Completion) -> str | MlocError:
         """A completion for a lease we no longer hold: the same answer if it already committed."""
-        row = await repo.get_task(self._db, task_id)
-        if row is not None and row["agent_id"] == agent.id and row["epoch"] == c.epoch \
-                and row["state"] in FINAL_STATES:
-            return row["state"]
+        row = await self._db.get_task(task_id)
+        if row is not None and row.agent_id == agent.id and row.epoch == c.epoch and row.state in FINAL_STATES:
+            return row.state
         return LeaseLost(f"task {task_id} is not leased to agent {agent.name} at epoch {c.epoch}",
                          hint="the task was requeued or finished elsewhere; its result is discarded")
 
@@ -215,7 +214,7 @@ class Leasing:
         now = time.time()
         try:
             state = await self._db.write(
-                lambda con: repo.requeue_task(con, lease.task_id, lease.epoch, reason, now + backoff, now))
+                lambda tx: tx.requeue_task(lease.task_id, lease.epoch, reason, now + backoff, now))
         except Exception:
             lease.closing = False
             raise
@@ -243,7 +242,7 @@ class Leasing:
         if queued is not None:
             self.fleet.queue.remove(task_id)
             try:
-                ok = await self._db.write(lambda con: repo.cancel_queued(con, task_id, now))
+                ok = await self._db.write(lambda tx: tx.cancel_queued(task_id, now))
             except Exception:
                 self.fleet.queue.add(queued, now)
                 raise
@@ -252,13 +251,13 @@ class Leasing:
                 return "cancelled"
         lease = self.fleet.leases.get(task_id)
         if lease is not None:
-            await self._db.write(lambda con: repo.request_cancel(con, task_id, now))
+            await self._db.write(lambda tx: tx.request_cancel(task_id, now))
             lease.cancel_requested = True
             self.fleet.wake_agent(lease.agent_id, "cancel")
             return "cancelling"
-        row = await repo.get_task(self._db, task_id)
+        row = await self._db.get_task(task_id)
         if row is None:
             raise NotFound(f"no task {task_id}")
-        if row["state"] in FINAL_STATES:
-            raise Conflict(f"task {task_id} already {row['state']}; finished states are final")
-        raise Conflict(f"task {task_id} is {row['state']}; try again")
+        if row.state in FINAL_STATES:
+            raise Conflict(f"task {task_id} already {row.state}; finished states are final")
+        raise Conflict(f"task {task_id} is {row.state}; try again")

@@ -6,18 +6,17 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from typing import Any
 
 from mloc_shared.protocol import FINAL_STATES, LogBatch
 
+from mloc_server.schemas import LogCursor, LogLine, LogPage
 from mloc_server.services.fleet import AgentState
 from mloc_server.services.leasing import Leasing
-from mloc_server.store import repo
-from mloc_server.store.database import Database
+from mloc_server.store import Store
 
 
 class Logs:
-    def __init__(self, db: Database, leasing: Leasing) -> None:
+    def __init__(self, db: Store, leasing: Leasing) -> None:
         self.db = db
         self.leasing = leasing
         self._events: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
@@ -39,16 +38,22 @@ class Logs:
         lease = self.leasing.own_lease(agent, task_id, batch.epoch)
         chunks = [(c.seq, c.stream, c.data) for c in batch.chunks]
         now = time.time()
-        await self.db.write(lambda con: repo.insert_logs(con, task_id, lease.attempt, chunks, now))
+        await self.db.write(lambda tx: tx.insert_logs(task_id, lease.attempt, chunks, now))
         self._wake(task_id)
 
-    async def read(self, task_id: str, attempt: int | None, cursor: tuple[int, int]) -> list[dict[str, Any]]:
-        rows = await repo.task_logs(self.db, task_id, attempt, cursor)
-        return [{"attempt": r["attempt"], "seq": r["seq"], "stream": r["stream"], "data": r["data"]} for r in rows]
+    async def read(self, task_id: str, attempt: int | None, cursor: tuple[int, int]) -> list[LogLine]:
+        rows = await self.db.task_logs(task_id, attempt, cursor)
+        return [LogLine(attempt=r.attempt, seq=r.seq, stream=r.stream, data=r.data) for r in rows]
+
+    async def page(self, task_id: str, attempt: int | None, cursor: tuple[int, int]) -> LogPage:
+        """The chunks after ``cursor`` and the cursor to ask for the next page with."""
+        chunks = await self.read(task_id, attempt, cursor)
+        after = (chunks[-1].attempt, chunks[-1].seq) if chunks else cursor
+        return LogPage(chunks=chunks, next=LogCursor(after_attempt=after[0], after_seq=after[1]))
 
     async def follow(
         self, task_id: str, attempt: int | None, cursor: tuple[int, int], heartbeat_s: float = 15.0
-    ) -> AsyncIterator[list[dict[str, Any]]]:
+    ) -> AsyncIterator[list[LogLine]]:
         """Yield new chunks as they arrive until the task is final and everything was sent.
 
         An empty list is yielded every ``heartbeat_s`` so proxies keep the stream open.
@@ -57,11 +62,11 @@ class Logs:
             event = self._events[task_id]
             chunks = await self.read(task_id, attempt, cursor)
             if chunks:
-                cursor = (chunks[-1]["attempt"], chunks[-1]["seq"])
+                cursor = (chunks[-1].attempt, chunks[-1].seq)
                 yield chunks
                 continue
-            row = await repo.get_task(self.db, task_id)
-            if row is None or row["state"] in FINAL_STATES or self.closing:
+            row = await self.db.get_task(task_id)
+            if row is None or row.state in FINAL_STATES or self.closing:
                 return
             try:
                 await asyncio.wait_for(event.wait(), heartbeat_s)

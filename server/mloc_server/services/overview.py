@@ -1,11 +1,18 @@
-"""Fleet counts from the in-memory mirror, shared by /metrics and the status page (no query needed)."""
+"""Counts for the status page's header and /metrics: the fleet from the in-memory mirror (no query
+needed), tasks by state from the store (one GROUP BY)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 
+from mloc_shared.version import __version__
+
+from mloc_server.schemas import GpuCounts, Overview
+from mloc_server.services.auth import Principal
 from mloc_server.services.fleet import AgentState, Fleet
+from mloc_server.store import Store
+from mloc_server.store.records import FinishedTask
 
 AGENT_STATES = ("active", "draining", "offline")
 
@@ -28,11 +35,10 @@ class FleetCounts:
     leases: int = 0
     queued: int = 0
 
-    def as_dict(self) -> dict[str, object]:
-        return {"agents": self.agents, "agents_total": sum(self.agents.values()),
-                "gpus": {"used": self.gpus_used, "free": self.gpus_free, "unavailable": self.gpus_unavailable,
-                         "total": self.gpus_used + self.gpus_free + self.gpus_unavailable},
-                "leases": self.leases, "queued": self.queued}
+    @property
+    def gpus(self) -> GpuCounts:
+        return GpuCounts(used=self.gpus_used, free=self.gpus_free, unavailable=self.gpus_unavailable,
+                         total=self.gpus_used + self.gpus_free + self.gpus_unavailable)
 
 
 def fleet_counts(fleet: Fleet, hold_s: float, now: float | None = None) -> FleetCounts:
@@ -68,3 +74,24 @@ def select_agents(fleet: Fleet, hold_s: float, state: str | None, text: str | No
         out.append(agent)
     out.sort(key=lambda a: a.name)
     return out
+
+
+async def overview(db: Store, fleet: Fleet, hold_s: float, principal: Principal) -> Overview:
+    """The status page's header; an admin sees every task's count, a user their own."""
+    tasks = await task_counts(db, None if principal.is_admin else principal.user)
+    counts = fleet_counts(fleet, hold_s)
+    return Overview(
+        agents=counts.agents, agents_total=sum(counts.agents.values()), gpus=counts.gpus, leases=counts.leases,
+        queued=counts.queued, tasks=tasks, user=principal.user, role=principal.role, version=__version__,
+        server_time=time.time(), poll_hold_s=hold_s,
+    )
+
+
+async def task_counts(db: Store, owner: str | None = None) -> dict[str, int]:
+    """Tasks by state (an owner's only, when given); states with no task are left out."""
+    return await db.count_tasks_by_state(owner)
+
+
+async def finished_tasks(db: Store, after: float) -> list[FinishedTask]:
+    """Tasks that ended after ``after`` (wall clock), oldest first, a bounded batch at a time."""
+    return await db.finished_since(after)

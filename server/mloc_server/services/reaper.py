@@ -12,14 +12,13 @@ from mloc_shared.errors import Unavailable
 from mloc_server.services.fleet import Fleet
 from mloc_server.services.leasing import Leasing
 from mloc_server.settings import CoordinatorSettings
-from mloc_server.store import repo
-from mloc_server.store.database import Database
+from mloc_server.store import Store, StoreTx
 
 log = logging.getLogger(__name__)
 
 
 class Reaper:
-    def __init__(self, db: Database, fleet: Fleet, leasing: Leasing, settings: CoordinatorSettings) -> None:
+    def __init__(self, db: Store, fleet: Fleet, leasing: Leasing, settings: CoordinatorSettings) -> None:
         self._db = db
         self.fleet = fleet
         self.leasing = leasing
@@ -57,11 +56,11 @@ class Reaper:
         for agent in fleet.agents.values():
             agent.seen_dirty = False
 
-        def write(con):
+        def write(tx: StoreTx) -> None:
             if progress:
-                repo.save_progress(con, progress)
+                tx.save_progress(progress)
             if seen:
-                repo.touch_agents(con, seen)
+                tx.touch_agents(seen)
 
         await self._db.write(write)
 

@@ -11,35 +11,34 @@ from mloc_server.services.leasing import Leasing
 from mloc_server.services.queue import QueuedTask, TaskMeta
 from mloc_server.services.scheduler import Requirement
 from mloc_server.settings import CoordinatorSettings
-from mloc_server.store import repo
-from mloc_server.store.database import Database
+from mloc_server.store import Store
 
 log = logging.getLogger(__name__)
 
 
-async def load_state(db: Database, fleet: Fleet, leasing: Leasing, settings: CoordinatorSettings) -> None:
+async def load_state(db: Store, fleet: Fleet, leasing: Leasing, settings: CoordinatorSettings) -> None:
     """Rebuild the in-memory mirror from SQLite; live leases get the restart grace."""
     from mloc_server.services.agents import agent_from_row
 
-    for row in await repo.all_agents(db):
+    for row in await db.all_agents():
         fleet.add_agent(agent_from_row(row))
     now, mono = time.time(), time.monotonic()
     grace = max(settings.lease_ttl_s, settings.restart_grace_s)
-    for row in await repo.active_tasks(db):
-        spec = json.loads(row["spec"])
-        req = Requirement.from_json(row["requirement"])
+    for row in await db.active_tasks():
+        spec = json.loads(row.spec)
+        req = Requirement.from_json(row.requirement)
         meta = TaskMeta.from_spec(spec)
-        if row["state"] == "queued":
-            fleet.queue.add(QueuedTask.make(row["id"], req, meta, row["queued_at"], row["not_before"]), now)
+        if row.state == "queued":
+            fleet.queue.add(QueuedTask.make(row.id, req, meta, row.queued_at, row.not_before), now)
             continue
-        gpus = tuple(json.loads(row["lease_gpus"] or "[]"))
+        gpus = tuple(json.loads(row.lease_gpus or "[]"))
         lease = LeaseState(
-            task_id=row["id"], agent_id=row["agent_id"], epoch=row["epoch"], attempt=row["attempts"],
-            gpus=gpus, expires_at=mono + grace, started_at=row["started_at"] or now, req=req, meta=meta,
-            claim_id=row["claim_id"], cancel_requested=bool(row["cancel_requested"]),
-            progress=json.loads(row["progress"]) if row["progress"] else None,
+            task_id=row.id, agent_id=row.agent_id or "", epoch=row.epoch, attempt=row.attempts,
+            gpus=gpus, expires_at=mono + grace, started_at=row.started_at or now, req=req, meta=meta,
+            claim_id=row.claim_id, cancel_requested=row.cancel_requested,
+            progress=json.loads(row.progress) if row.progress else None,
         )
-        lease.offer = leasing.offer_for(lease, row["task_type"], spec, row["last_checkpoint"])
+        lease.offer = leasing.offer_for(lease, row.task_type, spec, row.last_checkpoint)
         fleet.add_lease(fleet.agents.get(lease.agent_id), lease)
     log.info("loaded %d agents, %d queued tasks, %d live leases (grace %.0fs)",
              len(fleet.agents), len(fleet.queue), len(fleet.leases), grace)

@@ -22,8 +22,7 @@ from mloc_shared.errors import Unavailable
 
 from mloc_server.services.fleet import AgentState
 from mloc_server.services.leasing import Leasing
-from mloc_server.store import ops
-from mloc_server.store.database import Database
+from mloc_server.store import Store, StoreTx
 
 log = logging.getLogger(__name__)
 REDACTED = "<redacted>"
@@ -49,7 +48,7 @@ def load_key(path: Path) -> bytes:
 
 
 class TaskSecrets:
-    def __init__(self, db: Database, leasing: Leasing, key_path: Path) -> None:
+    def __init__(self, db: Store, leasing: Leasing, key_path: Path) -> None:
         self.leasing = leasing
         self.db = db
         self._fernet = Fernet(load_key(key_path))
@@ -61,20 +60,20 @@ class TaskSecrets:
     async def load(self) -> None:
         """Forget the secrets of tasks that ended while the coordinator was down."""
         ended = []
-        for task_id, state in await ops.tasks_with_secrets(self.db):
+        for task_id, state in await self.db.tasks_with_secrets():
             if state in ("queued", "running"):
                 self._held.add(task_id)
             else:
                 ended.append(task_id)
         if ended:
-            await self.db.write(lambda con: ops.delete_secrets(con, ended))
+            await self.db.write(lambda tx: tx.delete_secrets(ended))
 
     def seal(self, secrets: dict[str, str]) -> str:
         return self._fernet.encrypt(json.dumps(secrets).encode()).decode()
 
-    def insert(self, con, task_id: str, sealed: str, now: float) -> None:
+    def insert(self, tx: StoreTx, task_id: str, sealed: str, now: float) -> None:
         """Store sealed secrets inside the submit's own transaction (called on the writer thread)."""
-        ops.insert_secrets(con, task_id, sealed, now)
+        tx.insert_secrets(task_id, sealed, now)
 
     def stored(self, task_id: str) -> None:
         self._held.add(task_id)
@@ -82,7 +81,7 @@ class TaskSecrets:
     async def for_lease(self, agent: AgentState, task_id: str, epoch: int) -> dict[str, str]:
         """The values, for the agent that holds the lease at this epoch only (else 409)."""
         self.leasing.own_lease(agent, task_id, epoch)
-        sealed = await ops.secrets_ciphertext(self.db, task_id)
+        sealed = await self.db.secrets_ciphertext(task_id)
         if sealed is None:
             return {}
         try:
@@ -105,6 +104,6 @@ class TaskSecrets:
         await asyncio.sleep(0)
         ids, self._pending_delete = list(self._pending_delete), set()
         try:
-            await self.db.write(lambda con: ops.delete_secrets(con, ids))
+            await self.db.write(lambda tx: tx.delete_secrets(ids))
         except Exception:
             log.exception("could not delete the secrets of %d finished task(s); retried at next start", len(ids))

@@ -17,7 +17,6 @@ from mloc_shared.protocol import SourceArtifact, SourcesRequest, SourcesResponse
 
 from mloc_server.services.artifacts import Artifacts
 from mloc_server.services.fleet import AgentState
-from mloc_server.store import repo
 
 MAX_SOURCES = 8
 
@@ -26,11 +25,11 @@ async def lease_sources(artifacts: Artifacts, agent: AgentState, task_id: str, r
     """Presigned downloads of every task output the leased task reads; refuses what its owner may not read."""
     db = artifacts.db
     artifacts.leasing.own_lease(agent, task_id, req.epoch)
-    row = await repo.get_task(db, task_id)
+    row = await db.get_task(task_id)
     if row is None:
         raise ValidationFailed(f"no task {task_id}")
-    owner = row["owner"]
-    pending = referenced_tasks(json.loads(row["spec"]))
+    owner = row.owner
+    pending = referenced_tasks(json.loads(row.spec))
     seen = {task_id}
     out: list[SourceTask] = []
     while pending:
@@ -40,21 +39,21 @@ async def lease_sources(artifacts: Artifacts, agent: AgentState, task_id: str, r
         seen.add(ref)
         if len(out) >= MAX_SOURCES:
             raise ValidationFailed(f"task {task_id} reads more than {MAX_SOURCES} tasks' outputs (through chains)")
-        src = await repo.get_task(db, ref)
-        if src is None or src["owner"] != owner:
+        src = await db.get_task(ref)
+        if src is None or src.owner != owner:
             raise ValidationFailed(f"task {task_id} reads the outputs of task {ref}, which does not exist "
                                    f"(or belongs to another user)", field="model.source.identifier")
-        if src["state"] != "succeeded":
-            raise ValidationFailed(f"task {task_id} reads the outputs of task {ref}, which is {src['state']}: "
+        if src.state != "succeeded":
+            raise ValidationFailed(f"task {task_id} reads the outputs of task {ref}, which is {src.state}: "
                                    "only a succeeded task's outputs can be used", field="model.source.identifier")
         latest: dict[str, SourceArtifact] = {}  # a retried task may have uploaded a name twice: the last wins
-        for art in await repo.task_artifacts(db, ref):
-            if art["kind"] == "artifact":
-                latest[art["name"]] = SourceArtifact(name=art["name"], size=art["size"],
-                                                     url=artifacts.store.download_url(art["storage_key"]))
-        spec = json.loads(src["spec"])
+        for art in await db.task_artifacts(ref):
+            if art.kind == "artifact":
+                latest[art.name] = SourceArtifact(name=art.name, size=art.size,
+                                                  url=artifacts.store.download_url(art.storage_key))
+        spec = json.loads(src.spec)
         model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
-        out.append(SourceTask(task_id=ref, task_type=src["task_type"], model_source=model.get("source"),
+        out.append(SourceTask(task_id=ref, task_type=src.task_type, model_source=model.get("source"),
                               artifacts=list(latest.values())))
         pending.extend(referenced_tasks(spec))
     return SourcesResponse(sources=out)

@@ -6,7 +6,6 @@ import asyncio
 import difflib
 import hashlib
 import json
-import sqlite3
 import time
 import uuid
 from typing import Any
@@ -22,8 +21,8 @@ from mloc_server.services.leasing import Leasing
 from mloc_server.services.queue import QueuedTask, TaskMeta
 from mloc_server.services.scheduler import Requirement, unplaceable_reason
 from mloc_server.services.secrets import TaskSecrets, split_secrets
-from mloc_server.store import repo
-from mloc_server.store.database import Database
+from mloc_server.store import Store, StoreTx
+from mloc_server.store.records import Claimed, NewTask, StoredTask
 
 
 def new_task_id() -> str:
@@ -32,7 +31,7 @@ def new_task_id() -> str:
 
 
 class Tasks:
-    def __init__(self, db: Database, fleet: Fleet, leasing: Leasing, secrets: TaskSecrets) -> None:
+    def __init__(self, db: Store, fleet: Fleet, leasing: Leasing, secrets: TaskSecrets) -> None:
         self.db = db
         self.fleet = fleet
         self.leasing = leasing
@@ -52,7 +51,7 @@ class Tasks:
         body = json.dumps(wire, sort_keys=True)
         req = Requirement.from_spec(spec)
         now = time.time()
-        new = repo.NewTask(
+        new = NewTask(
             id=new_task_id(), name=spec.display_name(), task_type=spec.task_type, owner=owner, spec=body,
             priority=spec.priority, created_at=now, max_attempts=spec.retry.max_attempts,
             gpus_required=req.gpus, requirement=req.to_json(),
@@ -62,12 +61,14 @@ class Tasks:
         meta = TaskMeta.from_spec(wire)
         hand = handoff.reserve(self.fleet, self.leasing, new.id, req, meta)  # an agent's poll is waiting: claim it now
 
-        def write(con):
-            task_id, created = repo.insert_task(con, new)
+        def write(tx: StoreTx) -> tuple[StoredTask, bool, list[Claimed]]:
+            task_id, created = tx.insert_task(new)
             if created and sealed:
-                self.secrets.insert(con, task_id, sealed, now)
-            claimed = hand.claim(con, task_id, now) if created and hand is not None else []
-            return repo.task_row(con, task_id), created, claimed
+                self.secrets.insert(tx, task_id, sealed, now)
+            claimed = hand.claim(tx, task_id, now) if created and hand is not None else []
+            row = tx.get_task(task_id)
+            assert row is not None  # inserted or found in this very transaction
+            return row, created, claimed
 
         try:
             row, created, claimed = await self.db.write(write)
@@ -76,16 +77,16 @@ class Tasks:
                 hand.settle([])
             raise
         if created and sealed:
-            self.secrets.stored(row["id"])
+            self.secrets.stored(row.id)
         handed = hand.settle(claimed) if hand is not None else False
         if handed:  # let the woken poll send the lease before this reply is built: the agent is waiting on it
             await asyncio.sleep(0)
         if created:
             if not handed:
-                self.fleet.enqueue(QueuedTask.make(row["id"], req, meta, now), time.time())
+                self.fleet.enqueue(QueuedTask.make(row.id, req, meta, now), time.time())
             record = self.record(row)  # a new task has no attempts yet: no second read
         else:
-            record = await self.get(row["id"], principal)
+            record = await self.get(row.id, principal)
         warnings = []
         if spec.task_type not in BUILTIN_TASK_TYPES:
             close = difflib.get_close_matches(spec.task_type, BUILTIN_TASK_TYPES, n=1)
@@ -110,17 +111,17 @@ class Tasks:
             req = Requirement.from_spec(spec)
             if secret_values:
                 sealed[len(rows)] = self.secrets.seal(secret_values)
-            rows.append(repo.NewTask(
+            rows.append(NewTask(
                 id=new_task_id(), name=spec.display_name(), task_type=spec.task_type,
                 owner=spec.user or principal.user, spec=json.dumps(wire, sort_keys=True), priority=spec.priority,
                 created_at=now, max_attempts=spec.retry.max_attempts, gpus_required=req.gpus,
                 requirement=req.to_json(), idempotency_key=None, body_hash=None))
             shapes.append((req, TaskMeta.from_spec(wire)))
 
-        def write(con):
-            ids = [repo.insert_task(con, r)[0] for r in rows]
+        def write(tx: StoreTx) -> list[str]:
+            ids = [tx.insert_task(r)[0] for r in rows]
             for i, blob in sealed.items():
-                self.secrets.insert(con, ids[i], blob, now)
+                self.secrets.insert(tx, ids[i], blob, now)
             return ids
 
         ids = await self.db.write(write)
@@ -130,59 +131,59 @@ class Tasks:
             self.fleet.enqueue(QueuedTask.make(task_id, req, meta, now), time.time())
         return [{"id": task_id, "state": "queued"} for task_id in ids]
 
-    def _visible(self, row: sqlite3.Row | None, principal: Principal, task_id: str) -> sqlite3.Row:
-        if row is None or (not principal.is_admin and row["owner"] != principal.user):
+    def _visible(self, row: StoredTask | None, principal: Principal, task_id: str) -> StoredTask:
+        if row is None or (not principal.is_admin and row.owner != principal.user):
             raise NotFound(f"no task {task_id}")
         return row
 
     async def get(self, task_id: str, principal: Principal) -> dict[str, Any]:
-        row = self._visible(await repo.get_task(self.db, task_id), principal, task_id)
+        row = self._visible(await self.db.get_task(task_id), principal, task_id)
         record = self.record(row)
         record["attempt_history"] = [
-            {"attempt": a["attempt"], "epoch": a["epoch"], "agent": self._agent_name(a["agent_id"]),
-             "gpus": json.loads(a["gpus"]), "started_at": a["started_at"], "ended_at": a["ended_at"],
-             "outcome": a["outcome"] or ("running" if a["ended_at"] is None else None), "error": a["error"]}
-            for a in await repo.task_attempts(self.db, task_id)
+            {"attempt": a.attempt, "epoch": a.epoch, "agent": self._agent_name(a.agent_id),
+             "gpus": json.loads(a.gpus), "started_at": a.started_at, "ended_at": a.ended_at,
+             "outcome": a.outcome or ("running" if a.ended_at is None else None), "error": a.error}
+            for a in await self.db.task_attempts(task_id)
         ]
         return record
 
     def _agent_name(self, agent_id: str | None) -> str | None:
         return self.fleet.agent_name(agent_id) if agent_id else agent_id
 
-    def record(self, row: sqlite3.Row, reasons: dict[str, str | None] | None = None) -> dict[str, Any]:
+    def record(self, row: StoredTask, reasons: dict[str, str | None] | None = None) -> dict[str, Any]:
         """The public view of a task row, merged with live lease state (progress, cancel)."""
-        task_id = row["id"]
+        task_id = row.id
         lease = self.fleet.leases.get(task_id)
         progress = lease.progress if lease is not None and lease.progress else (
-            json.loads(row["progress"]) if row["progress"] else None)
+            json.loads(row.progress) if row.progress else None)
         record: dict[str, Any] = {
-            "id": task_id, "name": row["name"], "task_type": row["task_type"], "user": row["owner"],
-            "state": row["state"], "priority": row["priority"], "created_at": row["created_at"],
-            "started_at": row["started_at"], "finished_at": row["finished_at"], "attempts": row["attempts"],
-            "max_attempts": row["max_attempts"], "progress": progress,
-            "result": json.loads(row["result"]) if row["result"] else None, "error": row["error"],
-            "exit_code": row["exit_code"], "cancel_requested": bool(row["cancel_requested"]),
-            "resources": json.loads(row["requirement"]),
-            "spec": json.loads(row["spec"]),
+            "id": task_id, "name": row.name, "task_type": row.task_type, "user": row.owner,
+            "state": row.state, "priority": row.priority, "created_at": row.created_at,
+            "started_at": row.started_at, "finished_at": row.finished_at, "attempts": row.attempts,
+            "max_attempts": row.max_attempts, "progress": progress,
+            "result": json.loads(row.result) if row.result else None, "error": row.error,
+            "exit_code": row.exit_code, "cancel_requested": bool(row.cancel_requested),
+            "resources": json.loads(row.requirement),
+            "spec": json.loads(row.spec),
         }
-        if row["state"] == "running":
+        if row.state == "running":
             record["lease"] = {
-                "agent": self._agent_name(row["agent_id"]), "agent_id": row["agent_id"], "epoch": row["epoch"],
-                "gpus": json.loads(row["lease_gpus"] or "[]"),
+                "agent": self._agent_name(row.agent_id), "agent_id": row.agent_id, "epoch": row.epoch,
+                "gpus": json.loads(row.lease_gpus or "[]"),
             }
-        elif row["state"] in FINAL_STATES and row["agent_id"]:
-            record["agent"] = self._agent_name(row["agent_id"])
-        if row["last_checkpoint"]:
-            ck = json.loads(row["last_checkpoint"])
+        elif row.state in FINAL_STATES and row.agent_id:
+            record["agent"] = self._agent_name(row.agent_id)
+        if row.last_checkpoint:
+            ck = json.loads(row.last_checkpoint)
             record["last_checkpoint"] = {"name": ck["name"], "step": ck.get("step")}
-        if row["state"] == "queued":
+        if row.state == "queued":
             record["pending_reason"] = self.pending_reason(row, reasons)
         return record
 
-    def pending_reason(self, row: sqlite3.Row, reasons: dict[str, str | None] | None = None) -> str | None:
+    def pending_reason(self, row: StoredTask, reasons: dict[str, str | None] | None = None) -> str | None:
         """Why a queued task waits. ``reasons`` caches the fleet-wide part per requirement for a listing:
         with a thousand agents it is the costly part, and a page of tasks has few distinct shapes."""
-        key = row["requirement"]
+        key = row.requirement
         if reasons is not None and key in reasons:
             reason = reasons[key]
         else:
@@ -191,7 +192,7 @@ class Tasks:
                 reasons[key] = reason
         if reason:
             return reason
-        queued = self.fleet.queue.get(row["id"])
+        queued = self.fleet.queue.get(row.id)
         if queued is not None and queued.not_before > time.time():
             return f"retry backoff: eligible again in {queued.not_before - time.time():.0f}s"
         return "waiting for a fitting agent to have free GPUs"
@@ -199,13 +200,13 @@ class Tasks:
     async def list(self, principal: Principal, *, state: str | tuple[str, ...] | None, user: str | None,
                    task_type: str | None, page: int, page_size: int) -> dict[str, Any]:
         owner = user if principal.is_admin else principal.user
-        rows, total = await repo.list_tasks(self.db, state=state, owner=owner, task_type=task_type,
-                                            page=page, page_size=page_size)
+        rows, total = await self.db.list_tasks(state=state, owner=owner, task_type=task_type,
+                                               page=page, page_size=page_size)
         reasons: dict[str, str | None] = {}
         return {"tasks": [self.record(r, reasons) for r in rows], "page": page, "page_size": page_size, "total": total,
                 "pages": (total + page_size - 1) // page_size}
 
     async def cancel(self, task_id: str, principal: Principal) -> dict[str, Any]:
-        self._visible(await repo.get_task(self.db, task_id), principal, task_id)
+        self._visible(await self.db.get_task(task_id), principal, task_id)
         state = await self.leasing.cancel(task_id)
         return {"id": task_id, "state": state}

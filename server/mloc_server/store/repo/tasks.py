@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from mloc_shared.errors import Conflict
 
 from mloc_server.store.database import Database
+from mloc_server.store.records import Claim, Claimed, NewTask
 
 TASK_COLUMNS = (
     "id, name, task_type, owner, spec, state, priority, created_at, updated_at, queued_at, started_at, "
@@ -18,21 +18,6 @@ TASK_COLUMNS = (
     "lease_gpus, claim_id, progress, result, error, exit_code, cancel_requested, idempotency_key, "
     "last_checkpoint"
 )
-
-@dataclass
-class NewTask:
-    id: str
-    name: str
-    task_type: str
-    owner: str
-    spec: str
-    priority: int
-    created_at: float
-    max_attempts: int
-    gpus_required: int
-    requirement: str
-    idempotency_key: str | None
-    body_hash: str | None
 
 def insert_task(con: sqlite3.Connection, t: NewTask) -> tuple[str, bool]:
     """Insert a task; with an idempotency key already used, return that task instead.
@@ -65,21 +50,6 @@ def insert_task(con: sqlite3.Connection, t: NewTask) -> tuple[str, bool]:
 
 def task_row(con: sqlite3.Connection, task_id: str) -> sqlite3.Row:
     return con.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()
-
-@dataclass
-class Claim:
-    task_id: str
-    gpus: tuple[int, ...]
-
-@dataclass
-class Claimed:
-    task_id: str
-    epoch: int
-    attempt: int
-    task_type: str
-    spec: str
-    last_checkpoint: str | None
-    started_at: float
 
 def claim_tasks(
     con: sqlite3.Connection, agent_id: str, claims: Sequence[Claim], claim_id: str, now: float

@@ -1,16 +1,18 @@
-"""Typed shapes of the user API's answers, for the OpenAPI document.
+"""The user API's answers: services return these models, handlers send them, and the OpenAPI
+document (api/openapi.py) is generated from them, so each answer is described once.
 
-The handlers build these answers in services; these models state the contract they must keep, and the
-API fuzz test (tests/test_api_fuzz.py) checks every real answer against them. Readers stay lenient:
-a field added later does not break an older client, so no model forbids extra keys.
+The API fuzz test (tests/test_api_fuzz.py) checks every real answer against the document. Readers
+stay lenient: a field added later does not break an older client, so no model forbids extra keys.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from mloc_shared.protocol import TaskState
+from mloc_shared.protocol import Gpu, TaskState
 from pydantic import BaseModel, Field
+
+from mloc_server.store.records import StoredArtifact, StoredToken, Usage
 
 
 class ErrorBody(BaseModel):
@@ -126,7 +128,12 @@ class ArtifactView(BaseModel):
     size: int | None
     attempt: int | None
     created_at: float
-    url: str
+    url: str = Field(description="the download path (answers with a redirect to the object)")
+
+    @classmethod
+    def of(cls, art: StoredArtifact, url: str) -> ArtifactView:
+        return cls(name=art.name, kind=art.kind, step=art.step, size=art.size, attempt=art.attempt,
+                   created_at=art.created_at, url=url)
 
 
 class ArtifactList(BaseModel):
@@ -144,11 +151,11 @@ class Health(BaseModel):
     agents: int
 
 
-class WorkerGpu(BaseModel):
-    index: int
-    uuid: str
-    name: str
-    memory_total_mb: int
+class WorkerGpu(Gpu):
+    """A GPU as its agent reported it, its last sampled use, and the task leasing it. Fields the agent
+    did not report are left out of the answer (handlers send it with ``exclude_unset``)."""
+
+    memory_used_mb: int | None = None
     task_id: str | None
 
 
@@ -189,19 +196,9 @@ class WorkerList(BaseModel):
     pages: int | None = None
 
 
-class UserUsage(BaseModel):
-    user: str
-    tasks: int
-    gpu_hours: float
-    avg_queue_wait_s: float | None
+class Stats(Usage):
+    """Usage in a window (the store's ``Usage``) and the filter it was asked with."""
 
-
-class Stats(BaseModel):
-    tasks_by_state: dict[str, int]
-    tasks_by_type: dict[str, int]
-    users: list[UserUsage]
-    gpu_hours: float
-    total_tasks: int
     user: str | None
     start_date: str | None
     end_date: str | None
@@ -224,8 +221,14 @@ class TokenInfo(BaseModel):
     expires_at: float | None
     max_uses: int | None
     uses: int | None
-    revoked: int
+    revoked: int = Field(description="1 when revoked, else 0")
     note: str | None
+
+    @classmethod
+    def of(cls, t: StoredToken) -> TokenInfo:
+        """Everything but the secret's hash."""
+        return cls(id=t.id, kind=t.kind, user=t.user, role=t.role, created_at=t.created_at, expires_at=t.expires_at,
+                   max_uses=t.max_uses, uses=t.uses, revoked=int(t.revoked), note=t.note)
 
 
 class TokenList(BaseModel):
@@ -241,9 +244,21 @@ class BlobStored(BaseModel):
     size: int
 
 
-class Overview(BaseModel):
-    """The status page's header; the fleet counts beside these fields may grow."""
+class GpuCounts(BaseModel):
+    used: int = Field(description="leased to a task")
+    free: int = Field(description="on a connected agent that takes work, not leased")
+    unavailable: int = Field(description="idle on an offline or draining agent")
+    total: int
 
+
+class Overview(BaseModel):
+    """The status page's header: the fleet from the coordinator's memory, tasks from the store."""
+
+    agents: dict[str, int] = Field(description="agents by state: active, draining, offline")
+    agents_total: int
+    gpus: GpuCounts
+    leases: int
+    queued: int
     tasks: dict[str, int] = Field(description="tasks by state (a user's own only)")
     user: str
     role: str
