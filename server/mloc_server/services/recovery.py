@@ -33,7 +33,7 @@ async def load_state(db: Store, fleet: Fleet, leasing: Leasing, settings: Coordi
             continue
         gpus = tuple(json.loads(row.lease_gpus or "[]"))
         lease = LeaseState(
-            task_id=row.id, agent_id=row.agent_id or "", epoch=row.epoch, attempt=row.attempts,
+            task_id=row.id, agent_id=row.agent_id, epoch=row.epoch, attempt=row.attempts,
             gpus=gpus, expires_at=mono + grace, started_at=row.started_at or now, req=req, meta=meta,
             claim_id=row.claim_id, cancel_requested=row.cancel_requested,
             progress=json.loads(row.progress) if row.progress else None,
