@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -21,6 +20,7 @@ from mloc_server.api import tasks as tasks_api
 from mloc_server.api.middleware import errors
 from mloc_server.artifacts.base import ArtifactStore
 from mloc_server.artifacts.local import LocalStore
+from mloc_server.clock import Clock, SystemClock
 from mloc_server.services.agents import Agents
 from mloc_server.services.artifacts import Artifacts
 from mloc_server.services.auth import Auth
@@ -52,7 +52,8 @@ def make_store(settings: CoordinatorSettings) -> ArtifactStore:
     return LocalStore(settings.data_dir / "artifacts", settings.data_dir / "blob.key", settings.presign_expiry_s)
 
 
-def create_app(settings: CoordinatorSettings) -> web.Application:
+def create_app(settings: CoordinatorSettings, clock: Clock | None = None) -> web.Application:
+    """The coordinator's app; ``clock`` is the real one unless a test brings its own."""
     app = web.Application(middlewares=[errors], client_max_size=int(settings.max_body_mb * (1 << 20)))
     app.add_routes(tasks_api.routes)
     app.add_routes(agents_api.routes)
@@ -62,46 +63,59 @@ def create_app(settings: CoordinatorSettings) -> web.Application:
     app.add_routes(pages_api.routes)
     metrics_api.install(app)
     app.add_routes(openapi_api.routes)
-    app.cleanup_ctx.append(lambda app: _lifecycle(app, settings))
+    app.cleanup_ctx.append(lambda app: _lifecycle(app, settings, clock or SystemClock()))
     return app
 
 
-async def _lifecycle(app: web.Application, settings: CoordinatorSettings) -> AsyncIterator[None]:
+async def open_state(settings: CoordinatorSettings, clock: Clock, resources: contextlib.AsyncExitStack) -> AppState:
+    """Open the database and build every service on it from explicit dependencies, the fleet loaded
+    from SQLite. ``resources`` closes what was opened (the last progress flushed first). Starts no
+    background work: in-process tests build this same state on a ManualClock and run the reaper's
+    passes themselves."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.redis_url:
         log.warning("MLOC_REDIS_URL is set but MLOC has no Redis any more: the coordinator keeps its "
                     "state in SQLite (%s); the setting is ignored", settings.database_path)
     db = SqliteStore.at(settings.database_path, settings.db_synchronous)
     await db.open()
+    resources.push_async_callback(db.close)
     store = make_store(settings)
+    resources.push_async_callback(store.close)
     auth = Auth(db, settings.loopback_admin)
     await auth.load()
     fleet = Fleet()
-    leasing = Leasing(db, fleet, settings, resume_url=store.download_url)
-    await load_state(db, fleet, leasing, settings)
+    leasing = Leasing(db, fleet, settings, clock, resume_url=store.download_url)
+    await load_state(db, fleet, leasing, settings, clock)
     secrets = TaskSecrets(db, leasing, settings.data_dir / "secrets.key")
     await secrets.load()
     st = AppState(
         settings=settings, db=db, auth=auth, fleet=fleet, leasing=leasing,
-        polling=Polling(fleet, leasing, settings), tasks=Tasks(db, fleet, leasing, secrets),
-        agents=Agents(db, fleet, settings),
+        polling=Polling(fleet, leasing, settings, clock), tasks=Tasks(db, fleet, leasing, secrets, clock),
+        agents=Agents(db, fleet, settings, clock), reaper=Reaper(db, fleet, leasing, settings, clock),
         artifacts=Artifacts(db, leasing, store, int(settings.max_artifact_gb * (1 << 30))), logs=Logs(db, leasing),
-        secrets=secrets, store=store, started_at=time.time(),
+        secrets=secrets, store=store, started_at=clock.time(), clock=clock,
     )
-    app[STATE] = st
-    await _bootstrap_tokens(st)
-    reaper = Reaper(db, fleet, leasing, settings)
-    reaping = asyncio.create_task(reaper.run(), name="mloc-reaper")
-    try:
-        yield
-    finally:
-        reaping.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reaping
-        with contextlib.suppress(Exception):
-            await reaper.flush()
-        await store.close()
-        await db.close()
+    resources.push_async_callback(_flush_quietly, st.reaper)  # runs before the database closes
+    return st
+
+
+async def _flush_quietly(reaper: Reaper) -> None:
+    with contextlib.suppress(Exception):  # stopping: the next start reloads what SQLite holds
+        await reaper.flush()
+
+
+async def _lifecycle(app: web.Application, settings: CoordinatorSettings, clock: Clock) -> AsyncIterator[None]:
+    async with contextlib.AsyncExitStack() as resources:
+        st = await open_state(settings, clock, resources)
+        app[STATE] = st
+        await _bootstrap_tokens(st)
+        reaping = asyncio.create_task(st.reaper.run(), name="mloc-reaper")
+        try:
+            yield
+        finally:
+            reaping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaping
 
 
 async def _bootstrap_tokens(st: AppState) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from mloc_server.artifacts.base import ArtifactStore
+from mloc_server.clock import Clock
 from mloc_server.services.agents import Agents
 from mloc_server.services.artifacts import Artifacts
 from mloc_server.services.auth import Auth
@@ -14,6 +15,7 @@ from mloc_server.services.fleet import Fleet
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.logs import Logs
 from mloc_server.services.polling import Polling
+from mloc_server.services.reaper import Reaper
 from mloc_server.services.secrets import TaskSecrets
 from mloc_server.services.tasks import Tasks
 from mloc_server.settings import CoordinatorSettings
@@ -28,6 +30,7 @@ class AppState:
     fleet: Fleet
     leasing: Leasing
     polling: Polling
+    reaper: Reaper
     tasks: Tasks
     agents: Agents
     artifacts: Artifacts
@@ -35,6 +38,7 @@ class AppState:
     secrets: TaskSecrets
     store: ArtifactStore
     started_at: float
+    clock: Clock  # every service reads the time from it (tests pass a ManualClock)
 
 
 STATE = web.AppKey("mloc_state", AppState)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 from mloc_shared.errors import NotFound, Unauthorized
 from mloc_shared.protocol import RegisterRequest, RegisterResponse
 
 from mloc_server.schemas import Worker, WorkerGpu, WorkerLease
+from mloc_server.clock import Clock
 from mloc_server.services.auth import hash_secret, new_secret
 from mloc_server.services.fleet import AgentState, Fleet
 from mloc_server.services.leasing import lease_timings
@@ -35,14 +35,15 @@ def stored_agent(agent: AgentState) -> StoredAgent:
 
 
 class Agents:
-    def __init__(self, db: Store, fleet: Fleet, settings: CoordinatorSettings) -> None:
+    def __init__(self, db: Store, fleet: Fleet, settings: CoordinatorSettings, clock: Clock) -> None:
         self.db = db
         self.fleet = fleet
         self.settings = settings
+        self.clock = clock
 
     async def register(self, req: RegisterRequest, existing: AgentState | None) -> RegisterResponse:
         """A new agent (join token checked by the caller) or a known one re-registering itself."""
-        now = time.time()
+        now = self.clock.time()
         credential = new_secret("agent")
         agent_id = existing.id if existing else uuid.uuid4().hex[:16]
         agent = AgentState(
@@ -95,7 +96,7 @@ class Agents:
             if stat is not None and stat.memory_used_mb is not None:
                 reported["memory_used_mb"] = stat.memory_used_mb
             gpus.append(WorkerGpu(**reported, task_id=used.get(gpu.index)))
-        connected = agent.connected(hold, time.time())
+        connected = agent.connected(hold, self.clock.time())
         return Worker(
             id=agent.id, name=agent.name, labels=agent.labels, state=agent.state if connected else "offline",
             draining=agent.self_draining or agent.state == "draining", connected=connected, address=agent.address,

@@ -28,8 +28,8 @@ class LeaseState:
     epoch: int
     attempt: int
     gpus: tuple[int, ...]
-    expires_at: float  # time.monotonic()
-    started_at: float  # wall clock
+    expires_at: float  # clock.monotonic()
+    started_at: float  # clock.time()
     req: Requirement
     meta: TaskMeta
     offer: Lease | None = None

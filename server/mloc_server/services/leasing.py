@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +30,7 @@ from mloc_shared.protocol import (
     Timings,
 )
 
+from mloc_server.clock import Clock
 from mloc_server.services.fleet import AgentState, Fleet, LeaseState
 from mloc_server.services.queue import QueuedTask, TaskMeta
 from mloc_server.services.scheduler import Requirement
@@ -52,11 +52,13 @@ class Leasing:
         db: Store,
         fleet: Fleet,
         settings: CoordinatorSettings,
+        clock: Clock,
         resume_url: Callable[[str], str] | None = None,
     ) -> None:
         self._db = db
         self.fleet = fleet
         self.settings = settings
+        self.clock = clock
         self.resume_url = resume_url
         # called with (task_id, state) once a task reaches a final state (secrets, log followers)
         self.on_task_final: list[Callable[[str, str], None]] = []
@@ -68,7 +70,7 @@ class Leasing:
         picks = self.fleet.queue.pick(agent.view(free), free)
         if not picks:
             return []
-        now = time.time()
+        now = self.clock.time()
         # reserve the GPUs before the await
         provisional = {qt.id: self.reserve_lease(agent, qt.id, gpus, qt.req, qt.meta, poll_id) for qt, gpus in picks}
         claims = [Claim(qt.id, gpus) for qt, gpus in picks]
@@ -95,8 +97,8 @@ class Leasing:
         """A provisional lease (epoch -1) holding the agent's GPUs while its claim is committed."""
         lease = LeaseState(
             task_id=task_id, agent_id=agent.id, epoch=-1, attempt=0, gpus=gpus,
-            expires_at=time.monotonic() + self.settings.lease_ttl_s, started_at=time.time(), req=req, meta=meta,
-            claim_id=claim_id, delivered=delivered,
+            expires_at=self.clock.monotonic() + self.settings.lease_ttl_s, started_at=self.clock.time(),
+            req=req, meta=meta, claim_id=claim_id, delivered=delivered,
         )
         self.fleet.add_lease(agent, lease)
         return lease
@@ -134,8 +136,8 @@ class Leasing:
         """Renew a lease. In memory only: progress is flushed to SQLite by the reaper in batches."""
         self.fleet.counters["heartbeats"] += 1
         lease = self.own_lease(agent, task_id, req.epoch)
-        lease.expires_at = time.monotonic() + self.settings.lease_ttl_s
-        agent.last_seen = time.time()
+        lease.expires_at = self.clock.monotonic() + self.settings.lease_ttl_s
+        agent.last_seen = self.clock.time()
         agent.seen_dirty = True
         if req.progress is not None:
             lease.progress = req.progress.model_dump(exclude_none=True)
@@ -173,7 +175,7 @@ class Leasing:
             lease.closing = True
             batch.append((i, lease, c, state, error))
         if batch:
-            now = time.time()
+            now = self.clock.time()
 
             def write(tx: StoreTx) -> list[bool]:
                 return [tx.finish_task(lease.task_id, c.epoch, state, now, result=c.result, error=error,
@@ -211,7 +213,7 @@ class Leasing:
         lease.closing = True
         m = lease.meta
         backoff = min(m.backoff_s * 2 ** max(0, lease.attempt - 1), m.backoff_max_s) * random.uniform(0.8, 1.2)
-        now = time.time()
+        now = self.clock.time()
         try:
             state = await self._db.write(
                 lambda tx: tx.requeue_task(lease.task_id, lease.epoch, reason, now + backoff, now))
@@ -225,7 +227,7 @@ class Leasing:
             self.fleet.counters["leases_expired"] += 1
         log.warning("task %s attempt %d: %s -> %s", lease.task_id, lease.attempt, reason, state)
         if state == "queued":
-            self.fleet.enqueue(QueuedTask.make(lease.task_id, lease.req, m, now, now + backoff), time.time())
+            self.fleet.enqueue(QueuedTask.make(lease.task_id, lease.req, m, now, now + backoff), self.clock.time())
         elif state in FINAL_STATES:
             self._notify_final(lease.task_id, state)
         return state
@@ -237,7 +239,7 @@ class Leasing:
     # -- cancel -------------------------------------------------------------------------------
 
     async def cancel(self, task_id: str) -> str:
-        now = time.time()
+        now = self.clock.time()
         queued = self.fleet.queue.get(task_id)
         if queued is not None:
             self.fleet.queue.remove(task_id)

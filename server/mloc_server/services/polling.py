@@ -13,22 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Callable
 
 from mloc_shared.errors import LeaseLost
 from mloc_shared.protocol import Lease, PollRequest, PollResponse
 
+from mloc_server.clock import Clock
 from mloc_server.services.fleet import AgentState, Fleet
 from mloc_server.services.leasing import Leasing
 from mloc_server.settings import CoordinatorSettings
 
 
 class Polling:
-    def __init__(self, fleet: Fleet, leasing: Leasing, settings: CoordinatorSettings) -> None:
+    def __init__(self, fleet: Fleet, leasing: Leasing, settings: CoordinatorSettings, clock: Clock) -> None:
         self.fleet = fleet
         self.leasing = leasing
         self.settings = settings
+        self.clock = clock
         self.shutting_down = False
 
     async def poll(self, agent: AgentState, req: PollRequest,
@@ -37,7 +38,7 @@ class Polling:
         a killed agent's held poll must not claim tasks that would then wait out a lease TTL."""
         self.fleet.counters["polls"] += 1
         agent.peer_alive = peer_alive or (lambda: True)
-        agent.last_seen = time.time()
+        agent.last_seen = self.clock.time()
         agent.seen_dirty = True
         agent.self_draining = req.draining
         if req.gpu_stats is not None:
@@ -47,7 +48,7 @@ class Polling:
         agent.freed_since_poll = 0
         # each hold ends between 50 % and 100 % of poll_hold_s: a fleet that connected at once (a coordinator
         # restart, a bulk dispatch) would otherwise renew every poll in the same instant, round after round
-        deadline = time.monotonic() + self.settings.poll_hold_s * random.uniform(0.5, 1.0)
+        deadline = self.clock.monotonic() + self.settings.poll_hold_s * random.uniform(0.5, 1.0)
         loop = asyncio.get_running_loop()
         while True:
             if not agent.peer_alive():
@@ -65,7 +66,7 @@ class Polling:
                 resp.leases = await self.leasing.claim(agent, free, req.poll_id)
             if resp.leases or resp.cancel or resp.lost:
                 return resp
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.clock.monotonic()
             if remaining <= 0 or self.shutting_down:
                 return resp
             waiter = loop.create_future()
@@ -73,8 +74,9 @@ class Polling:
             agent.poll_id, agent.poll_free = req.poll_id, free
             if free > 0 and agent.accepting:  # a poll that can take nothing must not absorb a submit's wake
                 self.fleet.waiting.add(agent)
-            # a timer rather than asyncio.wait_for: a wake resumes this poll in one loop step, not three
-            timer = loop.call_later(remaining, _resolve_once, waiter, "timeout")
+            # a timer rather than asyncio.wait_for: a wake resumes this poll in one loop step, not three;
+            # on the injected clock, so that a test ends a hold by moving the clock
+            timer = self.clock.call_later(remaining, _resolve_once, waiter, "timeout")
             try:
                 reason = await waiter
             finally:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from mloc_shared.errors import Unavailable
 
+from mloc_server.clock import Clock
 from mloc_server.services.fleet import Fleet
 from mloc_server.services.leasing import Leasing
 from mloc_server.settings import CoordinatorSettings
@@ -18,16 +18,18 @@ log = logging.getLogger(__name__)
 
 
 class Reaper:
-    def __init__(self, db: Store, fleet: Fleet, leasing: Leasing, settings: CoordinatorSettings) -> None:
+    def __init__(self, db: Store, fleet: Fleet, leasing: Leasing, settings: CoordinatorSettings,
+                 clock: Clock) -> None:
         self._db = db
         self.fleet = fleet
         self.leasing = leasing
         self.settings = settings
+        self.clock = clock
 
     async def reap_once(self) -> None:
         """One pass; runs about once a second (more often with short TTLs)."""
         fleet = self.fleet
-        mono, now = time.monotonic(), time.time()
+        mono, now = self.clock.monotonic(), self.clock.time()
         for lease in list(fleet.leases.values()):
             if lease.closing or lease.epoch < 0:
                 continue
@@ -65,7 +67,8 @@ class Reaper:
         await self._db.write(write)
 
     async def run(self) -> None:
-        """Forever, until cancelled at shutdown; a failed pass is logged and retried."""
+        """Forever, until cancelled at shutdown; a failed pass is logged and retried. (The pause
+        between passes is real time: in-process tests call ``reap_once`` after moving the clock.)"""
         interval = min(1.0, self.settings.lease_ttl_s / 4)
         while True:
             await asyncio.sleep(interval)

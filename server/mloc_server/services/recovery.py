@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
+from mloc_server.clock import Clock
 from mloc_server.services.fleet import Fleet, LeaseState
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.queue import QueuedTask, TaskMeta
@@ -16,13 +16,15 @@ from mloc_server.store import Store
 log = logging.getLogger(__name__)
 
 
-async def load_state(db: Store, fleet: Fleet, leasing: Leasing, settings: CoordinatorSettings) -> None:
-    """Rebuild the in-memory mirror from SQLite; live leases get the restart grace."""
+async def load_state(db: Store, fleet: Fleet, leasing: Leasing, settings: CoordinatorSettings,
+                     clock: Clock) -> None:
+    """Rebuild the in-memory mirror from SQLite. Every live lease gets the restart grace (at least
+    a TTL, from now on this clock): its agent re-attaches with its next heartbeat or poll."""
     from mloc_server.services.agents import agent_from_row
 
     for row in await db.all_agents():
         fleet.add_agent(agent_from_row(row))
-    now, mono = time.time(), time.monotonic()
+    now, mono = clock.time(), clock.monotonic()
     grace = max(settings.lease_ttl_s, settings.restart_grace_s)
     for row in await db.active_tasks():
         spec = json.loads(row.spec)

@@ -6,7 +6,6 @@ import asyncio
 import difflib
 import hashlib
 import json
-import time
 import uuid
 from typing import Any
 
@@ -14,6 +13,7 @@ from mloc_shared.errors import Forbidden, NotFound
 from mloc_shared.protocol import FINAL_STATES
 from mloc_shared.taskspec import BUILTIN_TASK_TYPES, TaskSpec
 
+from mloc_server.clock import Clock
 from mloc_server.services import handoff
 from mloc_server.services.auth import Principal
 from mloc_server.services.fleet import Fleet
@@ -25,17 +25,19 @@ from mloc_server.store import Store, StoreTx
 from mloc_server.store.records import Claimed, NewTask, StoredTask
 
 
-def new_task_id() -> str:
+def new_task_id(now: float) -> str:
     """Time-ordered and random: sorts by submission, unguessable."""
-    return f"{int(time.time() * 1000):011x}{uuid.uuid4().hex[:13]}"
+    return f"{int(now * 1000):011x}{uuid.uuid4().hex[:13]}"
 
 
 class Tasks:
-    def __init__(self, db: Store, fleet: Fleet, leasing: Leasing, secrets: TaskSecrets) -> None:
+    def __init__(self, db: Store, fleet: Fleet, leasing: Leasing, secrets: TaskSecrets,
+                 clock: Clock) -> None:
         self.db = db
         self.fleet = fleet
         self.leasing = leasing
         self.secrets = secrets
+        self.clock = clock
 
     async def submit(
         self, spec: TaskSpec, principal: Principal, idempotency_key: str | None = None
@@ -50,9 +52,9 @@ class Tasks:
         sealed = self.secrets.seal(secret_values) if secret_values else None
         body = json.dumps(wire, sort_keys=True)
         req = Requirement.from_spec(spec)
-        now = time.time()
+        now = self.clock.time()
         new = NewTask(
-            id=new_task_id(), name=spec.display_name(), task_type=spec.task_type, owner=owner, spec=body,
+            id=new_task_id(now), name=spec.display_name(), task_type=spec.task_type, owner=owner, spec=body,
             priority=spec.priority, created_at=now, max_attempts=spec.retry.max_attempts,
             gpus_required=req.gpus, requirement=req.to_json(),
             idempotency_key=f"{owner}:{idempotency_key}" if idempotency_key else None,
@@ -83,7 +85,7 @@ class Tasks:
             await asyncio.sleep(0)
         if created:
             if not handed:
-                self.fleet.enqueue(QueuedTask.make(row.id, req, meta, now), time.time())
+                self.fleet.enqueue(QueuedTask.make(row.id, req, meta, now), self.clock.time())
             record = self.record(row)  # a new task has no attempts yet: no second read
         else:
             record = await self.get(row.id, principal)
@@ -102,7 +104,7 @@ class Tasks:
 
     async def submit_many(self, specs: list[TaskSpec], principal: Principal) -> list[dict[str, Any]]:
         """Bulk submit: one transaction for all tasks (the fast path for many small tasks)."""
-        now = time.time()
+        now = self.clock.time()
         rows, shapes, sealed = [], [], {}
         for spec in specs:
             if spec.user and spec.user != principal.user and not principal.is_admin:
@@ -112,7 +114,7 @@ class Tasks:
             if secret_values:
                 sealed[len(rows)] = self.secrets.seal(secret_values)
             rows.append(NewTask(
-                id=new_task_id(), name=spec.display_name(), task_type=spec.task_type,
+                id=new_task_id(now), name=spec.display_name(), task_type=spec.task_type,
                 owner=spec.user or principal.user, spec=json.dumps(wire, sort_keys=True), priority=spec.priority,
                 created_at=now, max_attempts=spec.retry.max_attempts, gpus_required=req.gpus,
                 requirement=req.to_json(), idempotency_key=None, body_hash=None))
@@ -128,7 +130,7 @@ class Tasks:
         for i in sealed:
             self.secrets.stored(ids[i])
         for task_id, (req, meta) in zip(ids, shapes, strict=True):
-            self.fleet.enqueue(QueuedTask.make(task_id, req, meta, now), time.time())
+            self.fleet.enqueue(QueuedTask.make(task_id, req, meta, now), self.clock.time())
         return [{"id": task_id, "state": "queued"} for task_id in ids]
 
     def _visible(self, row: StoredTask | None, principal: Principal, task_id: str) -> StoredTask:
@@ -193,8 +195,9 @@ class Tasks:
         if reason:
             return reason
         queued = self.fleet.queue.get(row.id)
-        if queued is not None and queued.not_before > time.time():
-            return f"retry backoff: eligible again in {queued.not_before - time.time():.0f}s"
+        wait = queued.not_before - self.clock.time() if queued is not None else 0.0
+        if wait > 0:
+            return f"retry backoff: eligible again in {wait:.0f}s"
         return "waiting for a fitting agent to have free GPUs"
 
     async def list(self, principal: Principal, *, state: str | tuple[str, ...] | None, user: str | None,
