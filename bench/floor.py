@@ -48,7 +48,8 @@ def start_latency(n: int) -> list[float]:
 async def spawn_throughput(n: int, concurrency: int) -> tuple[float, float, float]:
     """(processes/s, parent CPU ms per process, children CPU ms per process), each process started,
     followed and reaped by the agent's own ``TaskProcess`` (its pipes and pidfd), nothing else."""
-    from mloc_agent.runner import TaskProcess, Warden  # the agent's code, not a copy of it
+    from mloc_agent.runner import TaskProcess  # the agent's code, not a copy of it
+    from mloc_agent.warden import Warden
 
     argv, env, cwd = [shutil.which("true") or "true"], dict(os.environ), Path("/")
     warden = Warden()  # not started: only its environment mark is used

@@ -24,11 +24,12 @@ from mloc_shared.version import __version__
 from mloc_agent import inventory
 from mloc_agent.client import CoordinatorClient
 from mloc_agent.completions import CompletionReporter
-from mloc_agent.lease_run import LeaseRun, task_base_env
+from mloc_agent.lease_run import LeaseDeps, LeaseRun
 from mloc_agent.modules import registry
 from mloc_agent.retries import Backoff, retryable, retryable_registration
-from mloc_agent.runner import Warden
 from mloc_agent.settings import AgentSettings
+from mloc_agent.task_contract import base_env
+from mloc_agent.warden import Warden
 from mloc_agent.workdirs import Janitor, set_aside_stale
 
 log = logging.getLogger("mloc.agent")
@@ -42,7 +43,7 @@ class Agent:
         self.client = CoordinatorClient(settings.coordinator_url, ca_bundle=settings.ca_bundle)
         self.warden = Warden()
         self.janitor = Janitor()
-        self.task_env = task_base_env()
+        self.task_env = base_env()
         self.completions = CompletionReporter(self.client)
         self.modules: dict[str, str] = {}
         self.runs: dict[str, LeaseRun] = {}
@@ -54,6 +55,7 @@ class Agent:
         self._repoll = asyncio.Event()  # set when the held poll no longer says the right thing
         self._background: set[asyncio.Task[None]] = set()
         self._last_gpu_stats = 0.0
+        self.lease_deps = self._lease_deps()  # rebuilt once registration sets the timings
 
     # -- registration -------------------------------------------------------------------------
 
@@ -108,6 +110,7 @@ class Agent:
         self.client.credential = resp.credential
         self.client.poll_hold_s = resp.timings.poll_hold_s
         self.timings = resp.timings
+        self.lease_deps = self._lease_deps()
         self._save_state(resp.agent_id, resp.credential)
         gpus = ", ".join(f"{g.name} ({g.memory_gb:.0f} GB{', declared' if g.declared else ''})"
                          for g in self.inventory.gpus) or f"none ({self.inventory.nvml_error or 'CPU only'})"
@@ -211,8 +214,15 @@ class Agent:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def _lease_deps(self) -> LeaseDeps:
+        return LeaseDeps(
+            client=self.client, settings=self.settings, modules=self.modules, task_env=self.task_env,
+            warden=self.warden, janitor=self.janitor, completions=self.completions,
+            heartbeat_s=self.timings.heartbeat_s, spawn=self.spawn,
+        )
+
     def _start(self, lease) -> LeaseRun:
-        run = LeaseRun(self, lease)
+        run = LeaseRun(self.lease_deps, lease)
         self.runs[lease.task_id] = run
         log.info("task %s (%s) attempt %d on GPUs %s", lease.task_id, lease.task_type, lease.attempt,
                  lease.gpus or "-")

@@ -11,42 +11,18 @@ of every lease.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import subprocess
-import sys
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from mloc_agent.task_contract import channel_env
+from mloc_agent.warden import Warden
+
 log = logging.getLogger(__name__)
 READ_SIZE = 64 * 1024
-
-
-class Warden:
-    """Starts the warden process (see warden.py) and keeps the pipe whose closing wakes it."""
-
-    def __init__(self) -> None:
-        self.instance = uuid.uuid4().hex
-        self._proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mloc_agent.warden", self.instance, stdin=asyncio.subprocess.PIPE,
-            start_new_session=True)
-
-    def mark(self, env: dict[str, str]) -> dict[str, str]:
-        """The environment of a task process, marked so the warden can find it."""
-        return {**env, "MLOC_AGENT_INSTANCE": self.instance}
-
-    async def stop(self) -> None:
-        if self._proc is None or self._proc.stdin is None:
-            return
-        self._proc.stdin.close()
-        with contextlib.suppress(asyncio.TimeoutError, ProcessLookupError):
-            await asyncio.wait_for(self._proc.wait(), 10)
 
 
 class PipeFollower:
@@ -134,13 +110,13 @@ class TaskProcess:
         on_output: Callable[[str, bytes], None], on_channel: Callable[[bytes], None],
     ) -> TaskProcess:
         """Start ``argv`` now (no await: the child runs before this returns). ``on_output`` gets
-        ("stdout" | "stderr", bytes); ``on_channel`` gets the bytes the task writes to MLOC_PROGRESS."""
+        ("stdout" | "stderr", bytes); ``on_channel`` gets the bytes the task writes to its channel
+        (task_contract.channel_env)."""
         # our own pipes, handed to the child as plain fds: no file objects to build and take apart
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         read_fd, write_fd = os.pipe()
-        # MLOC_PROGRESS is a path any shell can write to (dash cannot redirect to fds above 9)
-        env = warden.mark({**env, "MLOC_PROGRESS_FD": str(write_fd), "MLOC_PROGRESS": f"/dev/fd/{write_fd}"})
+        env = warden.mark({**env, **channel_env(write_fd)})
         try:
             popen = subprocess.Popen(
                 argv, stdin=_devnull(), stdout=out_w, stderr=err_w, env=env, cwd=str(cwd),

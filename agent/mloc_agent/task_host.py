@@ -1,25 +1,28 @@
 """The child process that hosts one Python task module: ``python -m mloc_agent.task_host``.
 
 The agent starts it in its own process group with CUDA_VISIBLE_DEVICES set, passes the lease in
-``MLOC_TASK_FILE`` and reads progress from ``MLOC_PROGRESS_FD``. The result goes to
-``MLOC_RESULT_FILE``; a failure exits non-zero with the traceback on stderr.
+``MLOC_TASK_FILE`` and reads progress from ``MLOC_PROGRESS_FD`` (task_contract.py). The result goes
+to ``MLOC_RESULT_FILE``; a failure exits non-zero with the traceback on stderr.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import traceback
 
 from mloc_agent.modules.base import TaskContext
 from mloc_agent.modules.registry import load
+from mloc_agent.task_contract import RESULT_FILE, TASK_FILE, TaskEnv
 
 
 def main() -> int:
-    with open(os.environ["MLOC_TASK_FILE"]) as fh:
-        task = json.load(fh)
+    env = TaskEnv.from_env()
+    if env.task_file is None or env.result_file is None:
+        print(f"{TASK_FILE} and {RESULT_FILE} are not set: only the agent starts the task host", file=sys.stderr)
+        return 2
+    task = json.loads(env.task_file.read_text())
     ctx = TaskContext.from_env(task["spec"])
     try:
         module = load(task["module"])(ctx)
@@ -28,10 +31,10 @@ def main() -> int:
         return 130
     except Exception as exc:
         traceback.print_exc()
-        with open(os.environ["MLOC_RESULT_FILE"], "w") as fh:
+        with open(env.result_file, "w") as fh:
             json.dump({"error": f"{type(exc).__name__}: {exc}"}, fh)
         return 1
-    with open(os.environ["MLOC_RESULT_FILE"], "w") as fh:
+    with open(env.result_file, "w") as fh:
         json.dump({"result": result}, fh, default=str)
     return 0
 

@@ -7,21 +7,60 @@ process with ``MLOC_AGENT_INSTANCE=<id>`` in its environment (children inherit i
 closes — the agent is gone, however it died — the warden finds every process still carrying the
 mark, SIGTERMs their process groups, waits a short grace, then SIGKILLs them, so no orphan keeps
 holding a GPU. No per-task message is needed, so starting a task costs the agent nothing here.
+
+``Warden`` is the agent's side; ``main`` is the warden process (``python -m mloc_agent.warden``),
+which imports no more than it needs to wait on a pipe (asyncio is imported by the agent's side only).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import time
+import uuid
+from typing import TYPE_CHECKING
+
+from mloc_agent.task_contract import AGENT_INSTANCE, agent_mark
+
+if TYPE_CHECKING:
+    import asyncio
 
 GRACE_S = 3.0
 
 
+class Warden:
+    """Starts the warden process and keeps the pipe whose closing wakes it."""
+
+    def __init__(self) -> None:
+        self.instance = uuid.uuid4().hex
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        import asyncio
+
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mloc_agent.warden", self.instance, stdin=asyncio.subprocess.PIPE,
+            start_new_session=True)
+
+    def mark(self, env: dict[str, str]) -> dict[str, str]:
+        """The environment of a task process, marked so the warden can find it."""
+        return {**env, AGENT_INSTANCE: self.instance}
+
+    async def stop(self) -> None:
+        import asyncio
+
+        if self._proc is None or self._proc.stdin is None:
+            return
+        self._proc.stdin.close()
+        with contextlib.suppress(TimeoutError, ProcessLookupError):
+            await asyncio.wait_for(self._proc.wait(), 10)
+
+
 def marked_groups(instance: str) -> set[int]:
     """Process groups of processes whose environment carries this agent instance's mark."""
-    mark = f"MLOC_AGENT_INSTANCE={instance}".encode()
+    mark = agent_mark(instance).encode()
     groups = set()
     me = os.getpid()
     for entry in os.listdir("/proc"):

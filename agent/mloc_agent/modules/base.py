@@ -7,12 +7,13 @@ pipe that the agent reads and turns into heartbeats and uploads.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+from mloc_agent.task_contract import ArtifactAdded, ChannelMessage, CheckpointSaved, ProgressReport, TaskEnv, encode
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -34,36 +35,30 @@ class TaskContext:
 
     @classmethod
     def from_env(cls, spec: dict[str, Any]) -> TaskContext:
-        env = os.environ
-        resume = env.get("MLOC_RESUME_DIR")
-        sources = env.get("MLOC_SOURCES_DIR")
+        env = TaskEnv.from_env()
         return cls(
-            task_id=env["MLOC_TASK_ID"], attempt=int(env.get("MLOC_ATTEMPT", "1")), spec=spec,
-            gpus=[int(g) for g in env.get("MLOC_GPUS", "").split(",") if g],
-            workdir=Path(env.get("MLOC_WORKDIR", ".")), output_dir=Path(env["MLOC_OUTPUT_DIR"]),
-            checkpoint_dir=Path(env["MLOC_CHECKPOINT_DIR"]), resume_dir=Path(resume) if resume else None,
-            resume_step=int(env["MLOC_RESUME_STEP"]) if env.get("MLOC_RESUME_STEP") else None,
-            sources_dir=Path(sources) if sources else None,
-            channel_fd=int(env["MLOC_PROGRESS_FD"]) if env.get("MLOC_PROGRESS_FD") else None,
+            task_id=env.task_id, attempt=env.attempt, spec=spec, gpus=env.gpus, workdir=env.workdir,
+            output_dir=env.output_dir, checkpoint_dir=env.checkpoint_dir, resume_dir=env.resume_dir,
+            resume_step=env.resume_step, sources_dir=env.sources_dir, channel_fd=env.progress_fd,
         )
 
-    def send(self, message: dict[str, Any]) -> None:
-        """Write one JSON line to the agent (no-op when run outside an agent)."""
+    def send(self, message: ChannelMessage) -> None:
+        """Write one message to the agent (no-op when run outside an agent)."""
         if self.channel_fd is None:
             return
         if self._channel is None:
             self._channel = os.fdopen(self.channel_fd, "w", buffering=1)
-        self._channel.write(json.dumps(message) + "\n")
+        self._channel.write(encode(message))
 
     def progress(self, update: dict[str, Any]) -> None:
-        self.send({"type": "progress", **update})
+        self.send(ProgressReport(update))
 
     def save_checkpoint(self, path: Path | str, step: int | None = None) -> None:
         """Ask the agent to upload a checkpoint (file or folder); the next attempt resumes from it."""
-        self.send({"type": "checkpoint", "path": str(path), "step": step})
+        self.send(CheckpointSaved(str(path), step))
 
     def add_artifact(self, path: Path | str, name: str | None = None) -> None:
-        self.send({"type": "artifact", "path": str(path), "name": name})
+        self.send(ArtifactAdded(str(path), name))
 
 
 class BaseModule:
