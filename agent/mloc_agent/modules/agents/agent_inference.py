@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mloc_agent.modules.base import BaseModule, ProgressCallback
+from mloc_agent.modules.errors import TaskError, TaskInputError
 
 DEFAULT_SYSTEM = ("You are a careful assistant. Use the tools when they help: python_repl for any calculation "
                   "or code, web_search for facts you do not know. Answer briefly once you know the answer.")
@@ -62,13 +63,14 @@ class AgentInferenceModule(BaseModule):
         assert isinstance(params, AgentInferenceHyperparameters)
         questions = load_questions(params.questions, params.questions_file, self.ctx.workdir / "inputs")
         if not questions:
-            raise ValueError("agent_inference needs questions: hyperparameters.questions (a list) or questions_file")
+            raise TaskInputError("agent_inference needs questions: hyperparameters.questions (a list) or "
+                                 "questions_file")
         choice = chat_model.choose(params.chat_model or "none", self.spec)
         if choice.provider != "openai":
-            raise ValueError("agent_inference needs an OpenAI-compatible chat endpoint: set "
-                             "hyperparameters.chat_model.base_url (e.g. http://gpu-box:8000/v1, vLLM started with "
-                             "--enable-auto-tool-choice --tool-call-parser ...); local transformers chat models "
-                             "cannot call tools")
+            raise TaskInputError("agent_inference needs an OpenAI-compatible chat endpoint: set "
+                                 "hyperparameters.chat_model.base_url (e.g. http://gpu-box:8000/v1, vLLM started "
+                                 "with --enable-auto-tool-choice --tool-call-parser ...); local transformers chat "
+                                 "models cannot call tools")
         llm = chat_model.openai_chat(choice, params.temperature)
         tools = build_tools(params.tools, params, self.ctx.workdir, protected_paths(self.ctx.workdir))
         agent = _build_agent(llm, tools, params)
@@ -96,7 +98,7 @@ class AgentInferenceModule(BaseModule):
         report({"step": len(questions), "total": len(questions), "message": "done",
                 "metrics": {"tool_calls": float(tool_calls), "seconds": round(time.monotonic() - started, 2)}})
         if failures and len(failures) == len(questions):
-            raise RuntimeError("every question failed; first: " + failures[0])
+            raise TaskError("every question failed; first: " + failures[0])
         return {"questions": len(questions), "failed": len(failures), "tool_calls": tool_calls,
                 "answers_file": params.output_file, "transcript_file": transcript_name,
                 "chat_model": choice.describe(), "answers": summary[:20]}

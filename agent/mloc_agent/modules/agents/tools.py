@@ -20,6 +20,8 @@ from typing import Any
 
 from mloc_shared.hyperparams import AgentInferenceHyperparameters, WebSearchSettings
 
+from mloc_agent.modules.errors import TaskInputError
+
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "mloc.tools"
 BUILTIN_TOOLS: dict[str, str] = {
@@ -29,7 +31,7 @@ BUILTIN_TOOLS: dict[str, str] = {
 TAVILY_URL = "https://api.tavily.com/search"
 
 
-class ToolError(ValueError):
+class ToolError(TaskInputError):
     """A tool named in ``tools`` that cannot be built: the message names it."""
 
 

@@ -16,8 +16,8 @@ from typing import Any
 from mloc_shared.hyperparams import InferenceHyperparameters
 
 from mloc_agent.modules.base import TaskContext
+from mloc_agent.modules.errors import TaskInputError
 from mloc_agent.modules.sources.models import ResolvedModel
-from mloc_agent.modules.training.trainer_common import TaskInputError
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 

@@ -32,9 +32,10 @@ class InferenceModule(BaseModule):
     requires: ClassVar[tuple[str, ...]] = ("torch", "transformers")
 
     async def execute(self, progress_callback: ProgressCallback | None = None) -> dict[str, Any]:
+        from mloc_agent.modules.errors import TaskInputError
         from mloc_agent.modules.inference.engines import ENGINES
         from mloc_agent.modules.sources.models import resolve_model
-        from mloc_agent.modules.training.trainer_common import TaskInputError, quiet_environment
+        from mloc_agent.modules.training.trainer_common import quiet_environment
 
         quiet_environment()
         hp = parse_hyperparameters("inference", self.spec.get("hyperparameters"))
@@ -98,54 +99,35 @@ def _prompt_of(row: Any, where: str, columns: dict[str, str]) -> Any:
     return row[key]
 
 
-def _read_rows(path: Path) -> list[Any]:
-    text = path.read_text(encoding="utf-8")
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl" or (suffix == ".json" and not text.lstrip().startswith(("[", "{"))):
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    if suffix == ".json":
-        data = json.loads(text)
-        if isinstance(data, dict):
-            data = data.get("prompts") or data.get("rows") or data.get("data") or [data]
-        return list(data)
-    if suffix == ".csv":
-        import csv
-        import io
+def _rows(ref: str, download_dir: Path, where: str, *, unpack: bool = False) -> list[Any]:
+    """A path or URL's rows (sources/rows.py); a file of another kind is one prompt a line."""
+    from mloc_agent.modules.sources.downloads import download, is_url
+    from mloc_agent.modules.sources.rows import read_path
 
-        return list(csv.DictReader(io.StringIO(text)))
-    return [line for line in text.splitlines() if line.strip()]
-
-
-def _local(ref: str, download_dir: Path) -> Path:
-    from mloc_agent.modules.sources.documents import fetch, is_url
-
-    if is_url(ref):
-        return fetch(ref, download_dir)
-    path = Path(ref).expanduser()
-    if not path.exists():
-        raise ValueError(f"{ref}: no such file or folder on this agent")
-    return path
+    path = download(ref, download_dir, unpack=unpack, what=where) if is_url(ref) else Path(ref).expanduser()
+    return read_path(path, default="txt", where=where)
 
 
 def load_prompts(hp: InferenceHyperparameters, dataset: dict[str, Any] | None, download_dir: Path
                  ) -> list[dict[str, Any]]:
     """Every prompt as ``{"id", "prompt"}``: inline ones, then the file's, then the dataset's."""
-    from mloc_agent.modules.training.trainer_common import TaskInputError
+    from mloc_agent.modules.errors import DatasetError
 
     sources: list[tuple[str, list[Any], dict[str, str]]] = [("hyperparameters.prompts", list(hp.prompts or []), {})]
+    if hp.prompts_file:
+        sources.append(("hyperparameters.prompts_file", _rows(hp.prompts_file, download_dir,
+                                                              "hyperparameters.prompts_file"), {}))
+    if dataset:
+        sources.append(("dataset", _dataset_rows(dataset, download_dir), dict(dataset.get("columns") or {})))
+    out: list[dict[str, Any]] = []
     try:
-        if hp.prompts_file:
-            sources.append(("hyperparameters.prompts_file", _read_rows(_local(hp.prompts_file, download_dir)), {}))
-        if dataset:
-            sources.append(("dataset", _dataset_rows(dataset, download_dir), dict(dataset.get("columns") or {})))
-        out: list[dict[str, Any]] = []
         for where, rows, columns in sources:
             for i, row in enumerate(rows):
                 rid = row.get("id") if isinstance(row, dict) else None
                 out.append({"id": str(rid if rid is not None else len(out)),
                             "prompt": _prompt_of(row, f"{where}[{i}]", columns)})
-    except (ValueError, OSError) as exc:
-        raise TaskInputError(str(exc)) from None
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
     limit = (dataset or {}).get("max_samples")
     return out[:limit] if limit else out
 
@@ -153,11 +135,11 @@ def load_prompts(hp: InferenceHyperparameters, dataset: dict[str, Any] | None, d
 def _dataset_rows(dataset: dict[str, Any], download_dir: Path) -> list[Any]:
     if dataset.get("rows") is not None:
         return list(dataset["rows"])
-    if dataset.get("path") or dataset.get("uri"):
-        path = _local(dataset.get("uri") or dataset["path"], download_dir)
-        if path.is_dir():
-            return [r for f in sorted(path.iterdir()) if f.is_file() for r in _read_rows(f)]
-        return _read_rows(path)
-    from datasets import load_dataset  # hub: needs the datasets package and network
+    if dataset.get("uri"):
+        return _rows(dataset["uri"], download_dir, "dataset.uri", unpack=True)
+    if dataset.get("path"):
+        return _rows(dataset["path"], download_dir, "dataset.path")
+    from mloc_agent.modules.sources import hub  # needs the datasets package and network
 
-    return list(load_dataset(dataset["hub"], dataset.get("subset"), split=dataset.get("split", "train")))
+    return list(hub.load_dataset(dataset["hub"], dataset.get("subset"), dataset.get("split", "train"),
+                                 dataset.get("revision")))

@@ -55,11 +55,11 @@ class PPORun:
         import torch
         from transformers import AutoModelForCausalLM
 
+        from mloc_agent.modules.errors import TaskInputError
         from mloc_agent.modules.ppo.core import AdaptiveKLController, FixedKLController
         from mloc_agent.modules.ppo.models import PolicyWithValue, RewardScorer
         from mloc_agent.modules.sources.models import resolve_model
         from mloc_agent.modules.training.trainer_common import (
-            TaskInputError,
             device_plan,
             load_tokenizer,
             lora_config,
@@ -116,8 +116,9 @@ class PPORun:
 
     def _reward_source(self) -> str:
         """A local folder, a hub id, or ``task:<id>``: the model a finished reward_model task wrote."""
+        from mloc_agent.modules.errors import TaskInputError
+        from mloc_agent.modules.sources.hub import model_name
         from mloc_agent.modules.sources.task_outputs import TaskOutputError, task_output
-        from mloc_agent.modules.training.trainer_common import TaskInputError
 
         name = self.hp.reward_model
         if name.startswith("task:"):
@@ -129,13 +130,11 @@ class PPORun:
                 raise TaskInputError(f"hyperparameters.reward_model: task {name[5:]} left no full model (model/ or "
                                      "merged/); train it with adapter type none or merge_adapter: true")
             return str(full)
-        if Path(name).expanduser().exists():
-            return str(Path(name).expanduser())
-        return name
+        return model_name(name, field="hyperparameters.reward_model")  # a path on this agent, or a hub id
 
     def _prompts(self) -> list[Any]:
+        from mloc_agent.modules.errors import TaskInputError
         from mloc_agent.modules.training.data import for_prompts, load_rows
-        from mloc_agent.modules.training.trainer_common import TaskInputError
 
         hp, dataset = self.hp, self.spec.get("dataset")
         if dataset is None and hp.query_dataset:

@@ -14,10 +14,12 @@ from typing import Any, Literal
 
 from mloc_shared.hyperparams import ChatModelSettings
 
+from mloc_agent.modules.errors import TaskInputError
+
 Provider = Literal["openai", "transformers", "none"]
 
 
-class ChatModelError(ValueError):
+class ChatModelError(TaskInputError):
     """The chat model setting cannot be used: the message says which field to change."""
 
 

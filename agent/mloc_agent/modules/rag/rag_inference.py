@@ -17,6 +17,7 @@ from typing import Any
 
 from mloc_agent import task_contract
 from mloc_agent.modules.base import BaseModule, ProgressCallback
+from mloc_agent.modules.errors import TaskInputError
 
 DEFAULT_SYSTEM = ("Answer the question using only the numbered context passages. Cite the passages you use "
                   "as [n]. If the context does not contain the answer, say that you do not know.")
@@ -62,13 +63,14 @@ class RagModule(BaseModule):
         questions = load_questions(params.questions, params.questions_file, downloads)
         choice = chat_model.choose(params.chat_model, self.spec)
         if not refs and not questions:
-            raise ValueError("rag_inference has nothing to do: give hyperparameters.documents (files, folders, "
-                             "globs or URLs) to ingest and/or hyperparameters.questions / questions_file to answer")
+            raise TaskInputError("rag_inference has nothing to do: give hyperparameters.documents (files, "
+                                 "folders, globs or URLs) to ingest and/or hyperparameters.questions / "
+                                 "questions_file to answer")
 
         report({"message": "loading documents and the embedding model"})
         docs = load_documents(refs, downloads)
         if refs and not docs:
-            raise ValueError(f"hyperparameters.documents: no readable text in {', '.join(refs)}")
+            raise TaskInputError(f"hyperparameters.documents: no readable text in {', '.join(refs)}")
         from mloc_agent.modules.rag.store import RagStore, locked
 
         directory = persist_dir(params.persist_directory, self.ctx.workdir)
@@ -82,7 +84,7 @@ class RagModule(BaseModule):
             print(f"[rag] collection {params.collection!r} in {directory}: {size} chunks "
                   f"({stats['chunks_added']} added, {stats['chunks_already_stored']} already stored)", flush=True)
             if questions and size == 0:
-                raise ValueError(f"collection {params.collection!r} is empty: give hyperparameters.documents")
+                raise TaskInputError(f"collection {params.collection!r} is empty: give hyperparameters.documents")
             answers = self._answer(store, questions, params, choice, device, report) if questions else []
         result: dict[str, Any] = {"collection": params.collection, "persist_directory": str(directory),
                                   "collection_chunks": size, **stats, "questions": len(questions),

@@ -25,6 +25,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
+from mloc_agent.modules.errors import TaskInputError
 from mloc_agent.modules.sources.documents import SourceDocument
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,8 @@ class RagStore:
             meta = self.client.get_collection(collection).metadata or {}
             stored = meta.get("mloc_embedding_model")
             if stored and stored != embedding_model:
-                raise ValueError(f"collection {collection!r} in {directory} holds {stored} embeddings, not "
-                                 f"{embedding_model}: choose another 'collection' or the same embedding_model")
+                raise TaskInputError(f"collection {collection!r} in {directory} holds {stored} embeddings, not "
+                                     f"{embedding_model}: choose another 'collection' or the same embedding_model")
         self.store = Chroma(collection_name=collection, embedding_function=self.embeddings, client=self.client,
                             collection_metadata={"hnsw:space": "cosine", "mloc_embedding_model": embedding_model})
 

@@ -1,31 +1,28 @@
 """Task inputs for RAG and agents: documents and question lists from paths, folders, globs or URLs.
 
-Stdlib and httpx only. A URL may be any http(s) address the agent can reach, including a presigned
-object-store URL or the coordinator's artifact download path of another task
-(``<coordinator>/api/v1/tasks/<id>/artifacts/<name>``), which chains one task's output into RAG.
+Row files (JSON, JSON Lines, CSV) are read by the one row reader, sources/rows.py; URLs are fetched
+by sources/downloads.py. Stdlib and httpx only. A URL may be any http(s) address the agent can
+reach, including a presigned object-store URL or the coordinator's artifact download path of
+another task (``<coordinator>/api/v1/tasks/<id>/artifacts/<name>``), which chains one task's
+output into RAG.
 """
 
 from __future__ import annotations
 
-import csv
 import glob
-import hashlib
 import html.parser
-import io
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+
+from mloc_agent.modules.errors import TaskInputError
+from mloc_agent.modules.sources.downloads import download, is_url
+from mloc_agent.modules.sources.rows import read_path, read_rows
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".py", ".log", ".tex", ".yaml", ".yml", ".toml"}
 SUFFIXES = TEXT_SUFFIXES | {".html", ".htm", ".json", ".jsonl", ".csv", ".pdf"}
 TEXT_KEYS = ("text", "content", "page_content", "document", "body")
-
-
-class InputError(ValueError):
-    """A document or question source that cannot be read: the message names it."""
 
 
 @dataclass
@@ -35,39 +32,14 @@ class SourceDocument:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def is_url(ref: str) -> bool:
-    return urlparse(ref).scheme in ("http", "https")
-
-
-def fetch(url: str, dest_dir: Path, timeout_s: float = 60.0) -> Path:
-    """Download a URL (following redirects, as artifact downloads do) into ``dest_dir``."""
-    import httpx
-
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    name = Path(unquote(urlparse(url).path)).name or "download"
-    digest = hashlib.sha1(url.encode()).hexdigest()[:8]
-    try:
-        with httpx.stream("GET", url, follow_redirects=True, timeout=timeout_s) as resp:
-            resp.raise_for_status()
-            if not Path(name).suffix and "html" in resp.headers.get("content-type", ""):
-                name += ".html"
-            path = dest_dir / f"{digest}-{name}"
-            with open(path, "wb") as fh:
-                for chunk in resp.iter_bytes():
-                    fh.write(chunk)
-    except httpx.HTTPError as exc:
-        raise InputError(f"cannot download {url}: {exc}") from exc
-    return path
-
-
 def expand(ref: str, download_dir: Path) -> list[tuple[Path, str]]:
     """One reference -> the files it names, each with the source name users will see."""
     if is_url(ref):
-        return [(fetch(ref, download_dir), ref)]
+        return [(download(ref, download_dir, what="hyperparameters.documents"), ref)]
     if any(c in ref for c in "*?["):
         matches = sorted(Path(p) for p in glob.glob(ref, recursive=True) if Path(p).is_file())
         if not matches:
-            raise InputError(f"document pattern {ref!r} matches no file on this agent")
+            raise TaskInputError(f"document pattern {ref!r} matches no file on this agent")
         return [(p, str(p)) for p in matches]
     path = Path(ref).expanduser()
     if path.is_dir():
@@ -75,7 +47,7 @@ def expand(ref: str, download_dir: Path) -> list[tuple[Path, str]]:
         return [(p, str(p)) for p in files]
     if path.is_file():
         return [(path, str(path))]
-    raise InputError(f"document {ref!r}: no such file, folder or URL on this agent")
+    raise TaskInputError(f"document {ref!r}: no such file, folder or URL on this agent")
 
 
 def load_documents(refs: list[str], download_dir: Path) -> list[SourceDocument]:
@@ -91,23 +63,16 @@ def read_file(path: Path, source: str) -> list[SourceDocument]:
     suffix = path.suffix.lower()
     if suffix == ".pdf":
         return [SourceDocument(_pdf_text(path), source, {"type": "pdf"})]
-    raw = path.read_bytes()
+    if suffix in (".jsonl", ".json", ".csv"):
+        rows = read_rows(path, where=f"document {source}")
+        single = suffix == ".json" and len(rows) == 1
+        return [_row_document(row, source if single else f"{source}#{i}") for i, row in enumerate(rows)]
     try:
-        text = raw.decode("utf-8")
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"document {source}: not UTF-8 text ({exc})") from exc
+        raise TaskInputError(f"document {source}: not UTF-8 text ({exc})") from exc
     if suffix in (".html", ".htm"):
         return [SourceDocument(html_text(text), source, {"type": "html"})]
-    if suffix == ".jsonl":
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        return [_row_document(row, f"{source}#{i}") for i, row in enumerate(rows)]
-    if suffix == ".json":
-        data = json.loads(text)
-        rows = data if isinstance(data, list) else [data]
-        return [_row_document(row, f"{source}#{i}" if len(rows) > 1 else source) for i, row in enumerate(rows)]
-    if suffix == ".csv":
-        rows = list(csv.DictReader(io.StringIO(text)))
-        return [_row_document(row, f"{source}#{i}") for i, row in enumerate(rows)]
     return [SourceDocument(text, source, {"type": suffix.lstrip(".") or "text"})]
 
 
@@ -115,10 +80,10 @@ def _row_document(row: Any, source: str) -> SourceDocument:
     if isinstance(row, str):
         return SourceDocument(row, source)
     if not isinstance(row, dict):
-        raise InputError(f"{source}: a row must be a string or an object with a 'text' field")
+        raise TaskInputError(f"{source}: a row must be a string or an object with a 'text' field")
     key = next((k for k in TEXT_KEYS if isinstance(row.get(k), str)), None)
     if key is None:
-        raise InputError(f"{source}: no text field (one of {', '.join(TEXT_KEYS)})")
+        raise TaskInputError(f"{source}: no text field (one of {', '.join(TEXT_KEYS)})")
     meta = {k: v for k, v in row.items() if k != key and isinstance(v, (str, int, float, bool))}
     return SourceDocument(row[key], str(row.get("source") or source), meta)
 
@@ -127,7 +92,7 @@ def _pdf_text(path: Path) -> str:
     try:
         from pypdf import PdfReader
     except ImportError as exc:
-        raise InputError(f"{path}: reading PDF needs the 'pypdf' package on the agent") from exc
+        raise TaskInputError(f"{path}: reading PDF needs the 'pypdf' package on the agent") from exc
     return "\n\n".join(page.extract_text() or "" for page in PdfReader(str(path)).pages)
 
 
@@ -163,22 +128,19 @@ def html_text(markup: str) -> str:
 
 
 def load_questions(inline: list[str] | None, file_ref: str | None, download_dir: Path) -> list[dict[str, Any]]:
-    """Questions as ``{"id", "question"}``: inline ones first, then a .txt (a line each) or .jsonl file."""
+    """Questions as ``{"id", "question"}``: inline ones first, then a file's (a line each, or rows with a
+    ``question`` or ``prompt`` string, as the row reader reads .jsonl/.json/.csv)."""
     out = [{"id": str(i), "question": q} for i, q in enumerate(inline or [])]
     if file_ref:
-        path = fetch(file_ref, download_dir) if is_url(file_ref) else Path(file_ref).expanduser()
+        where = "hyperparameters.questions_file"
+        path = download(file_ref, download_dir, what=where) if is_url(file_ref) else Path(file_ref).expanduser()
         if not path.is_file():
-            raise InputError(f"questions_file {file_ref!r}: no such file on this agent")
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if path.suffix.lower() == ".jsonl":
-            for line in lines:
-                row = json.loads(line)
-                question = row if isinstance(row, str) else row.get("question") or row.get("prompt")
-                if not isinstance(question, str):
-                    raise InputError(f"questions_file {file_ref}: each row needs a 'question' string")
-                qid = row.get("id") if isinstance(row, dict) else None
-                out.append({"id": str(qid if qid is not None else len(out)), "question": question})
-        else:
-            base = len(out)
-            out.extend({"id": str(base + i), "question": q.strip()} for i, q in enumerate(lines))
+            raise TaskInputError(f"questions_file {file_ref!r}: no such file on this agent")
+        for row in read_path(path, default="txt", where=where):
+            fields = row if isinstance(row, dict) else {}
+            question = row if isinstance(row, str) else fields.get("question") or fields.get("prompt")
+            if not isinstance(question, str):
+                raise TaskInputError(f"questions_file {file_ref}: each row needs a 'question' string")
+            qid = fields.get("id")
+            out.append({"id": str(qid if qid is not None else len(out)), "question": question.strip()})
     return out

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from mloc_agent.modules.base import TaskContext
+from mloc_agent.modules.errors import ModelSourceError
 
 SOURCE_FILE = "mloc-source.json"
 FULL_MODEL_DIRS = ("merged", "model")
 
 
-class TaskOutputError(ValueError):
+class TaskOutputError(ModelSourceError):
     """The named task's outputs are missing or hold no model."""
 
 
@@ -64,10 +65,3 @@ def task_output(task_id: str, ctx: TaskContext) -> TaskOutput:
         raise TaskOutputError(f"model.source: task {task_id} ({out.task_type}) left no model (no merged/, model/ or "
                               f"adapter/ among its artifacts: {', '.join(out.artifacts) or 'none'})")
     return out
-
-
-def loadable_path(task_id: str, ctx: TaskContext) -> Path:
-    """What ``from_pretrained`` opens for a task source: a full model if the task left one, else its
-    adapter folder (transformers loads base + adapter from it when peft is installed)."""
-    out = task_output(task_id, ctx)
-    return out.full_model() or out.adapter()  # type: ignore[return-value]

@@ -10,16 +10,16 @@ from typing import Any, ClassVar
 from mloc_shared.hyperparams import TrainingHyperparameters, parse_hyperparameters
 
 from mloc_agent.modules.base import BaseModule, ProgressCallback
+from mloc_agent.modules.errors import TaskInputError
+from mloc_agent.modules.sources.models import resolve_model
 from mloc_agent.modules.training.trainer_common import (
     TRAINING_REQUIRES,
     DevicePlan,
-    TaskInputError,
     device_plan,
     load_tokenizer,
     lora_config,
     quantization_config,
     quiet_environment,
-    resolve_model_source,
     run_training,
     save_outputs,
     training_args,
@@ -77,11 +77,12 @@ class TrainingModule(BaseModule):
             raise TaskInputError(f"taskType {self.task_type!r} needs 'model' (source, optional adapter)")
         adapter = model_spec.get("adapter") or {"type": "none"}
         source = model_spec["source"]
-        base = resolve_model_source(source, self.ctx)
+        model = resolve_model(model_spec, self.ctx)
+        base = model.loadable()
         plan = device_plan(model_spec.get("dtype", "auto"), adapter.get("type", "none"))
         send = progress_callback or self.ctx.progress
         send({"message": f"loading {source['identifier']} ({plan.load_dtype}, {'cuda' if plan.cuda else 'cpu'})"})
-        tokenizer = load_tokenizer(base, source.get("revision"))
+        tokenizer = load_tokenizer(model.tokenizer, source.get("revision"))
         rows, data_spec = self.rows(spec, hp.seed)
         record = TrainingRecord()
         callbacks = [make_progress_callback(self.ctx, send, record), *user_callbacks(hp.callbacks)]

@@ -1,22 +1,24 @@
 """Training data for the TRL modules: read rows from where the spec says, shape them for a trainer.
 
-Sources (exactly one, see mloc_shared.hyperparams.TrainingDataset): ``path`` on the agent (json,
-jsonl, txt, csv, parquet, or a folder saved with ``datasets``), ``uri`` (http/https, e.g. a
-presigned object-store URL), ``hub`` (a Hugging Face dataset id) or inline ``rows``.
+Sources (exactly one, see mloc_shared.hyperparams.TrainingDataset): ``path`` on the agent (a file
+or folder the one row reader reads, sources/rows.py, or a folder saved with ``datasets``), ``uri``
+(http/https, e.g. a presigned object-store URL), ``hub`` (a Hugging Face dataset id) or inline ``rows``.
 Formats: plain text, instruction (alpaca: instruction/input/output), chat ``messages``,
 prompt/completion, preference (prompt/chosen/rejected) and prompt-only (GRPO).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from mloc_shared.hyperparams import TrainingDataset
 
 from mloc_agent.modules.base import TaskContext
-from mloc_agent.modules.training.trainer_common import TaskInputError, download
+from mloc_agent.modules.errors import DatasetError
+from mloc_agent.modules.sources import hub
+from mloc_agent.modules.sources.downloads import download
+from mloc_agent.modules.sources.rows import read_path
 
 ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
 ALPACA_PROMPT_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
@@ -38,71 +40,44 @@ def detect_format(columns: list[str]) -> str:
         return "text"
     if "prompt" in cols:
         return "prompt"
-    raise TaskInputError(f"dataset: cannot tell the format from columns {sorted(cols)}; set dataset.format and, "
-                         "if the names differ, dataset.columns (e.g. {instruction: question, output: answer})")
-
-
-def _read_file(path: Path, file_format: str) -> list[dict[str, Any]] | Any:
-    kind = file_format if file_format != "auto" else path.suffix.lstrip(".").lower()
-    if kind in ("json", "jsonl"):
-        text = path.read_text(encoding="utf-8")
-        stripped = text.lstrip()
-        if stripped.startswith("["):
-            return json.loads(text)
-        if stripped.startswith("{") and kind == "json" and "\n{" not in text.strip():
-            data = json.loads(text)
-            return data.get("data") or data.get("rows") or [data]
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    if kind == "txt":
-        return [{"text": line} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if kind in ("csv", "parquet"):
-        from datasets import load_dataset
-
-        return load_dataset(kind, data_files=str(path), split="train")
-    raise TaskInputError(f"dataset.path: cannot read {path.name!r}; use .json, .jsonl, .txt, .csv or .parquet "
-                         "(or set dataset.file_format)")
+    raise DatasetError(f"dataset: cannot tell the format from columns {sorted(cols)}; set dataset.format and, "
+                       "if the names differ, dataset.columns (e.g. {instruction: question, output: answer})")
 
 
 def _from_path(path: Path, spec: TrainingDataset) -> Any:
-    from datasets import Dataset, concatenate_datasets, load_from_disk
+    from datasets import Dataset, load_from_disk
 
-    if not path.exists():
-        raise TaskInputError(f"dataset.path: {path} does not exist on this agent")
-    if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
-            loaded = load_from_disk(str(path))
-            return loaded[spec.split] if hasattr(loaded, "keys") else loaded
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".txt",
-                                                                                   ".csv", ".parquet"))
-        if not files:
-            raise TaskInputError(f"dataset.path: folder {path} holds no .json/.jsonl/.txt/.csv/.parquet file")
-        parts = [_read_file(f, spec.file_format) for f in files]
-        return concatenate_datasets([p if isinstance(p, Dataset) else Dataset.from_list(p) for p in parts])
-    rows = _read_file(path, spec.file_format)
-    return rows if isinstance(rows, Dataset) else Dataset.from_list(rows)
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        loaded = load_from_disk(str(path))
+        return loaded[spec.split] if hasattr(loaded, "keys") else loaded
+    rows = read_path(path, spec.file_format, where="dataset.uri" if spec.uri else "dataset.path")
+    bad = next((row for row in rows if not isinstance(row, (dict, str))), None)
+    if bad is not None:
+        raise DatasetError(f"dataset: a row must be an object or a string, not {bad!r}"[:200])
+    return Dataset.from_list([{"text": row} if isinstance(row, str) else row for row in rows])
 
 
 def load_rows(dataset: dict[str, Any] | None, ctx: TaskContext, seed: int = 42) -> tuple[Any, TrainingDataset]:
     """The spec's dataset as a ``datasets.Dataset`` with our column names, plus the parsed spec."""
-    from datasets import Dataset, load_dataset
+    from datasets import Dataset
 
     if not dataset:
-        raise TaskInputError("this task type needs a 'dataset' (path, uri, hub or rows); see docs/tasks.md")
+        raise DatasetError("this task type needs a 'dataset' (path, uri, hub or rows); see docs/tasks.md")
     spec = TrainingDataset.model_validate(dataset)
     if spec.rows is not None:
         if not spec.rows:
-            raise TaskInputError("dataset.rows is empty")
+            raise DatasetError("dataset.rows is empty")
         ds = Dataset.from_list(spec.rows)
     elif spec.path is not None:
         ds = _from_path(Path(spec.path).expanduser(), spec)
     elif spec.uri is not None:
-        ds = _from_path(download(spec.uri, ctx.workdir / "dataset", unpack=True), spec)
+        ds = _from_path(download(spec.uri, ctx.workdir / "dataset", unpack=True, what="dataset.uri"), spec)
     else:
-        ds = load_dataset(spec.hub, spec.subset, split=spec.split, revision=spec.revision)
+        ds = hub.load_dataset(spec.hub, spec.subset, spec.split, spec.revision)
     renames = {theirs: ours for ours, theirs in spec.columns.items() if theirs in ds.column_names and theirs != ours}
     missing = [theirs for theirs in spec.columns.values() if theirs not in ds.column_names]
     if missing:
-        raise TaskInputError(f"dataset.columns: the data has no column {missing[0]!r} (it has {ds.column_names})")
+        raise DatasetError(f"dataset.columns: the data has no column {missing[0]!r} (it has {ds.column_names})")
     if renames:
         ds = ds.rename_columns(renames)
     if spec.shuffle:
@@ -110,7 +85,7 @@ def load_rows(dataset: dict[str, Any] | None, ctx: TaskContext, seed: int = 42) 
     if spec.max_samples is not None:
         ds = ds.select(range(min(spec.max_samples, len(ds))))
     if len(ds) == 0:
-        raise TaskInputError("the dataset holds no rows")
+        raise DatasetError("the dataset holds no rows")
     return ds, spec
 
 
@@ -153,15 +128,15 @@ def for_sft(ds: Any, spec: TrainingDataset, has_chat_template: bool) -> tuple[An
                     "completion": row["output"]}
 
         return ds.map(convert, remove_columns=ds.column_names), "prompt_completion"
-    raise TaskInputError(f"dataset.format {fmt!r} is not SFT data; use text, instruction, chat or prompt_completion")
+    raise DatasetError(f"dataset.format {fmt!r} is not SFT data; use text, instruction, chat or prompt_completion")
 
 
 def for_preference(ds: Any, spec: TrainingDataset) -> Any:
     """prompt (optional) / chosen / rejected rows, for DPO and reward-model training."""
     fmt = data_format(ds, spec)
     if fmt != "preference":
-        raise TaskInputError(f"dataset: preference data needs chosen and rejected columns (format {fmt!r}, "
-                             f"columns {ds.column_names}); map yours with dataset.columns")
+        raise DatasetError(f"dataset: preference data needs chosen and rejected columns (format {fmt!r}, "
+                           f"columns {ds.column_names}); map yours with dataset.columns")
     keep = [c for c in ("prompt", "chosen", "rejected") if c in ds.column_names]
     return ds.select_columns(keep)
 
@@ -178,8 +153,8 @@ def for_prompts(ds: Any, spec: TrainingDataset) -> Any:
             return ds.map(cut, remove_columns=["messages"])
         if "instruction" in ds.column_names:
             return ds.rename_column("instruction", "prompt")
-        raise TaskInputError(f"dataset: GRPO needs a 'prompt' column (columns: {ds.column_names}); "
-                             "map yours with dataset.columns: {prompt: your_column}")
+        raise DatasetError(f"dataset: GRPO needs a 'prompt' column (columns: {ds.column_names}); "
+                           "map yours with dataset.columns: {prompt: your_column}")
     return ds
 
 
@@ -188,5 +163,5 @@ def _require(ds: Any, fmt: str) -> None:
               "instruction": ["instruction", "output"]}.get(fmt, [])
     missing = [c for c in needed if c not in ds.column_names]
     if missing:
-        raise TaskInputError(f"dataset: format {fmt!r} needs column {missing[0]!r} (the data has {ds.column_names}); "
-                             "map yours with dataset.columns")
+        raise DatasetError(f"dataset: format {fmt!r} needs column {missing[0]!r} (the data has {ds.column_names}); "
+                           "map yours with dataset.columns")

@@ -17,7 +17,8 @@ from typing import Any
 
 from mloc_shared.hyperparams import RewardFunction
 
-from mloc_agent.modules.training.trainer_common import TaskInputError
+from mloc_agent.modules.errors import TaskInputError
+from mloc_agent.modules.sources.hub import model_name
 
 DEFAULT_FORMAT = r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*"
 DEFAULT_LENGTH = 100
@@ -99,7 +100,8 @@ def build_rewards(specs: list[RewardFunction]) -> tuple[list[Any], list[float], 
         elif spec.type == "python":
             func = import_function(spec.function or "")
         else:
-            func = spec.identifier  # a path or hub id: TRL loads it as a one-label classifier
+            # a path or hub id: TRL loads it as a one-label classifier
+            func = model_name(spec.identifier or "", field="hyperparameters.reward_funcs")
         funcs.append(func)
         names.append(spec.function or spec.identifier or spec.type)
     return funcs, [spec.weight for spec in specs], names

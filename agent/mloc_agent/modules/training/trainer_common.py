@@ -1,5 +1,5 @@
-"""What the Hugging Face based task modules share: model sources, device and precision, LoRA /
-QLoRA configs, TRL trainer arguments, running with resume, and writing outputs.
+"""What the Hugging Face based task modules share: device and precision, LoRA / QLoRA configs, TRL
+trainer arguments, running with resume, and writing outputs. (Model sources: sources/models.py.)
 
 torch / transformers / peft / trl are imported inside functions only: the agent's main process
 imports module files to read class attributes and must never load torch.
@@ -12,83 +12,16 @@ import importlib.util
 import logging
 import os
 import shutil
-import socket
-import tarfile
-import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from mloc_shared.hyperparams import TrainingHyperparameters
 
 from mloc_agent.modules.base import TaskContext
+from mloc_agent.modules.errors import TaskInputError
 
 log = logging.getLogger(__name__)
 TRAINING_REQUIRES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate")
-
-
-class TaskInputError(ValueError):
-    """The spec names something this agent cannot use (a missing path, an unsupported source)."""
-
-
-# -- model sources ------------------------------------------------------------------------------------
-
-
-def download(url: str, dest: Path, *, unpack: bool = True) -> Path:
-    """Fetch an http(s) URL (e.g. a presigned object-store URL) into ``dest``; unpack tar/zip archives."""
-    import httpx
-
-    if url.startswith("s3://"):
-        raise TaskInputError(f"{url}: agents hold no object-store credentials; give a presigned https:// URL")
-    if not url.startswith(("http://", "https://")):
-        raise TaskInputError(f"{url}: only http(s) URLs can be downloaded")
-    dest.mkdir(parents=True, exist_ok=True)
-    name = Path(url.split("?", 1)[0]).name or "download"
-    target = dest / name
-    with httpx.stream("GET", url, follow_redirects=True, timeout=60) as resp:
-        if resp.status_code != 200:
-            raise TaskInputError(f"{url.split('?', 1)[0]}: download failed with HTTP {resp.status_code}")
-        with open(target, "wb") as fh:
-            for chunk in resp.iter_bytes(1 << 20):
-                fh.write(chunk)
-    if not unpack or not (tarfile.is_tarfile(target) or zipfile.is_zipfile(target)):
-        return target
-    out = dest / "unpacked"
-    if tarfile.is_tarfile(target):
-        with tarfile.open(target) as tar:
-            tar.extractall(out, filter="data")
-    else:
-        with zipfile.ZipFile(target) as zf:
-            zf.extractall(out)
-    target.unlink()
-    entries = list(out.iterdir())
-    return entries[0] if len(entries) == 1 and entries[0].is_dir() else out
-
-
-def resolve_task_output(task_id: str, ctx: TaskContext) -> Path:
-    """``model.source: {type: task, identifier: <task_id>}``: the model a finished task left (its
-    merged/full model, else its adapter folder), fetched by the agent before the start (sources/task_outputs.py)."""
-    from mloc_agent.modules.sources.task_outputs import TaskOutputError, loadable_path
-
-    try:
-        return loadable_path(task_id, ctx)
-    except TaskOutputError as exc:
-        raise TaskInputError(str(exc)) from None
-
-
-def resolve_model_source(source: dict[str, Any], ctx: TaskContext) -> str:
-    """A name or folder that ``from_pretrained`` can open, from a spec's ``model.source``."""
-    kind, identifier = source.get("type", "huggingface"), source["identifier"]
-    if kind == "local":
-        path = Path(identifier).expanduser()
-        if not path.exists():
-            raise TaskInputError(f"model.source.identifier: {path} does not exist on agent {socket.gethostname()}")
-        return str(path)
-    if kind in ("uri", "s3"):
-        return str(download(identifier, ctx.workdir / "model-source"))
-    if kind == "task":
-        return str(resolve_task_output(identifier, ctx))
-    return identifier  # huggingface: a hub id (or a path), resolved by transformers
 
 
 # -- device and precision ------------------------------------------------------------------------------
