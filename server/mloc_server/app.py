@@ -93,7 +93,7 @@ async def open_state(settings: CoordinatorSettings, clock: Clock, resources: con
         polling=Polling(fleet, leasing, settings, clock), tasks=Tasks(db, fleet, leasing, secrets, clock),
         agents=Agents(db, fleet, settings, clock), reaper=Reaper(db, fleet, leasing, settings, clock),
         artifacts=Artifacts(db, leasing, store, int(settings.max_artifact_gb * (1 << 30))), logs=Logs(db, leasing),
-        secrets=secrets, store=store, started_at=clock.time(), clock=clock,
+        secrets=secrets, artifact_store=store, started_at=clock.time(), clock=clock,
     )
     resources.push_async_callback(_flush_quietly, st.reaper)  # runs before the database closes
     return st

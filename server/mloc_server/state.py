@@ -36,7 +36,7 @@ class AppState:
     artifacts: Artifacts
     logs: Logs
     secrets: TaskSecrets
-    store: ArtifactStore
+    artifact_store: ArtifactStore  # blobs (local disk or S3); services.artifacts.Artifacts is the logic
     started_at: float
     clock: Clock  # every service reads the time from it (tests pass a ManualClock)
 
