@@ -192,6 +192,13 @@ class LeaseRun:
                               error=self.cancel_reason)
         if code == 0:
             return Completion(epoch=lease.epoch, outcome="succeeded", exit_code=code, result=result)
+        error_code, retryable = outcome.get("error_code"), outcome.get("retryable")
+        # task_host's one-line error (modules/errors.py): the traceback stays in the task's logs
+        if isinstance(error_code, str) and len(error_code) <= 64:
+            return Completion(epoch=lease.epoch, outcome="failed", exit_code=code,
+                              result={**result, "error_code": error_code},
+                              error=str(outcome.get("error") or error_code), error_code=error_code,
+                              retryable=retryable if isinstance(retryable, bool) else None)
         tail = self.logs.tail["stderr"].strip()[-1500:]
         error = outcome.get("error") or f"exited with code {code}"
         return Completion(epoch=lease.epoch, outcome="failed", exit_code=code, result=result,

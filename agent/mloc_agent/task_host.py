@@ -13,6 +13,7 @@ import sys
 import traceback
 
 from mloc_agent.modules.base import TaskContext
+from mloc_agent.modules.errors import failure_of
 from mloc_agent.modules.registry import load
 from mloc_agent.task_contract import RESULT_FILE, TASK_FILE, TaskEnv
 
@@ -30,9 +31,11 @@ def main() -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        traceback.print_exc()
+        traceback.print_exc()  # the task's logs keep the traceback; its error is one line (modules/errors.py)
+        failure = failure_of(exc)
+        print(f"[mloc] task failed ({failure.error_code}): {failure.error}", file=sys.stderr)
         with open(env.result_file, "w") as fh:
-            json.dump({"error": f"{type(exc).__name__}: {exc}"}, fh)
+            json.dump(failure.as_result(), fh)
         return 1
     with open(env.result_file, "w") as fh:
         json.dump({"result": result}, fh, default=str)

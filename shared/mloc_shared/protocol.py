@@ -101,6 +101,10 @@ class Completion(WireModel):
     exit_code: Int64 | None = None
     result: dict[str, Any] | None = None
     error: str | None = Field(None, max_length=20000)
+    # optional, so older agents and coordinators still talk: what kind of failure (the module's
+    # error code), and False when another attempt would fail the same (an input error)
+    error_code: str | None = Field(None, max_length=64)
+    retryable: bool | None = None
 
 
 class CompletionRef(Completion):

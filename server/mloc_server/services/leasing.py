@@ -168,7 +168,8 @@ class Leasing:
                 state, error = "failed", f"timed out after {lease.meta.timeout_s:g}s (timeout_s)"
             elif lease.cancel_requested and c.outcome != "succeeded":
                 state = "cancelled"
-            elif c.outcome == "failed" and lease.meta.retry_on_failure:
+            # an input error (retryable False) fails at once: another attempt reads the same spec
+            elif c.outcome == "failed" and lease.meta.retry_on_failure and c.retryable is not False:
                 await self.expire(lease, f"failed: {c.error or 'exit code ' + str(c.exit_code)}", lost=False)
                 outcomes[i] = "queued"
                 continue
