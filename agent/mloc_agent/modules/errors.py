@@ -79,13 +79,14 @@ def one_line(text: str) -> str:
     return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 1] + "…"
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    """The exception and what it was raised from (transformers wraps the hub's errors in OSError)."""
+def _chain(exc: BaseException, *, implicit: bool) -> list[BaseException]:
+    """The exception and what it was raised from (``raise ... from``); with ``implicit``, also what it
+    was raised while handling (libraries such as transformers wrap the hub's errors either way)."""
     seen: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and current not in seen and len(seen) < 10:
         seen.append(current)
-        current = current.__cause__ or current.__context__
+        current = current.__cause__ or (current.__context__ if implicit else None)
     return seen
 
 
@@ -109,11 +110,10 @@ def _hub_failure(exc: BaseException) -> Failure | None:
 
 def failure_of(exc: BaseException) -> Failure:
     """The one-line error, its code and whether another attempt may succeed, for any exception."""
-    chain = _chain(exc)
-    for link in chain:
+    for link in _chain(exc, implicit=False):  # a bug in an ``except TaskInputError`` block is still a bug
         if isinstance(link, TaskError):
             return Failure(one_line(str(link)) or type(link).__name__, link.code, link.retryable)
-    for link in chain:
+    for link in _chain(exc, implicit=True):
         hub = _hub_failure(link)
         if hub is not None:
             return hub
