@@ -1,0 +1,377 @@
+"""The store's contract: what every backend of the ``Store`` seam must do (huey's StorageTests style).
+
+``StoreContract`` holds the tests and knows only the seam (store/base.py); a backend's test class
+says how to make one on a fresh data dir. SQLite, on a real file, is the one backend today; a
+PostgreSQL backend adds a class below and runs the same tests. Times are passed in (``now``), never
+slept on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from mloc_server.store import SqliteStore, Store, StoreTx
+from mloc_server.store.records import Claim, NewTask, PendingUpload, StoredAgent, StoredToken
+from mloc_shared.errors import Conflict, NotFound
+from mloc_shared.protocol import Gpu, Inventory
+
+T0 = 1_700_000_000.0  # a wall-clock instant the tests count from
+
+
+def new_task(task_id: str, *, owner: str = "ann", task_type: str = "command", created_at: float = T0,
+             max_attempts: int = 3, key: str | None = None, body: str = '{"taskType": "command"}') -> NewTask:
+    return NewTask(id=task_id, name=f"name-{task_id}", task_type=task_type, owner=owner, spec=body, priority=0,
+                   created_at=created_at, max_attempts=max_attempts, gpus_required=1, requirement='{"gpus": 1}',
+                   idempotency_key=key, body_hash=f"hash-of-{body}" if key else None)
+
+
+def agent(agent_id: str = "a1", **changes: object) -> StoredAgent:
+    fields: dict[str, object] = dict(
+        id=agent_id, name=f"box-{agent_id}", credential_hash=f"cred-{agent_id}", labels={"zone": "eu"},
+        inventory=Inventory(hostname="h", cpu_count=8, gpus=[Gpu(index=0, uuid="GPU-0", name="A100",
+                                                               memory_total_mb=81920)]),
+        task_types=["command", "sft"], max_tasks=2, state="active", version="1.0", registered_at=T0, last_seen=T0,
+    )
+    return StoredAgent(**(fields | changes))
+
+
+def token(token_id: str, kind: str = "user", **changes: object) -> StoredToken:
+    fields: dict[str, object] = dict(id=token_id, kind=kind, token_hash=f"hash-{token_id}", user="ann", role="user",
+                                     created_at=T0, expires_at=None, max_uses=None, uses=0, revoked=False, note="")
+    return StoredToken(**(fields | changes))
+
+
+def upload(upload_id: str, task_id: str, name: str, *, kind: str = "artifact", step: int | None = None,
+           size: int = 10) -> PendingUpload:
+    return PendingUpload(id=upload_id, task_id=task_id, epoch=1, attempt=1, name=name, kind=kind, step=step,
+                         size=size, storage_key=f"tasks/{task_id}/{upload_id}/{name}", multipart_id=None, created_at=T0)
+
+
+class StoreContract:
+    """Every backend passes these. A subclass supplies ``make_store`` for its backend."""
+
+    def make_store(self, data_dir: Path) -> Store:
+        raise NotImplementedError
+
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[Store]:
+        s = self.make_store(tmp_path)
+        await s.open()
+        try:
+            yield s
+        finally:
+            await s.close()
+
+    async def insert(self, store: Store, *tasks: NewTask) -> None:
+        await store.write(lambda tx: [tx.insert_task(t) for t in tasks])
+
+    async def claim(self, store: Store, task_id: str, now: float = T0 + 10, agent_id: str = "a1",
+                    gpus: tuple[int, ...] = (0,)) -> int:
+        """Claim one queued task; returns the lease's epoch."""
+        (claimed,) = await store.write(lambda tx: tx.claim_tasks(agent_id, [Claim(task_id, gpus)], "poll-1", now))
+        return claimed.epoch
+
+    # -- transactions and durability ----------------------------------------------------------
+
+    async def test_a_fresh_store_is_healthy_and_empty(self, store: Store) -> None:
+        assert store.healthy and store.last_error is None
+        assert await store.get_task("nope") is None
+        assert await store.active_tasks() == [] and await store.all_agents() == []
+        assert await store.count_tasks_by_state() == {}
+
+    async def test_writes_survive_a_reopen(self, tmp_path: Path) -> None:
+        first = self.make_store(tmp_path)
+        await first.open()
+        await self.insert(first, new_task("t1"))
+        await first.close()
+        again = self.make_store(tmp_path)
+        await again.open()
+        try:
+            task = await again.get_task("t1")
+            assert task is not None and task.state == "queued"
+        finally:
+            await again.close()
+
+    async def test_a_failing_write_undoes_only_itself_among_writes_committed_together(self, store: Store) -> None:
+        def failing(tx: StoreTx) -> None:
+            tx.insert_task(new_task("doomed"))
+            raise NotFound("changed my mind")
+
+        results = await asyncio.gather(
+            store.write(lambda tx: tx.insert_task(new_task("kept-1"))), store.write(failing),
+            store.write(lambda tx: tx.insert_task(new_task("kept-2"))), return_exceptions=True)
+        assert results[0] == ("kept-1", True) and results[2] == ("kept-2", True)
+        assert isinstance(results[1], NotFound)  # an MlocError passes through as itself
+        assert await store.get_task("doomed") is None
+        assert {t.id for t in await store.active_tasks()} == {"kept-1", "kept-2"}
+
+    async def test_a_transaction_reads_its_own_writes(self, store: Store) -> None:
+        def submit(tx: StoreTx):
+            tx.insert_task(new_task("t1"))
+            return tx.get_task("t1")
+
+        seen = await store.write(submit)
+        assert seen is not None and seen.id == "t1" and seen.state == "queued"
+
+    # -- tasks --------------------------------------------------------------------------------
+
+    async def test_an_inserted_task_is_queued_with_its_spec_and_no_lease(self, store: Store) -> None:
+        await self.insert(store, new_task("t1", owner="bob", task_type="sft", body='{"taskType": "sft"}'))
+        t = await store.get_task("t1")
+        assert t is not None
+        assert (t.owner, t.task_type, t.state, t.spec) == ("bob", "sft", "queued", '{"taskType": "sft"}')
+        assert (t.epoch, t.attempts, t.max_attempts, t.agent_id, t.cancel_requested) == (0, 0, 3, None, False)
+        assert t.created_at == t.queued_at == t.updated_at == T0 and t.started_at is None
+        assert json.loads(t.requirement) == {"gpus": 1} and json.loads(t.lease_gpus) == []
+
+    async def test_a_reused_idempotency_key_returns_the_first_task_or_conflicts(self, store: Store) -> None:
+        assert await store.write(lambda tx: tx.insert_task(new_task("t1", key="k"))) == ("t1", True)
+        assert await store.write(lambda tx: tx.insert_task(new_task("t2", key="k"))) == ("t1", False)
+        with pytest.raises(Conflict) as err:
+            await store.write(lambda tx: tx.insert_task(new_task("t3", key="k", body='{"other": 1}')))
+        assert err.value.field == "Idempotency-Key"
+        assert await store.get_task("t2") is None and await store.get_task("t3") is None
+
+    async def test_a_claim_leases_a_queued_task_once(self, store: Store) -> None:
+        await self.insert(store, new_task("t1"))
+        claimed = await store.write(lambda tx: tx.claim_tasks("a1", [Claim("t1", (0, 2))], "poll-1", T0 + 5))
+        assert [(c.task_id, c.epoch, c.attempt, c.spec, c.started_at) for c in claimed] == [
+            ("t1", 1, 1, '{"taskType": "command"}', T0 + 5)]
+        t = await store.get_task("t1")
+        assert t is not None and (t.state, t.agent_id, t.claim_id, t.epoch) == ("running", "a1", "poll-1", 1)
+        assert json.loads(t.lease_gpus) == [0, 2] and t.started_at == T0 + 5
+        again = await store.write(lambda tx: tx.claim_tasks("a2", [Claim("t1", (0,))], "poll-2", T0 + 6))
+        assert again == []  # compare-and-set: no longer queued
+        (attempt,) = await store.task_attempts("t1")
+        assert (attempt.attempt, attempt.epoch, attempt.agent_id, attempt.ended_at) == (1, 1, "a1", None)
+        assert json.loads(attempt.gpus) == [0, 2]
+
+    async def test_a_finish_at_the_current_epoch_wins_and_a_stale_one_changes_nothing(self, store: Store) -> None:
+        await self.insert(store, new_task("t1"))
+        epoch = await self.claim(store, "t1")
+        stale = await store.write(lambda tx: tx.finish_task("t1", epoch + 1, "succeeded", T0 + 20))
+        assert stale is False
+        assert (await store.get_task("t1")).state == "running"  # type: ignore[union-attr]
+        won = await store.write(lambda tx: tx.finish_task("t1", epoch, "failed", T0 + 30, result={"loss": 0.5},
+                                                          error="boom", exit_code=3, progress={"step": 7}))
+        t = await store.get_task("t1")
+        assert won and t is not None
+        assert (t.state, t.error, t.exit_code, t.finished_at) == ("failed", "boom", 3, T0 + 30)
+        assert json.loads(t.result or "") == {"loss": 0.5} and json.loads(t.progress or "") == {"step": 7}
+        (attempt,) = await store.task_attempts("t1")
+        assert (attempt.outcome, attempt.error, attempt.ended_at) == ("failed", "boom", T0 + 30)
+        assert await store.write(lambda tx: tx.finish_task("t1", epoch, "succeeded", T0 + 40)) is False  # final
+
+    async def test_a_lost_lease_requeues_until_attempts_run_out(self, store: Store) -> None:
+        await self.insert(store, new_task("t1", max_attempts=2))
+        first = await self.claim(store, "t1")
+        assert await store.write(lambda tx: tx.requeue_task("t1", first + 1, "late", T0, T0)) is None  # stale
+        state = await store.write(lambda tx: tx.requeue_task("t1", first, "agent vanished", T0 + 60, T0 + 20))
+        t = await store.get_task("t1")
+        assert state == "queued" and t is not None
+        assert (t.state, t.not_before, t.queued_at, t.claim_id) == ("queued", T0 + 60, T0 + 20, None)
+        assert t.error == "attempt 1: agent vanished" and json.loads(t.lease_gpus) == []
+        second = await self.claim(store, "t1", now=T0 + 70)
+        assert second == first + 1
+        state = await store.write(lambda tx: tx.requeue_task("t1", second, "agent vanished", T0 + 90, T0 + 80))
+        t = await store.get_task("t1")
+        assert state == "failed" and t is not None and t.finished_at == T0 + 80
+        assert "gave up after 2 attempt(s)" in (t.error or "")
+        outcomes = [(a.attempt, a.epoch, a.outcome) for a in await store.task_attempts("t1")]
+        assert outcomes == [(1, first, "lost"), (2, second, "lost")]
+
+    async def test_cancelling_a_queued_task_ends_it_and_a_running_one_is_marked(self, store: Store) -> None:
+        await self.insert(store, new_task("queued"), new_task("running"))
+        epoch = await self.claim(store, "running")
+        assert await store.write(lambda tx: tx.request_cancel("queued", T0 + 1)) is False  # not running
+        assert await store.write(lambda tx: tx.cancel_queued("running", T0 + 1)) is False  # not queued
+        assert await store.write(lambda tx: tx.cancel_queued("queued", T0 + 2)) is True
+        assert await store.write(lambda tx: tx.request_cancel("running", T0 + 3)) is True
+        cancelled, marked = await store.get_task("queued"), await store.get_task("running")
+        assert cancelled is not None and (cancelled.state, cancelled.finished_at) == ("cancelled", T0 + 2)
+        assert marked is not None and (marked.state, marked.cancel_requested) == ("running", True)
+        # a lost lease of a task asked to cancel ends it rather than queueing it again
+        assert await store.write(lambda tx: tx.requeue_task("running", epoch, "gone", T0 + 9, T0 + 4)) == "cancelled"
+
+    async def test_progress_is_saved_only_for_the_current_epoch(self, store: Store) -> None:
+        await self.insert(store, new_task("t1"), new_task("t2"))
+        e1, e2 = await self.claim(store, "t1"), await self.claim(store, "t2")
+        await store.write(lambda tx: tx.save_progress([("t1", e1, {"step": 3}), ("t2", e2 + 1, {"step": 9})]))
+        assert json.loads((await store.get_task("t1")).progress or "") == {"step": 3}  # type: ignore[union-attr]
+        assert (await store.get_task("t2")).progress is None  # type: ignore[union-attr]
+
+    async def test_listing_filters_pages_newest_first_and_counts_all_matches(self, store: Store) -> None:
+        await self.insert(store, *[new_task(f"t{i}", owner="ann" if i % 2 else "bob", created_at=T0 + i,
+                                            task_type="sft" if i < 2 else "command") for i in range(5)])
+        await self.claim(store, "t4")
+        page, total = await store.list_tasks(state=None, owner=None, task_type=None, page=1, page_size=2)
+        assert [t.id for t in page] == ["t4", "t3"] and total == 5
+        page, total = await store.list_tasks(state=None, owner=None, task_type=None, page=3, page_size=2)
+        assert [t.id for t in page] == ["t0"] and total == 5
+        page, total = await store.list_tasks(state="queued", owner="bob", task_type=None, page=1, page_size=10)
+        assert [t.id for t in page] == ["t2", "t0"] and total == 2
+        page, total = await store.list_tasks(state=("queued", "running"), owner=None, task_type="command", page=1,
+                                             page_size=10)
+        assert [t.id for t in page] == ["t4", "t3", "t2"] and total == 3
+        assert sorted(t.id for t in await store.active_tasks()) == ["t0", "t1", "t2", "t3", "t4"]
+
+    async def test_counts_and_finished_tasks_for_metrics(self, store: Store) -> None:
+        await self.insert(store, new_task("t1"), new_task("t2", owner="bob"), new_task("t3"))
+        e1, e2 = await self.claim(store, "t1", now=T0 + 10), await self.claim(store, "t2", now=T0 + 10)
+        await store.write(lambda tx: tx.finish_task("t2", e2, "failed", T0 + 50))
+        await store.write(lambda tx: tx.finish_task("t1", e1, "succeeded", T0 + 40))
+        assert await store.count_tasks_by_state() == {"succeeded": 1, "failed": 1, "queued": 1}
+        assert await store.count_tasks_by_state("ann") == {"succeeded": 1, "queued": 1}
+        done = await store.finished_since(T0)
+        assert [(f.task_type, f.state, f.started_at, f.finished_at) for f in done] == [
+            ("command", "succeeded", T0 + 10, T0 + 40), ("command", "failed", T0 + 10, T0 + 50)]
+        assert [f.finished_at for f in await store.finished_since(T0 + 40)] == [T0 + 50]
+        assert len(await store.finished_since(T0, limit=1)) == 1
+        assert [t.id for t in await store.active_tasks()] == ["t3"]
+
+    async def test_usage_counts_gpu_hours_until_now_for_running_attempts(self, store: Store) -> None:
+        await self.insert(store, new_task("t1", created_at=T0), new_task("t2", owner="bob", created_at=T0 + 100))
+        e1 = await self.claim(store, "t1", now=T0 + 10, gpus=(0, 1))  # waited 10 s, 2 GPUs for 1800 s
+        await store.write(lambda tx: tx.finish_task("t1", e1, "succeeded", T0 + 1810))
+        await self.claim(store, "t2", now=T0 + 130)  # waited 30 s, 1 GPU, still running at now
+        usage = await store.usage(None, None, None, now=T0 + 130 + 3600)
+        assert usage.tasks_by_state == {"succeeded": 1, "running": 1} and usage.tasks_by_type == {"command": 2}
+        assert usage.total_tasks == 2 and usage.gpu_hours == 2.0
+        by_user = {u.user: (u.tasks, u.gpu_hours, u.avg_queue_wait_s) for u in usage.users}
+        assert by_user == {"ann": (1, 1.0, 10.0), "bob": (1, 1.0, 30.0)}
+        window = await store.usage("bob", T0 + 50, T0 + 200, now=T0 + 130 + 3600)
+        assert window.total_tasks == 1 and [u.user for u in window.users] == ["bob"]
+        assert (await store.usage(None, T0 + 500, None, now=T0)).total_tasks == 0
+
+    # -- agents ---------------------------------------------------------------------------------
+
+    async def test_an_agent_round_trips_and_a_re_registration_keeps_its_identity(self, store: Store) -> None:
+        await store.write(lambda tx: tx.save_agent(agent()))
+        (stored,) = await store.all_agents()
+        assert stored == agent()
+        again = agent(name="renamed", credential_hash="cred-new", labels={"zone": "us"}, task_types=["rag"],
+                      max_tasks=5, state="draining", version="2.0", registered_at=T0 + 500, last_seen=T0 + 500)
+        await store.write(lambda tx: tx.save_agent(again))
+        (stored,) = await store.all_agents()
+        assert (stored.name, stored.state, stored.registered_at) == ("box-a1", "active", T0)  # kept
+        assert (stored.credential_hash, stored.labels, stored.task_types, stored.max_tasks, stored.version,
+                stored.last_seen) == ("cred-new", {"zone": "us"}, ["rag"], 5, "2.0", T0 + 500)
+
+    async def test_agent_state_and_last_seen(self, store: Store) -> None:
+        await store.write(lambda tx: [tx.save_agent(agent("a1")), tx.save_agent(agent("a2"))])
+        assert await store.write(lambda tx: tx.set_agent_state("a1", "draining")) is True
+        assert await store.write(lambda tx: tx.set_agent_state("ghost", "draining")) is False
+        await store.write(lambda tx: tx.touch_agents([(T0 + 7, "a2"), (T0 + 9, "ghost")]))
+        by_id = {a.id: a for a in await store.all_agents()}
+        assert (by_id["a1"].state, by_id["a1"].last_seen) == ("draining", T0)
+        assert (by_id["a2"].state, by_id["a2"].last_seen) == ("active", T0 + 7)
+
+    # -- tokens ---------------------------------------------------------------------------------
+
+    async def test_tokens_are_found_by_hash_and_listed_oldest_first(self, store: Store) -> None:
+        await store.write(lambda tx: [tx.insert_token(token("new", created_at=T0 + 5)), tx.insert_token(token("old"))])
+        assert await store.token_by_hash("hash-new") == token("new", created_at=T0 + 5)
+        assert await store.token_by_hash("unknown") is None
+        assert [t.id for t in await store.list_tokens()] == ["old", "new"]
+        assert await store.write(lambda tx: tx.revoke_token("old")) is True
+        assert await store.write(lambda tx: tx.revoke_token("ghost")) is False
+        assert (await store.token_by_hash("hash-old")).revoked is True  # type: ignore[union-attr]
+
+    async def test_only_valid_user_tokens_are_active(self, store: Store) -> None:
+        await store.write(lambda tx: [
+            tx.insert_token(token("ok")), tx.insert_token(token("later", expires_at=T0 + 100)),
+            tx.insert_token(token("expired", expires_at=T0 + 10)), tx.insert_token(token("revoked")),
+            tx.insert_token(token("join", kind="join")), tx.revoke_token("revoked")])
+        assert sorted(t.id for t in await store.active_user_tokens(T0 + 50)) == ["later", "ok"]
+        assert sorted(t.id for t in await store.active_user_tokens(T0 + 100)) == ["ok"]
+
+    async def test_a_join_token_counts_its_uses_until_it_is_used_up_expired_or_revoked(self, store: Store) -> None:
+        await store.write(lambda tx: [
+            tx.insert_token(token("twice", kind="join", max_uses=2)),
+            tx.insert_token(token("brief", kind="join", expires_at=T0 + 10)),
+            tx.insert_token(token("user", kind="user"))])
+
+        async def use(token_hash: str, now: float = T0) -> bool:
+            return await store.write(lambda tx: tx.use_join_token(token_hash, now))
+
+        assert [await use("hash-twice") for _ in range(3)] == [True, True, False]
+        assert (await store.token_by_hash("hash-twice")).uses == 2  # type: ignore[union-attr]
+        assert await use("hash-brief", T0 + 9) is True and await use("hash-brief", T0 + 10) is False
+        assert await use("hash-user") is False and await use("hash-unknown") is False
+        await store.write(lambda tx: tx.revoke_token("brief"))
+        assert await use("hash-brief", T0) is False
+
+    # -- artifacts ------------------------------------------------------------------------------
+
+    async def test_a_committed_upload_becomes_the_tasks_artifact_once(self, store: Store) -> None:
+        await self.insert(store, new_task("t1"))
+        await store.write(lambda tx: tx.insert_upload(upload("u1", "t1", "out/model.bin", size=42)))
+        assert await store.pending_upload("u1", "other-task") is None
+        pending = await store.pending_upload("u1", "t1")
+        assert pending is not None and pending.storage_key == "tasks/t1/u1/out/model.bin"
+        taken = await store.write(lambda tx: tx.commit_upload("u1", T0 + 3))
+        assert taken == pending
+        assert await store.write(lambda tx: tx.commit_upload("u1", T0 + 4)) is None
+        assert await store.pending_upload("u1", "t1") is None
+        art = await store.artifact("t1", "out/model.bin")
+        assert art is not None and (art.kind, art.size, art.attempt, art.created_at) == ("artifact", 42, 1, T0 + 3)
+        assert await store.artifact("t1", "missing") is None
+        assert (await store.get_task("t1")).last_checkpoint is None  # type: ignore[union-attr]
+
+    async def test_a_reupload_replaces_the_artifact_and_a_checkpoint_becomes_the_resume_point(
+        self, store: Store
+    ) -> None:
+        await self.insert(store, new_task("t1"))
+        await store.write(lambda tx: [tx.insert_upload(upload("u1", "t1", "b.txt")),
+                                      tx.insert_upload(upload("u2", "t1", "a.txt")),
+                                      tx.insert_upload(upload("u3", "t1", "b.txt", size=99)),
+                                      tx.insert_upload(upload("u4", "t1", "ckpt", kind="checkpoint", step=500))])
+        for upload_id, at in (("u1", 1), ("u2", 2), ("u3", 3), ("u4", 3)):
+            await store.write(lambda tx, u=upload_id, t=T0 + at: tx.commit_upload(u, t))
+        listed = [(a.name, a.size, a.created_at) for a in await store.task_artifacts("t1")]
+        assert listed == [("a.txt", 10, T0 + 2), ("b.txt", 99, T0 + 3), ("ckpt", 10, T0 + 3)]
+        task = await store.get_task("t1")
+        assert task is not None and json.loads(task.last_checkpoint or "") == {
+            "name": "ckpt", "step": 500, "size": 10, "storage_key": "tasks/t1/u4/ckpt"}
+
+    # -- logs -----------------------------------------------------------------------------------
+
+    async def test_log_chunks_are_idempotent_and_read_after_a_cursor(self, store: Store) -> None:
+        await store.write(lambda tx: tx.insert_logs("t1", 1, [(0, "stdout", "a"), (1, "stderr", "b")], T0))
+        await store.write(lambda tx: tx.insert_logs("t1", 1, [(1, "stdout", "resent"), (2, "stdout", "c")], T0))
+        await store.write(lambda tx: tx.insert_logs("t1", 2, [(0, "system", "retry")], T0))
+        await store.write(lambda tx: tx.insert_logs("t2", 1, [(0, "stdout", "other task")], T0))
+
+        async def read(attempt: int | None, after: tuple[int, int], limit: int = 1000) -> list[tuple[int, int, str]]:
+            return [(c.attempt, c.seq, c.data) for c in await store.task_logs("t1", attempt, after, limit)]
+
+        assert await read(None, (0, -1)) == [(1, 0, "a"), (1, 1, "b"), (1, 2, "c"), (2, 0, "retry")]
+        assert await read(None, (1, 1)) == [(1, 2, "c"), (2, 0, "retry")]
+        assert await read(None, (0, -1), limit=2) == [(1, 0, "a"), (1, 1, "b")]
+        assert await read(1, (1, 0)) == [(1, 1, "b"), (1, 2, "c")]
+        assert await read(2, (1, 2)) == [(2, 0, "retry")]  # the cursor's seq is of another attempt
+        (chunk,) = await store.task_logs("t1", 1, (1, 0), limit=1)
+        assert chunk.stream == "stderr"
+
+    # -- task secrets ---------------------------------------------------------------------------
+
+    async def test_secrets_are_kept_per_task_until_deleted(self, store: Store) -> None:
+        await self.insert(store, new_task("t1"))
+        await store.write(lambda tx: [tx.insert_secrets("t1", "sealed-1", T0), tx.insert_secrets("gone", "x", T0)])
+        await store.write(lambda tx: tx.insert_secrets("t1", "sealed-2", T0 + 1))  # replaces
+        assert await store.secrets_ciphertext("t1") == "sealed-2"
+        assert await store.secrets_ciphertext("t2") is None
+        assert sorted(await store.tasks_with_secrets()) == [("gone", "gone"), ("t1", "queued")]
+        await store.write(lambda tx: tx.delete_secrets(["gone", "t1"]))
+        assert await store.tasks_with_secrets() == [] and await store.secrets_ciphertext("t1") is None
+
+
+class TestSqliteStore(StoreContract):
+    """The SQLite backend, on a real file in the test's data dir."""
+
+    def make_store(self, data_dir: Path) -> Store:
+        return SqliteStore.at(str(data_dir / "mloc.db"))
