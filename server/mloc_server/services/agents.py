@@ -7,8 +7,8 @@ import uuid
 from mloc_shared.errors import NotFound, Unauthorized
 from mloc_shared.protocol import RegisterRequest, RegisterResponse
 
-from mloc_server.schemas import Worker, WorkerGpu, WorkerLease
 from mloc_server.clock import Clock
+from mloc_server.schemas import Worker, WorkerGpu, WorkerLease
 from mloc_server.services.auth import hash_secret, new_secret
 from mloc_server.services.fleet import AgentState, Fleet
 from mloc_server.services.leasing import lease_timings
