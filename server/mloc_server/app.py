@@ -72,7 +72,7 @@ async def open_state(settings: CoordinatorSettings, clock: Clock, resources: con
     from SQLite. ``resources`` closes what was opened (the last progress flushed first). Starts no
     background work: in-process tests build this same state on a ManualClock and run the reaper's
     passes themselves."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new data dir is its owner's alone
     if settings.redis_url:
         log.warning("MLOC_REDIS_URL is set but MLOC has no Redis any more: the coordinator keeps its "
                     "state in SQLite (%s); the setting is ignored", settings.database_path)
@@ -119,7 +119,8 @@ async def _lifecycle(app: web.Application, settings: CoordinatorSettings, clock:
 
 
 async def _bootstrap_tokens(st: AppState) -> None:
-    """A join token and an admin token always exist; first-start ones are printed once."""
+    """A join token and an admin token always exist; a first-start join token is printed once (agents
+    need it on other hosts), a first-start admin token only has its file named."""
     s = st.settings
     if s.join_token:
         await st.auth.ensure_known("join", s.join_token)
@@ -136,6 +137,7 @@ async def _bootstrap_tokens(st: AppState) -> None:
     else:
         path = s.data_dir / "admin.token"
         fresh = not path.exists()
-        secret = await st.auth.bootstrap_secret("user", path, user="admin", role="admin")
-        if fresh:
-            log.warning("created an admin API token (kept in %s): %s", path, secret)
+        await st.auth.bootstrap_secret("user", path, user="admin", role="admin")
+        if fresh:  # its path, never the token: logs are read by more people than the data dir
+            log.warning("created an admin API token in %s (mode 0600); the mloc CLI on this host reads it, "
+                        "curl sends it with -H \"Authorization: Bearer $(cat %s)\"", path, path)

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BATCH = 512
 _STOP = object()
+PRIVATE = 0o600
+SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 def sqlite_path_from_url(url: str) -> str:
@@ -40,6 +42,23 @@ def sqlite_path_from_url(url: str) -> str:
         if url.startswith(prefix):
             return url[len(prefix) :]
     raise ValueError(f"unsupported database URL {url.split(':', 1)[0]}:…; this version supports sqlite:///PATH")
+
+
+def make_private(path: str) -> None:
+    """The database and its side files are readable by their owner only, whatever the umask: they hold
+    every task's spec, log and result. The file is created 0600 before SQLite opens it (SQLite gives
+    its -wal and -shm files the database file's mode); files an older version left open are closed."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE))
+    for name in (path, *(path + suffix for suffix in SIDE_FILES)):
+        try:
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, PRIVATE)
+        except FileNotFoundError:
+            pass
+        except PermissionError:  # another account's file: say so, the coordinator can still use it
+            log.warning("%s is readable by other users and not ours to change: chmod 600 it", name)
 
 
 def _connect(path: str, *, readonly: bool = False, synchronous: str = "FULL") -> sqlite3.Connection:
@@ -85,9 +104,10 @@ class Database:
     async def open(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
+            await asyncio.to_thread(make_private, self.path)
             await asyncio.to_thread(migrate, self.path)
             writer = _connect(self.path, synchronous=self.synchronous)
-        except sqlite3.Error as exc:  # say what is wrong and exit, rather than a stack trace
+        except (sqlite3.Error, OSError) as exc:  # say what is wrong and exit, rather than a stack trace
             problem = await asyncio.to_thread(diagnose, self.path)
             raise Unavailable(f"cannot open the database {self.path} for writing: {exc}"
                               + (f" ({problem})" if problem else ""),
@@ -99,6 +119,7 @@ class Database:
         self._reader.row_factory = sqlite3.Row
         await self._reader.execute("PRAGMA busy_timeout=30000")
         await self._reader.execute("PRAGMA query_only=1")
+        await asyncio.to_thread(make_private, self.path)  # the -wal and -shm files exist now
 
     async def close(self) -> None:
         if self._thread is not None:
