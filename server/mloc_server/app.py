@@ -81,7 +81,7 @@ async def open_state(settings: CoordinatorSettings, clock: Clock, resources: con
     resources.push_async_callback(db.close)
     store = make_store(settings)
     resources.push_async_callback(store.close)
-    auth = Auth(db, settings.loopback_admin)
+    auth = Auth(db, settings.loopback_admin, clock)
     await auth.load()
     fleet = Fleet()
     leasing = Leasing(db, fleet, settings, clock, resume_url=store.download_url)

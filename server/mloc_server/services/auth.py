@@ -10,13 +10,13 @@ import hashlib
 import hmac
 import logging
 import secrets
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from mloc_shared.errors import Forbidden, Unauthorized
 
+from mloc_server.clock import Clock
 from mloc_server.schemas import TokenInfo, TokenList
 from mloc_server.store import Store
 from mloc_server.store.records import StoredToken
@@ -52,16 +52,24 @@ class Principal:
 LOOPBACK_PRINCIPAL = Principal(user="local", role="admin")
 
 
+@dataclass(frozen=True)
+class _UserToken:
+    principal: Principal
+    expires_at: float | None  # wall clock; None: until revoked
+
+
 class Auth:
-    def __init__(self, db: Store, loopback_admin: bool) -> None:
+    def __init__(self, db: Store, loopback_admin: bool, clock: Clock) -> None:
         self.db = db
         self.loopback_admin = loopback_admin
-        self._users: dict[str, Principal] = {}
+        self.clock = clock
+        self._users: dict[str, _UserToken] = {}
 
     async def load(self) -> None:
-        """Cache the valid user tokens: checking a request's token is a dict lookup, not a query."""
-        tokens = await self.db.active_user_tokens(time.time())
-        self._users = {t.token_hash: Principal(t.user, t.role) for t in tokens}
+        """Cache the valid user tokens: checking a request's token is a dict lookup, not a query. The
+        cache keeps each token's expiry, checked on every use (a load is not awaited to expire one)."""
+        tokens = await self.db.active_user_tokens(self.clock.time())
+        self._users = {t.token_hash: _UserToken(Principal(t.user, t.role), t.expires_at) for t in tokens}
 
     @staticmethod
     def bearer(header: str | None) -> str | None:
@@ -79,10 +87,14 @@ class Auth:
             raise Unauthorized("this API needs a token: send 'Authorization: Bearer <token>'",
                                hint="create one with: mloc token create --user NAME")
         digest = hash_secret(token)
-        principal = self._users.get(digest)
-        if principal is None:
+        known = self._users.get(digest)
+        if known is None:
             raise Unauthorized("the token is not valid (unknown, revoked or expired)")
-        return principal
+        if known.expires_at is not None and self.clock.time() >= known.expires_at:
+            self._users.pop(digest, None)
+            raise Unauthorized("the token is not valid: it expired",
+                               hint="ask an admin for a new one (mloc token create --user NAME)")
+        return known.principal
 
     async def create_token(
         self, kind: str, *, user: str = "", role: str = "user", ttl_s: float | None = None,
@@ -95,14 +107,14 @@ class Auth:
             raise Forbidden(f"unknown role {role!r}; use admin or user", field="role")
         secret = secret or new_secret(kind)
         token_id = uuid.uuid4().hex[:12]
-        now = time.time()
+        now = self.clock.time()
         token = StoredToken(
             id=token_id, kind=kind, token_hash=hash_secret(secret), user=user, role=role, created_at=now,
             expires_at=now + ttl_s if ttl_s else None, max_uses=max_uses, uses=0, revoked=False, note=note,
         )
         await self.db.write(lambda tx: tx.insert_token(token))
         if kind == "user":
-            self._users[token.token_hash] = Principal(user, role)
+            self._users[token.token_hash] = _UserToken(Principal(user, role), token.expires_at)
         return token_id, secret
 
     async def tokens(self) -> TokenList:
@@ -135,7 +147,7 @@ class Auth:
         if not secret:
             raise Unauthorized("registration needs a join token (MLOC_JOIN_TOKEN)")
         digest = hash_secret(secret)
-        now = time.time()
+        now = self.clock.time()
         ok = await self.db.write(lambda tx: tx.use_join_token(digest, now))
         if not ok:
             raise Unauthorized("the join token is not valid (unknown, revoked, expired or used up)")
