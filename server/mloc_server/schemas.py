@@ -156,15 +156,19 @@ class WorkerGpu(Gpu):
     did not report are left out of the answer (handlers send it with ``exclude_unset``)."""
 
     memory_used_mb: int | None = None
-    task_id: str | None
+    busy: bool = Field(False, description="leased to a task (whoever's: every user sees the capacity)")
+    task_id: str | None = Field(description="the task leasing it, shown only to an admin and the task's owner")
 
 
 class WorkerLease(BaseModel):
-    task_id: str
-    epoch: int
-    attempt: int
+    """A lease on an agent. Every user sees which GPUs it holds; the task, its epoch, attempt and progress
+    are shown only to an admin and the task's owner (left out of the answer for anyone else)."""
+
+    task_id: str | None = None
+    epoch: int | None = None
+    attempt: int | None = None
     gpus: list[int]
-    progress: dict[str, Any] | None
+    progress: dict[str, Any] | None = None
 
 
 class Worker(BaseModel):

@@ -36,18 +36,18 @@ async def health(request: web.Request) -> web.Response:
 @routes.get("/api/v1/agents")
 async def workers(request: web.Request) -> web.Response:
     """Every agent; with page, page_size, state or q: one page of the matching ones (the status page)."""
-    user(request)
+    viewer = user(request)
     st = state(request)
     q = request.query
     if not any(k in q for k in ("page", "page_size", "state", "q")):
-        agents = st.agents.listing()
+        agents = st.agents.listing(viewer)
         return _workers(WorkerList(workers=agents, total=len(agents)))
     wanted = q.get("state") or None
     if wanted and wanted not in AGENT_STATES:
         raise ValidationFailed(f"state must be one of {', '.join(AGENT_STATES)}", field="state")
     page, size = int_query(request, "page", 1, 1, 1_000_000), int_query(request, "page_size", 50, 1, 500)
     matching = select_agents(st.fleet, st.settings.poll_hold_s, wanted, q.get("q") or None)
-    shown = [st.agents.describe(a) for a in matching[(page - 1) * size : page * size]]
+    shown = [st.agents.describe(a, viewer) for a in matching[(page - 1) * size : page * size]]
     return _workers(WorkerList(workers=shown, total=len(matching), page=page, page_size=size,
                                pages=(len(matching) + size - 1) // size))
 
@@ -60,19 +60,19 @@ def _workers(listing: WorkerList) -> web.Response:
 @routes.post("/api/v1/agents/{name}/drain")
 @routes.post("/api/v1/agents/{name}/cordon")
 async def drain(request: web.Request) -> web.Response:
-    admin(request)
+    viewer = admin(request)
     st = state(request)
     agent = await st.agents.set_state(request.match_info["name"], "draining")
-    return ok(st.agents.describe(agent).model_dump(mode="json", exclude_unset=True))
+    return ok(st.agents.describe(agent, viewer).model_dump(mode="json", exclude_unset=True))
 
 
 @routes.post("/api/v1/agents/{name}/undrain")
 @routes.post("/api/v1/agents/{name}/uncordon")
 async def undrain(request: web.Request) -> web.Response:
-    admin(request)
+    viewer = admin(request)
     st = state(request)
     agent = await st.agents.set_state(request.match_info["name"], "active")
-    return ok(st.agents.describe(agent).model_dump(mode="json", exclude_unset=True))
+    return ok(st.agents.describe(agent, viewer).model_dump(mode="json", exclude_unset=True))
 
 
 def _date(request: web.Request, name: str) -> float | None:

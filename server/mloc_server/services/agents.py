@@ -9,8 +9,8 @@ from mloc_shared.protocol import RegisterRequest, RegisterResponse
 
 from mloc_server.clock import Clock
 from mloc_server.schemas import Worker, WorkerGpu, WorkerLease
-from mloc_server.services.auth import hash_secret, new_secret
-from mloc_server.services.fleet import AgentState, Fleet
+from mloc_server.services.auth import Principal, hash_secret, new_secret
+from mloc_server.services.fleet import AgentState, Fleet, LeaseState
 from mloc_server.services.leasing import lease_timings
 from mloc_server.settings import CoordinatorSettings
 from mloc_server.store import Store
@@ -82,11 +82,12 @@ class Agents:
             self.fleet.wake_for_queued()
         return agent
 
-    def describe(self, agent: AgentState) -> Worker:
-        """The listing's view of an agent; send it with ``exclude_unset`` (a GPU shows what was reported)."""
+    def describe(self, agent: AgentState, viewer: Principal) -> Worker:
+        """The listing's view of an agent for ``viewer``; send it with ``exclude_unset`` (a GPU shows what was
+        reported, a lease of someone else's task only its GPUs)."""
         hold = self.settings.poll_hold_s
         stats = {s.index: s for s in agent.gpu_stats or []}
-        used = {g: lease.task_id for lease in agent.leases.values() for g in lease.gpus}
+        used = {g: lease for lease in agent.leases.values() for g in lease.gpus}
         gpus = []
         for gpu in agent.inventory.gpus:
             reported = gpu.model_dump(exclude_none=True)
@@ -95,7 +96,9 @@ class Agents:
                 reported["utilization_pct"] = stat.utilization_pct
             if stat is not None and stat.memory_used_mb is not None:
                 reported["memory_used_mb"] = stat.memory_used_mb
-            gpus.append(WorkerGpu(**reported, task_id=used.get(gpu.index)))
+            lease = used.get(gpu.index)
+            shown = lease is not None and _may_see(viewer, lease)
+            gpus.append(WorkerGpu(**reported, busy=lease is not None, task_id=lease.task_id if shown else None))
         connected = agent.connected(hold, self.clock.time())
         return Worker(
             id=agent.id, name=agent.name, labels=agent.labels, state=agent.state if connected else "offline",
@@ -104,10 +107,20 @@ class Agents:
             max_tasks=agent.max_tasks, task_types=sorted(agent.task_types), gpu_source=agent.inventory.gpu_source,
             hostname=agent.inventory.hostname, cpu_count=agent.inventory.cpu_count,
             memory_mb=agent.inventory.memory_mb, gpus=gpus,
-            leases=[WorkerLease(task_id=lease.task_id, epoch=lease.epoch, attempt=lease.attempt, gpus=list(lease.gpus),
-                                progress=lease.progress)
-                    for lease in agent.leases.values() if lease.epoch >= 0],
+            leases=[_lease_view(lease, viewer) for lease in agent.leases.values() if lease.epoch >= 0],
         )
 
-    def listing(self) -> list[Worker]:
-        return [self.describe(a) for a in sorted(self.fleet.agents.values(), key=lambda a: a.name)]
+    def listing(self, viewer: Principal) -> list[Worker]:
+        return [self.describe(a, viewer) for a in sorted(self.fleet.agents.values(), key=lambda a: a.name)]
+
+
+def _may_see(viewer: Principal, lease: LeaseState) -> bool:
+    """Which task runs where, and how far it is, belongs to its owner (and the admins)."""
+    return viewer.is_admin or lease.meta.owner == viewer.user
+
+
+def _lease_view(lease: LeaseState, viewer: Principal) -> WorkerLease:
+    if not _may_see(viewer, lease):
+        return WorkerLease(gpus=list(lease.gpus))  # the capacity it takes, not whose task it is
+    return WorkerLease(task_id=lease.task_id, epoch=lease.epoch, attempt=lease.attempt, gpus=list(lease.gpus),
+                       progress=lease.progress)

@@ -22,9 +22,10 @@ class TaskMeta:
     backoff_max_s: float = 300.0
     retry_on_failure: bool = False
     timeout_s: float | None = None
+    owner: str = ""  # who may see the task on its agent in the fleet listing (besides an admin)
 
     @classmethod
-    def from_spec(cls, spec: dict) -> TaskMeta:
+    def from_spec(cls, spec: dict, owner: str = "") -> TaskMeta:
         retry = spec.get("retry") or {}
         return cls(
             priority=int(spec.get("priority", 0)),
@@ -32,6 +33,7 @@ class TaskMeta:
             backoff_max_s=float(retry.get("backoff_max_s", 300.0)),
             retry_on_failure=bool(retry.get("on_failure", False)),
             timeout_s=spec.get("timeout_s"),
+            owner=owner,
         )
 
 

@@ -60,7 +60,7 @@ class Tasks:
             idempotency_key=f"{owner}:{idempotency_key}" if idempotency_key else None,
             body_hash=hashlib.sha256(body.encode()).hexdigest(),
         )
-        meta = TaskMeta.from_spec(wire)
+        meta = TaskMeta.from_spec(wire, owner)
         hand = handoff.reserve(self.fleet, self.leasing, new.id, req, meta)  # an agent's poll is waiting: claim it now
 
         def write(tx: StoreTx) -> tuple[StoredTask, bool, list[Claimed]]:
@@ -113,12 +113,13 @@ class Tasks:
             req = Requirement.from_spec(spec)
             if secret_values:
                 sealed[len(rows)] = self.secrets.seal(secret_values)
+            owner = spec.user or principal.user
             rows.append(NewTask(
                 id=new_task_id(now), name=spec.display_name(), task_type=spec.task_type,
-                owner=spec.user or principal.user, spec=json.dumps(wire, sort_keys=True), priority=spec.priority,
+                owner=owner, spec=json.dumps(wire, sort_keys=True), priority=spec.priority,
                 created_at=now, max_attempts=spec.retry.max_attempts, gpus_required=req.gpus,
                 requirement=req.to_json(), idempotency_key=None, body_hash=None))
-            shapes.append((req, TaskMeta.from_spec(wire)))
+            shapes.append((req, TaskMeta.from_spec(wire, owner)))
 
         def write(tx: StoreTx) -> list[str]:
             ids = [tx.insert_task(r)[0] for r in rows]

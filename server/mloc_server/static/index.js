@@ -16,13 +16,14 @@
       el("span", { class: "mono", text: g.index + " " }), short(g.name.replace(/^NVIDIA /, ""), 28), " · ", mem,
       util != null ? [el("span", { class: "util" }, el("span", { style: "width:" + Math.min(100, util) + "%" })),
         Math.round(util) + "%"] : (g.declared ? " · declared" : ""),
-      g.task_id ? [" · ", el("a", { href: "/tasks/" + encodeURIComponent(g.task_id), text: "busy" })] : "");
+      g.task_id ? [" · ", el("a", { href: "/tasks/" + encodeURIComponent(g.task_id), text: "busy" })]
+        : (g.busy ? " · busy" : ""));  // another user's task: the listing says the GPU is taken, not by what
   }
 
   function agentRow(a) {
     const labels = Object.entries(a.labels || {}).map(([k, v]) => el("span", { class: "label", text: k + "=" + v }));
     const gpus = a.gpus.length ? a.gpus.map(gpuCell) : [el("span", { class: "empty", text: "no GPU (CPU only)" })];
-    const leases = a.leases.map((l) => el("div", {},
+    const leases = a.leases.map((l) => !l.task_id ? el("div", { class: "empty", text: "another user's task" }) : el("div", {},
       el("a", { href: "/tasks/" + encodeURIComponent(l.task_id), class: "mono", text: l.task_id.slice(-8) }),
       l.progress && MLOC.percentOf(l.progress) != null ? " " + MLOC.percentOf(l.progress).toFixed(0) + "%" : ""));
     return el("tr", { "data-agent": a.name },
