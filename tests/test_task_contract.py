@@ -3,6 +3,11 @@ channel's lines (from Python modules and from shell tasks) decoded as the agent 
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -15,6 +20,8 @@ from mloc_agent.task_contract import (
     channel_env,
     decode,
     encode,
+    host_argv,
+    host_python_path,
 )
 
 FULL = TaskEnv(task_id="t1", attempt=3, gpus=[0, 2], workdir=Path("/w"), output_dir=Path("/w/output"),
@@ -49,6 +56,38 @@ def test_no_agent_setting_or_secret_reaches_a_task() -> None:
     agent_env = {"PATH": "/bin", "MLOC_JOIN_TOKEN": "j", "MLOC_S3_SECRET_ACCESS_KEY": "k", "MLOC_DATA_DIR": "/d"}
     assert base_env(agent_env) == {"PATH": "/bin"}
     assert set(channel_env(9)) == {"MLOC_PROGRESS_FD", "MLOC_PROGRESS"}
+
+
+PLUGIN = textwrap.dedent("""
+    import sys
+    from mloc_agent.modules.base import BaseModule
+
+    class Probe(BaseModule):
+        async def execute(self, progress_callback=None):
+            return {"isolated": sys.flags.isolated, "warnings": sys.warnoptions}
+""")
+
+
+def test_the_task_host_ignores_python_variables_but_gets_the_agents_python_path(tmp_path: Path) -> None:
+    """Started as the agent starts it: PYTHONWARNINGS, PYTHONSTARTUP and PYTHONPATH in its environment do
+    nothing (an import they name would fail the host), and the agent's own PYTHONPATH, handed over in the
+    task file, still finds an operator's module."""
+    plugins, trap = tmp_path / "plugins", tmp_path / "trap"
+    plugins.mkdir()
+    trap.mkdir()
+    (plugins / "probe_plugin.py").write_text(PLUGIN)
+    (trap / "sitecustomize.py").write_text("raise SystemExit('PYTHONPATH was read')\n")
+    task_file, result_file = tmp_path / "task.json", tmp_path / "result.json"
+    python_path = host_python_path({"PYTHONPATH": f"{plugins}{os.pathsep}"})
+    task_file.write_text(json.dumps({"spec": {}, "module": "probe_plugin:Probe", "python_path": python_path}))
+    env = {**TaskEnv(task_id="t1", attempt=1, gpus=[], workdir=tmp_path, output_dir=tmp_path, checkpoint_dir=tmp_path,
+                     task_file=task_file, result_file=result_file).to_env(),
+           "PYTHONWARNINGS": "error::DeprecationWarning:no_such_module_xyz", "PYTHONPATH": str(trap),
+           "PYTHONSTARTUP": str(trap / "sitecustomize.py")}
+    done = subprocess.run(host_argv(sys.executable), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(result_file.read_text())["result"] == {"isolated": 1, "warnings": []}
+    assert python_path == [str(plugins)]
 
 
 @pytest.mark.parametrize("message", [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from mloc_shared.errors import BadRequest, ValidationFailed
 from mloc_shared.spec_parsing import parse_task
@@ -52,11 +54,19 @@ def test_json_flow_yaml_and_crlf_are_read(body: bytes) -> None:
     (b"taskType: Bad Type\n", "taskType", 1),
     (b"taskType: command\ncommand: x\nretry:\n  max_attempts: 0\n", "retry.max_attempts", 4),
     (b"taskType: command\ncommand: x\nenv:\n  1BAD: y\n", "env", 3),
+    (b"taskType: sft\nenv:\n  OK: y\n  LD_PRELOAD: /x.so\n", "env.LD_PRELOAD", 4),
+    (b"taskType: inference\nsecrets:\n  PYTHONPATH: /somewhere\n", "secrets.PYTHONPATH", 3),
 ])
 def test_validation_errors_name_field_and_line(body: bytes, field: str, line: int) -> None:
     with pytest.raises(ValidationFailed) as exc:
         parse_task(body)
     assert exc.value.field == field and exc.value.line == line
+
+
+def test_a_command_task_keeps_the_env_it_is_given() -> None:
+    """Interpreter and loader variables are refused only where the spec is data (docs/security.md)."""
+    env = {"PYTHONPATH": "/src", "LD_LIBRARY_PATH": "/lib", "BASH_ENV": "/rc", "PATH": "/bin"}
+    assert parse_task(json.dumps({"taskType": "command", "command": "x", "env": env}).encode()).env == env
 
 
 @pytest.mark.parametrize(("body", "needle"), [

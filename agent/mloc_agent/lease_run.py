@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mloc_shared.env_policy import refused_variable
 from mloc_shared.errors import LeaseLost
 from mloc_shared.protocol import Completion, Lease, Progress
 
@@ -27,7 +28,15 @@ from mloc_agent.modules.registry import load
 from mloc_agent.runner import LineSplitter, TaskProcess
 from mloc_agent.settings import AgentSettings
 from mloc_agent.sources import fetch_sources
-from mloc_agent.task_contract import ArtifactAdded, CheckpointSaved, ProgressReport, TaskEnv, decode
+from mloc_agent.task_contract import (
+    ArtifactAdded,
+    CheckpointSaved,
+    ProgressReport,
+    TaskEnv,
+    decode,
+    host_argv,
+    host_python_path,
+)
 from mloc_agent.task_secrets import fetch_secrets
 from mloc_agent.uploads import fetch_checkpoint, upload
 from mloc_agent.warden import Warden
@@ -130,6 +139,11 @@ class LeaseRun:
         if module_ref is None:
             return Completion(epoch=lease.epoch, outcome="failed",
                               error=f"this agent cannot run task type {lease.task_type!r}")
+        # checked at submit too; a spec stored by an older coordinator reaches here unchecked
+        refused = refused_variable(lease.task_type, lease.spec.get("env") or {}, lease.spec.get("secrets") or {})
+        if refused is not None:
+            return Completion(epoch=lease.epoch, outcome="failed", error=f"{refused[0]}: {refused[1]}",
+                              error_code="bad_input", retryable=False)
         output_dir, ckpt_dir = self.workdir / "output", self.workdir / "checkpoints"
         # off the event loop: tens of microseconds on a quiet local disk, but a busy or network disk can
         # stall a mkdir for milliseconds, and every other lease's heartbeats wait on this loop
@@ -154,9 +168,9 @@ class LeaseRun:
         direct = module_cls.direct_argv(lease.spec)
         if direct is None:
             task_file = self.workdir / "task.json"
-            task_file.write_text(json.dumps({"spec": lease.spec, "module": module_ref}))
-            interpreter = settings.runtimes.get(lease.task_type, sys.executable)
-            direct = [interpreter, "-m", "mloc_agent.task_host"]
+            task_file.write_text(json.dumps({"spec": lease.spec, "module": module_ref,
+                                             "python_path": host_python_path(self.deps.task_env)}))
+            direct = host_argv(settings.runtimes.get(lease.task_type, sys.executable))
         env.update(TaskEnv(
             task_id=lease.task_id, attempt=lease.attempt, gpus=lease.gpus, workdir=self.workdir,
             output_dir=output_dir, checkpoint_dir=ckpt_dir, agent_data_dir=settings.data_dir, resume_dir=resume_dir,

@@ -28,7 +28,7 @@ AGENT_DATA_DIR = "MLOC_AGENT_DATA_DIR"  # outlives the task: caches, persistent 
 RESUME_DIR = "MLOC_RESUME_DIR"  # the checkpoint this attempt resumes from, unpacked
 RESUME_STEP = "MLOC_RESUME_STEP"
 SOURCES_DIR = "MLOC_SOURCES_DIR"  # outputs of the finished tasks this one reads
-TASK_FILE = "MLOC_TASK_FILE"  # for task_host: the spec and the module to load
+TASK_FILE = "MLOC_TASK_FILE"  # for task_host: the spec, the module to load, the agent's python_path
 RESULT_FILE = "MLOC_RESULT_FILE"  # from task_host: the module's result or error
 PROGRESS_FD = "MLOC_PROGRESS_FD"  # the channel's write end, as an fd number
 PROGRESS = "MLOC_PROGRESS"  # the same as a path: any shell can write to it (dash cannot redirect to fds > 9)
@@ -90,6 +90,20 @@ def base_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     os.environ costs ~0.1 ms, on every task start."""
     environ = os.environ if environ is None else environ
     return {k: v for k, v in environ.items() if not k.startswith("MLOC_")}
+
+
+def host_argv(interpreter: str) -> list[str]:
+    """How the agent starts the Python task host: isolated (``-I``: no ``PYTHON*`` variable, no user
+    site, no script or working dir on sys.path, whatever the environment holds) and unbuffered
+    (``-u``: what ``PYTHONUNBUFFERED`` does for other processes, which ``-I`` ignores)."""
+    return [interpreter, "-I", "-u", "-m", "mloc_agent.task_host"]
+
+
+def host_python_path(environ: Mapping[str, str]) -> list[str]:
+    """The folders of the agent's own ``PYTHONPATH`` (its operator's choice: plugins, reward functions),
+    absolute. The isolated task host ignores the variable, so the agent hands them over in the task file
+    (``python_path``) and the host puts them on sys.path."""
+    return [os.path.abspath(p) for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p]
 
 
 def _path(env: Mapping[str, str], name: str) -> Path | None:

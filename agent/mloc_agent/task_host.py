@@ -1,4 +1,4 @@
-"""The child process that hosts one Python task module: ``python -m mloc_agent.task_host``.
+"""The child process that hosts one Python task module: ``python -I -u -m mloc_agent.task_host``.
 
 The agent starts it in its own process group with CUDA_VISIBLE_DEVICES set, passes the lease in
 ``MLOC_TASK_FILE`` and reads progress from ``MLOC_PROGRESS_FD`` (task_contract.py). The result goes
@@ -24,6 +24,8 @@ def main() -> int:
         print(f"{TASK_FILE} and {RESULT_FILE} are not set: only the agent starts the task host", file=sys.stderr)
         return 2
     task = json.loads(env.task_file.read_text())
+    # isolated mode (task_contract.host_argv) ignored PYTHONPATH: the agent's own comes in the task file
+    sys.path[:0] = [p for p in task.get("python_path", []) if p not in sys.path]
     ctx = TaskContext.from_env(task["spec"])
     try:
         module = load(task["module"])(ctx)

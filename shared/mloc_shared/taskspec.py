@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from mloc_shared.env_policy import refused_variable
 from mloc_shared.hyperparams import check_dataset, check_hyperparameters
 from mloc_shared.task_types import BUILTIN_TASK_TYPES as BUILTIN_TASK_TYPES  # re-exported for the coordinator
 from mloc_shared.task_types import default_gpus
@@ -27,6 +28,15 @@ class FieldError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+def _refuse_code_running_names(info: ValidationInfo, variables: dict[str, str]) -> None:
+    """env_policy.py: names that change how an interpreter or loader behaves, unless a command task."""
+    task_type = info.data.get("task_type")
+    refused = refused_variable(task_type, variables) if task_type else None
+    if refused is not None:
+        field, message = refused
+        raise FieldError(field.partition(".")[2], message)
 
 
 class SpecModel(BaseModel):
@@ -124,21 +134,23 @@ class TaskSpec(SpecModel):
 
     @field_validator("env")
     @classmethod
-    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+    def _env_names(cls, env: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         for key in env:
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
                 raise ValueError(f"env name {key!r} is not a valid variable name")
+        _refuse_code_running_names(info, env)
         return env
 
     @field_validator("secrets")
     @classmethod
-    def _secret_names_and_sizes(cls, secrets: dict[str, str]) -> dict[str, str]:
+    def _secret_names_and_sizes(cls, secrets: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         for key, value in secrets.items():
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key) or key.startswith("MLOC_"):
                 raise ValueError(f"secret name {key!r} must be a variable name not starting with MLOC_")
             if not SECRET_MIN <= len(value) <= SECRET_MAX:
                 # shorter values could not be masked in logs without masking ordinary text
                 raise ValueError(f"secret {key} must be {SECRET_MIN}..{SECRET_MAX} characters long")
+        _refuse_code_running_names(info, secrets)
         return secrets
 
     @model_validator(mode="after")

@@ -17,12 +17,12 @@ STEPS, SAVE_EVERY = 30, 5
 def test_sft_killed_mid_run_resumes_from_its_checkpoint_on_another_agent(
     coordinator: Coordinator, start_agent, tiny_lm: Path, tmp_path: Path
 ) -> None:
-    doomed = start_agent("doomed")
+    on_path = {"PYTHONPATH": str(REPO)}  # the callback named in the spec is code on the agents' path
+    doomed = start_agent("doomed", extra_env=on_path)
     # 0.3 s per step (a callback named in the spec, see throttle.py) leaves time to kill the agent mid-run
     spec = train_spec("sft", tiny_lm, {"rows": CHAT_ROWS},
                       {"max_steps": STEPS, "save_steps": SAVE_EVERY, "callbacks": ["tests.ml.throttle:SlowSteps"]},
                       retry={"max_attempts": 3, "backoff_s": 0})
-    spec["env"]["PYTHONPATH"] = str(REPO)
     task = coordinator.submit(spec)
 
     def checkpoint_uploaded() -> dict | None:
@@ -39,7 +39,7 @@ def test_sft_killed_mid_run_resumes_from_its_checkpoint_on_another_agent(
     checkpoint = requeued["last_checkpoint"]
     assert checkpoint["step"] % SAVE_EVERY == 0 and 0 < checkpoint["step"] < STEPS
 
-    start_agent("rescuer")
+    start_agent("rescuer", extra_env=on_path)
     done = coordinator.wait_state(task["id"], {"succeeded", "failed"}, timeout=180)
     assert done["state"] == "succeeded", f"{done.get('error')}\n{coordinator.logs(task['id'])[-3000:]}"
     assert done["agent"] == "rescuer" and done["attempts"] == 2

@@ -138,14 +138,14 @@ def test_grpo_scores_with_builtin_python_and_model_rewards(
     (plugin / "my_rewards.py").write_text(
         "def mentions_answer(prompts, completions, **kw):\n"
         "    return [1.0 if 'answer' in c else 0.0 for c in completions]\n")
-    start_agent("trainer")
+    # code the agent's operator installed (the agent's own PYTHONPATH): a spec's env may not set PYTHON*
+    start_agent("trainer", extra_env={"PYTHONPATH": str(plugin)})
     rewards = [{"type": "length", "target": 12}, "my_rewards:mentions_answer",
                {"type": "regex", "pattern": r"\d"}, {"type": "model", "identifier": str(tiny_rm), "weight": 0.5}]
     rows = [{"prompt": f"question {i}", "answer": str(2 * i)} for i in range(8)]
     spec = train_spec("grpo", tiny_lm, {"rows": rows},
                       {"max_steps": 6, "save_steps": 3, "num_generations": 4, "max_completion_length": 8,
                        "reward_funcs": rewards})
-    spec["env"]["PYTHONPATH"] = str(plugin)
     result = assert_trained(run_to_end(coordinator, spec), 6)
     assert result["reward_functions"] == ["length", "my_rewards:mentions_answer", "regex", str(tiny_rm)]
     assert result["reward_weights"] == [1.0, 1.0, 1.0, 0.5]
@@ -177,8 +177,7 @@ def test_reward_model_learns_to_rank_chosen_above_rejected(
 
 
 def test_callbacks_from_the_spec_are_loaded(coordinator: Coordinator, start_agent, tiny_lm: Path) -> None:
-    start_agent("trainer")
+    start_agent("trainer", extra_env={"PYTHONPATH": str(REPO)})  # the callback is code on the agent's path
     spec = train_spec("sft", tiny_lm, {"rows": CHAT_ROWS}, {"max_steps": 2, "save_steps": 100,
                                                             "callbacks": ["tests.ml.throttle:SlowSteps"]})
-    spec["env"]["PYTHONPATH"] = str(REPO)
     assert run_to_end(coordinator, spec)["result"]["train_runtime_s"] >= 0.6  # 2 steps x 0.3 s
