@@ -222,8 +222,8 @@ class LeaseRun:
         """A progress, checkpoint or artifact message from the task process (task_contract.decode)."""
         message = decode(line)
         if isinstance(message, ProgressReport):
-            with contextlib.suppress(ValueError):
-                self.progress = Progress.model_validate(message.fields)
+            with contextlib.suppress(ValueError):  # masked like logs: it reaches heartbeats, listings, the db
+                self.progress = Progress.model_validate(self.logs.redactor.mask_value(message.fields))
                 if self.progress.step is not None and self.progress.total:
                     self.progress.percent = round(100.0 * self.progress.step / self.progress.total, 2)
         elif message is not None:
@@ -268,7 +268,7 @@ class LeaseRun:
         if completion.error:  # the task's own output may echo a secret
             completion.error = self.logs.redactor.mask(completion.error)
         if completion.result:
-            completion.result = json.loads(self.logs.redactor.mask(json.dumps(completion.result)))
+            completion.result = self.logs.redactor.mask_value(completion.result)
         try:
             state = await asyncio.shield(self.deps.completions.report(self.task_id, completion))
             log.debug("task %s finished: %s", self.task_id, state)

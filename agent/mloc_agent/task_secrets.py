@@ -1,5 +1,6 @@
 """A task's secrets on the agent: fetched for the lease, put only in the child's environment, and
-masked wherever the task's own output travels (log chunks, the error and result of its completion).
+masked wherever the task's own output travels (log chunks, its progress, the error and result of its
+completion).
 
 The lease names the secrets (``spec.secrets`` with redacted values); the values come from the
 coordinator on a lease-scoped call, so they are never in a poll answer, the spec file handed to
@@ -9,6 +10,7 @@ the task host, or the agent's own log.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from mloc_shared.protocol import Lease, SecretsRequest
 
@@ -51,6 +53,19 @@ class Redactor:
             if secret in text:
                 text = text.replace(secret, MASK)
         return text
+
+    def mask_value(self, value: Any) -> Any:
+        """``value`` with every string in it masked, mapping keys included (a progress message, metric
+        names, a result): walked, not masked as JSON text, where an escaped secret would not match."""
+        if not self._secrets:
+            return value
+        if isinstance(value, str):
+            return self.mask(value)
+        if isinstance(value, dict):
+            return {self.mask_value(k): self.mask_value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.mask_value(v) for v in value]
+        return value
 
     def feed(self, stream: str, text: str, final: bool = False) -> str:
         if not self._secrets:
