@@ -49,13 +49,14 @@ async def latency(coord: Coordinator, n: int) -> list[float]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
         cred = await register(http, url, coord.join_token, f"lat-{uuid.uuid4().hex[:6]}")
         auth = {**PROTO, "Authorization": f"Bearer {cred}"}
+        admin = {"Authorization": f"Bearer {coord.admin_token}"}  # loopback is no admin
         samples = []
         for _ in range(n):
             poll = asyncio.create_task(post_json(http, f"{url}/api/v1/agents/poll", {
                 "poll_id": uuid.uuid4().hex, "free_slots": 1, "running": []}, auth))
             await asyncio.sleep(0.01)  # let the poll be held
             t0 = time.perf_counter()
-            await post_json(http, f"{url}/api/v1/tasks", {"taskType": "command", "command": "true"})
+            await post_json(http, f"{url}/api/v1/tasks", {"taskType": "command", "command": "true"}, admin)
             lease = (await poll)["leases"][0]
             t1 = time.perf_counter()
             samples.append((t1 - t0) * 1000)

@@ -10,14 +10,15 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
-
 from tests.conftest import A100, README_SFT_YAML, RTX4090
 from tests.harness import FINAL, Agent, Coordinator, wait_for
 
 
 def curl(coord: Coordinator, *args: str) -> tuple[int, dict]:
-    out = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", "-X", "POST", f"{coord.url}/api/v1/tasks", *args],
+    # the README's form: loopback is no admin, so curl sends an admin token
+    auth = f"Authorization: Bearer {coord.admin_token}"
+    out = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", "-X", "POST", f"{coord.url}/api/v1/tasks",
+                          "-H", auth, *args],
                          capture_output=True, text=True, check=True).stdout
     body, _, code = out.rpartition("\n")
     return int(code), json.loads(body)
@@ -199,7 +200,7 @@ def test_logs_stream_in_order_with_stderr(coordinator: Coordinator, start_agent)
     out = "".join(c["data"] for c in chunks if c["stream"] == "stdout")
     err = "".join(c["data"] for c in chunks if c["stream"] == "stderr")
     assert out == "out1\nout2\nout3\n" and err == "err1\nerr2\nerr3\n"
-    with httpx.stream("GET", f"{coordinator.url}/api/v1/tasks/{task['id']}/logs?follow=1", timeout=10) as resp:
+    with coordinator.http.stream("GET", f"/api/v1/tasks/{task['id']}/logs?follow=1", timeout=10) as resp:
         assert "out3" in resp.read().decode()
 
 

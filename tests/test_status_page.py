@@ -24,6 +24,14 @@ def until(page, js: str, timeout: float, what: str) -> None:
     wait_for(lambda: page.evaluate(js), timeout, what, interval=0.1)
 
 
+def admin_page(browser, coord: Coordinator, **options):  # noqa: F811
+    """A page in a browser that signed in with the admin token (kept in localStorage, as the login form
+    keeps it): loopback alone is no admin."""
+    context = browser.new_context(**options, storage_state={"origins": [
+        {"origin": coord.url, "localStorage": [{"name": "mloc_token", "value": coord.admin_token}]}]})
+    return context.new_page()
+
+
 def percent(page, task_id: str) -> float:
     raw = page.get_attribute(f'tr[data-task="{task_id}"] [role=progressbar]', "aria-valuenow")
     return float(raw) if raw else 0.0
@@ -39,7 +47,7 @@ def test_page_shows_agents_and_progress_advancing_without_reload(coordinator: Co
     stuck = coordinator.submit({"taskType": "command", "command": "true", "name": "needs-h100",
                                 "resources": {"gpus": 1, "gpu_models": ["H100"]}})
 
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = admin_page(browser, coordinator, viewport={"width": 1400, "height": 1000})
     page.goto(coordinator.url + "/")
     agent_row = page.locator('tr[data-agent="gpu-box-1"]')
     agent_row.wait_for(timeout=15_000)
@@ -74,11 +82,11 @@ def test_page_shows_agents_and_progress_advancing_without_reload(coordinator: Co
     assert "gpu-box-1" in attempts and "succeeded" in attempts
     assert page.evaluate("window.__sameDocument") == "yes"
     keep_screenshot(page, tmp_path, "task-page.png")
-    page.close()
+    page.context.close()
 
 
-def test_page_asks_for_a_token_when_loopback_is_off(tmp_path: Path, browser) -> None:  # noqa: F811
-    coord = Coordinator(tmp_path, extra_env={"MLOC_LOOPBACK_ADMIN": "false"}).start()
+def test_page_asks_for_a_token(tmp_path: Path, browser) -> None:  # noqa: F811
+    coord = Coordinator(tmp_path).start()  # loopback is no admin (MLOC_LOOPBACK_ADMIN is off by default)
     try:
         alice = coord.http.post("/api/v1/tokens", json={"user": "alice"}).json()["token"]
         page = browser.new_page()
@@ -123,7 +131,7 @@ def test_page_stays_fast_with_1000_agents_and_10000_tasks(coordinator: Coordinat
         took = time.perf_counter() - start
         assert took < 1.0, f"{path} took {took:.3f}s"
 
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = admin_page(browser, coordinator, viewport={"width": 1400, "height": 1000})
     start = time.perf_counter()
     page.goto(coordinator.url + "/")
     until(page, "window.mlocRefreshes >= 1", 15, "the first refresh")
@@ -138,5 +146,5 @@ def test_page_stays_fast_with_1000_agents_and_10000_tasks(coordinator: Coordinat
     page.locator('tr[data-agent="agent-0999"]').wait_for(timeout=10_000)
     wait_for(lambda: page.locator("#agents-body tr").count() == 1, 10, "the filter to leave one agent")
     keep_screenshot(page, tmp_path, "status-page-1000-agents.png")
-    page.close()
+    page.context.close()
     assert first_render < 5.0, f"first render took {first_render:.2f}s"

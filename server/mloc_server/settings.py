@@ -28,7 +28,8 @@ class CoordinatorSettings(MlocSettings):
     lease_ttl_s: float = Field(45.0, gt=0, le=3600)
     restart_grace_s: float = Field(60.0, ge=0, le=3600)
 
-    loopback_admin: bool = True  # requests from 127.0.0.1/::1 act as admin without a token
+    # opt-in (single-user hosts): token-less requests from 127.0.0.1/::1 with no proxy header act as admin
+    loopback_admin: bool = False
     max_body_mb: float = Field(4.0, gt=0, le=1024)
     max_artifact_gb: float = Field(200.0, gt=0)
 

@@ -6,9 +6,11 @@ Each side declares one settings class (``CoordinatorSettings``, ``AgentSettings`
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import ValidationError
@@ -94,3 +96,27 @@ class ClientSettings(MlocSettings):
     coordinator_url: str = "http://127.0.0.1:8000"
     token: str | None = None
     ca_bundle: str | None = None
+    data_dir: Path = Path.home() / ".mloc" / "coordinator"  # the coordinator's: where its admin.token is
+
+    def api_token(self) -> str | None:
+        """MLOC_TOKEN; without it, on the coordinator's own host, the admin token the coordinator wrote to
+        ``<data_dir>/admin.token`` (loopback no longer makes a caller an admin). Sent only to a
+        coordinator on loopback, so the CLI never carries the admin token off the host."""
+        if self.token:
+            return self.token
+        if not is_loopback_url(self.coordinator_url):
+            return None
+        try:
+            return (self.data_dir / "admin.token").read_text().strip() or None
+        except (OSError, UnicodeDecodeError):  # not this host's coordinator, or not ours to read
+            return None
+
+
+def is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -11,7 +11,7 @@ from mloc_shared.errors import BadRequest, ProtocolMismatch, ValidationFailed
 from mloc_shared.version import PROTOCOL_HEADER, PROTOCOL_VERSION, protocol_compatible
 from pydantic import BaseModel, ValidationError
 
-from mloc_server.services.auth import Principal
+from mloc_server.services.auth import PROXY_HEADERS, Principal
 from mloc_server.services.fleet import AgentState
 from mloc_server.state import STATE, AppState
 
@@ -58,7 +58,7 @@ async def read_model(request: web.Request, model: type[M]) -> M:
 
 
 def user(request: web.Request) -> Principal:
-    forwarded = "X-Forwarded-For" in request.headers or "Forwarded" in request.headers
+    forwarded = any(name in request.headers for name in PROXY_HEADERS)
     return state(request).auth.user(request.headers.get("Authorization"), request.remote, forwarded)
 
 

@@ -128,7 +128,8 @@ async def time_agent_calls(request: web.Request, handler) -> web.StreamResponse:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    """Needs a token like the API (Prometheus: ``authorization: {credentials: <token>}``), or loopback."""
+    """Needs a token like the API (Prometheus: ``authorization: {credentials: <token>}``), or loopback where
+    MLOC_LOOPBACK_ADMIN is turned on."""
     user(request)
     body, content_type = await request.app[METRICS].render(state(request), request.headers.get("Accept"))
     return web.Response(body=body, headers={"Content-Type": content_type})

@@ -276,7 +276,7 @@ def document() -> dict[str, Any]:
             "securitySchemes": {
                 "userToken": {"type": "http", "scheme": "bearer", "description": (
                     "a user API token (mloc token create). Callers on the coordinator's own host act as admin "
-                    "without one unless loopback_admin is off")},
+                    "without one only where loopback_admin is turned on (it is off by default)")},
                 "agentCredential": {"type": "http", "scheme": "bearer",
                                     "description": "the credential an agent received from register"},
                 "joinToken": {"type": "apiKey", "in": "header", "name": "X-MLOC-Join-Token",

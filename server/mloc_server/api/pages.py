@@ -1,7 +1,8 @@
 """The status page: a static shell (HTML, JS, CSS; no data in it) that reads the JSON API live.
 
 The shell is served without a token because a browser cannot send one on navigation; every piece
-of data comes from the API, which needs a token (kept by the page in localStorage) or loopback.
+of data comes from the API, which needs a token (kept by the page in localStorage), or loopback where
+MLOC_LOOPBACK_ADMIN is turned on.
 """
 
 from __future__ import annotations

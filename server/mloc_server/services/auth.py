@@ -1,4 +1,4 @@
-"""Who is calling: user API tokens, join tokens, agent credentials, and the loopback allowance.
+"""Who is calling: user API tokens, join tokens, agent credentials, and the opt-in loopback allowance.
 
 Every secret is random (``secrets``), stored only as SHA-256 (the secrets are 256-bit random, so
 a fast hash is enough: there is nothing to brute-force) and compared in constant time.
@@ -23,6 +23,8 @@ from mloc_server.store.records import StoredToken
 
 log = logging.getLogger(__name__)
 LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+# a request that came through a proxy is never local, whichever of these the proxy sets
+PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
 
 
 def new_secret(kind: str) -> str:
@@ -79,13 +81,17 @@ class Auth:
         return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
     def user(self, authorization: str | None, remote: str | None, forwarded: bool) -> Principal:
-        """The user behind a request; loopback callers are admins unless turned off."""
+        """The user behind a request; token-less loopback callers are admins only where the deployment
+        opted in (MLOC_LOOPBACK_ADMIN=true): otherwise any process on the host, and any task URL an agent
+        on the host fetches, would be an admin."""
         token = self.bearer(authorization)
         if token is None:
             if self.loopback_admin and remote in LOOPBACK and not forwarded:
                 return LOOPBACK_PRINCIPAL
             raise Unauthorized("this API needs a token: send 'Authorization: Bearer <token>'",
-                               hint="create one with: mloc token create --user NAME")
+                               hint="on the coordinator's host the admin token is in <data_dir>/admin.token "
+                                    "(the mloc CLI reads it itself); an admin makes user tokens with: "
+                                    "mloc token create --user NAME")
         digest = hash_secret(token)
         known = self._users.get(digest)
         if known is None:

@@ -119,6 +119,9 @@ def run(workdir: str | None = None) -> int:
         _wait(lambda: http.get("/health").status_code == 200, 30, "the coordinator")
         console.print(f"1. coordinator up at {url} (SQLite + artifacts in {root / 'coordinator'})")
         join = (root / "coordinator" / "join.token").read_text().strip()
+        # the admin token the first start wrote (0600): loopback alone is no admin
+        admin = (root / "coordinator" / "admin.token").read_text().strip()
+        http.headers["Authorization"] = f"Bearer {admin}"
         agent = _start(["start", "--node-type", "worker"], {
             **base, "MLOC_COORDINATOR_URL": url, "MLOC_JOIN_TOKEN": join, "MLOC_AGENT_NAME": "local-agent",
             "MLOC_DATA_DIR": str(root / "agent")}, root / "agent.log")

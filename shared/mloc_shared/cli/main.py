@@ -34,7 +34,7 @@ ConfigOpt = CONFIG
 
 def _client(config: Path | None = None) -> ApiClient:
     s = load_settings(ClientSettings, config)
-    return ApiClient(s.coordinator_url, s.token, s.ca_bundle)
+    return ApiClient(s.coordinator_url, s.api_token(), s.ca_bundle)
 
 
 def _fail(exc: MlocError) -> None:
