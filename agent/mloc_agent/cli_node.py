@@ -10,6 +10,7 @@ from mloc_shared.cli.options import CONFIG, JOIN_TOKEN, LOG_LEVEL
 from mloc_shared.settings import load_settings
 
 from mloc_agent.main import main as agent_main
+from mloc_agent.secret_handover import as_settings, reexec_without_secrets, take_handover
 from mloc_agent.settings import AgentSettings
 
 
@@ -23,5 +24,10 @@ def start_agent(
     log_level: str | None = LOG_LEVEL,
 ) -> None:
     """Start an agent: long-polls the coordinator, leases GPUs, runs tasks in child processes."""
-    agent_main(load_settings(AgentSettings, config, coordinator_url=coordinator_url, data_dir=data_dir,
-                             join_token=join_token, agent_name=name, agent_labels=labels, log_level=log_level))
+    flags = {"coordinator_url": coordinator_url, "data_dir": data_dir, "join_token": join_token, "agent_name": name,
+             "agent_labels": labels, "log_level": log_level}
+    # variables the image before this one took out of the environment rank as variables: below the flags
+    handed = as_settings(take_handover(), set(AgentSettings.model_fields))
+    settings = load_settings(AgentSettings, config, **{**handed, **{k: v for k, v in flags.items() if v is not None}})
+    reexec_without_secrets()  # once the settings are known good; returns when no secret is left in os.environ
+    agent_main(settings)

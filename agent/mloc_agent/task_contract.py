@@ -84,6 +84,11 @@ class TaskEnv:
         )
 
 
+# the agent's own secrets: never in a task's environment (base_env drops every MLOC_*), and gone from the
+# agent's own environment once it has started (secret_handover.py), so no process of it shows them in /proc
+AGENT_SECRETS = ("MLOC_JOIN_TOKEN", "MLOC_TOKEN", "MLOC_ADMIN_TOKEN", "MLOC_S3_SECRET_ACCESS_KEY")
+
+
 def base_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """What every task process starts from: the agent's environment without its own ``MLOC_*``
     settings (the join token, S3 keys and the like among them). Built once per agent: filtering

@@ -22,7 +22,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
-from mloc_agent.task_contract import AGENT_INSTANCE, agent_mark
+from mloc_agent.task_contract import AGENT_INSTANCE, agent_mark, base_env
 
 if TYPE_CHECKING:
     import asyncio
@@ -42,7 +42,7 @@ class Warden:
 
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "mloc_agent.warden", self.instance, stdin=asyncio.subprocess.PIPE,
-            start_new_session=True)
+            start_new_session=True, env=base_env())  # none of the agent's MLOC_* settings: it needs none
 
     def mark(self, env: dict[str, str]) -> dict[str, str]:
         """The environment of a task process, marked so the warden can find it."""
