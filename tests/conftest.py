@@ -67,3 +67,12 @@ def nat() -> Iterator[netns.NatNet]:
         yield net
     finally:
         net.down()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `make test` (pytest-xdist, --dist loadgroup) these run one at a time on one worker:
+    the network-namespace tests share fixed TEST-NET addresses, and the fault suite's timings
+    (requeue within the TTL, 1,000 tasks through kills) are only meaningful without a neighbour."""
+    for item in items:
+        if item.get_closest_marker("netns") or item.get_closest_marker("chaos") or "nat" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("serial"))
