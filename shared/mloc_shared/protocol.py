@@ -157,6 +157,7 @@ class Lease(WireModel):
     gpus: list[int] = Field(default_factory=list)
     ttl_s: float
     resume: Checkpoint | None = None
+    owner: str | None = None  # the task's user: what an agent keeps between tasks (RAG collections) is theirs
 
 
 class PollResponse(WireModel):

@@ -87,8 +87,10 @@ def test_rag_retrieves_the_right_document_and_the_collection_persists_on_the_age
     biology = next(r for r in rows if "plants" in r["question"])["sources"][0]
     assert biology["metadata"] == {"topic": "biology"}
 
-    # the collection persisted in the agent's data dir: a second task reuses it without re-embedding
-    assert (agent.data_dir / "vectors" / "chroma.sqlite3").exists()
+    # the collection persisted in its owner's folder of the agent's data dir (the admin submitted it): a
+    # second task reuses it without re-embedding
+    folder = Path(result["persist_directory"])
+    assert folder == (agent.data_dir / "vectors" / "admin").resolve() and (folder / "chroma.sqlite3").exists()
     again = run_to_end(coordinator, rag_spec(documents=[str(corpus)], questions=questions[:1]), timeout=180)
     assert again["result"]["chunks_added"] == 0 and again["result"]["chunks_already_stored"] == 5
     only_query = run_to_end(coordinator, rag_spec(questions=questions[1:2]), timeout=180)

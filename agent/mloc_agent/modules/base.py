@@ -30,6 +30,7 @@ class TaskContext:
     resume_dir: Path | None = None
     resume_step: int | None = None
     sources_dir: Path | None = None  # outputs of the finished tasks this one reads (see mloc_agent/sources.py)
+    owner: str | None = None  # the task's user (None outside an agent, or from a coordinator that does not say)
     channel_fd: int | None = None
     _channel: Any = field(default=None, repr=False)
 
@@ -39,7 +40,7 @@ class TaskContext:
         return cls(
             task_id=env.task_id, attempt=env.attempt, spec=spec, gpus=env.gpus, workdir=env.workdir,
             output_dir=env.output_dir, checkpoint_dir=env.checkpoint_dir, resume_dir=env.resume_dir,
-            resume_step=env.resume_step, sources_dir=env.sources_dir, channel_fd=env.progress_fd,
+            resume_step=env.resume_step, sources_dir=env.sources_dir, owner=env.owner, channel_fd=env.progress_fd,
         )
 
     def send(self, message: ChannelMessage) -> None:

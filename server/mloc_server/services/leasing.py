@@ -118,7 +118,7 @@ class Leasing:
                                 url=self.resume_url(ck["storage_key"]))
         return Lease(
             task_id=lease.task_id, epoch=lease.epoch, attempt=lease.attempt, task_type=task_type, spec=spec,
-            gpus=list(lease.gpus), ttl_s=self.settings.lease_ttl_s, resume=resume,
+            gpus=list(lease.gpus), ttl_s=self.settings.lease_ttl_s, resume=resume, owner=lease.meta.owner or None,
         )
 
     # -- renew / finish -----------------------------------------------------------------------

@@ -2,8 +2,9 @@
 from the top-k passages, and write answers with their sources to a JSONL artifact.
 
 Accepts the original README's example as written (``embedding_model``, ``vector_db: chromadb``,
-``retrieval_k``). The collection persists on the agent under ``<data_dir>/vectors`` (or
-``persist_directory``), so later tasks on the same agent reuse what was ingested; see docs/rag.md.
+``retrieval_k``). The collection persists on the agent, in the task's owner's folder under
+``<data_dir>/vectors`` (rag/collections.py), so the same user's later tasks on that agent reuse what
+was ingested; see docs/rag.md.
 Heavy libraries are imported inside ``execute`` only: the agent's main process imports this file.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 from mloc_agent import task_contract
 from mloc_agent.modules.base import BaseModule, ProgressCallback
 from mloc_agent.modules.errors import TaskInputError
+from mloc_agent.modules.rag.collections import persist_dir
 
 DEFAULT_SYSTEM = ("Answer the question using only the numbered context passages. Cite the passages you use "
                   "as [n]. If the context does not contain the answer, say that you do not know.")
@@ -30,15 +32,6 @@ def agent_data_dir(workdir: Path) -> Path | None:
     if value:
         return Path(value)
     return workdir.parent.parent if workdir.parent.name == "work" else None
-
-
-def persist_dir(setting: str | None, workdir: Path) -> Path:
-    """Absolute settings as given; relative ones (and the default) under the agent's data dir."""
-    base = (agent_data_dir(workdir) or workdir) / "vectors"
-    if setting is None:
-        return base
-    path = Path(setting).expanduser()
-    return path if path.is_absolute() else base / path
 
 
 def format_context(passages: list[dict[str, Any]]) -> str:
@@ -62,6 +55,8 @@ class RagModule(BaseModule):
         refs = list(params.documents or []) + _dataset_refs(self.spec.get("dataset"))
         questions = load_questions(params.questions, params.questions_file, downloads)
         choice = chat_model.choose(params.chat_model, self.spec)
+        directory = persist_dir(params.persist_directory, agent_data_dir(self.ctx.workdir) or self.ctx.workdir,
+                                self.ctx.owner)
         if not refs and not questions:
             raise TaskInputError("rag_inference has nothing to do: give hyperparameters.documents (files, "
                                  "folders, globs or URLs) to ingest and/or hyperparameters.questions / "
@@ -73,7 +68,6 @@ class RagModule(BaseModule):
             raise TaskInputError(f"hyperparameters.documents: no readable text in {', '.join(refs)}")
         from mloc_agent.modules.rag.store import RagStore, locked
 
-        directory = persist_dir(params.persist_directory, self.ctx.workdir)
         device = _device(self.ctx.gpus)
         with locked(directory):
             store = RagStore(directory, params.collection, params.embedding_model, device)
