@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import click
 import typer
+
+if TYPE_CHECKING:  # typer >= 0.29 carries its own click; the name is only an annotation here
+    import click
 
 ENTRY_POINT_GROUP = "mloc.node_types"
 
