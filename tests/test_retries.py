@@ -44,6 +44,8 @@ def test_faults_and_5xx_are_retried_other_answers_are_definitive(error: Exceptio
 def test_registration_also_waits_out_a_name_still_held() -> None:
     assert retryable_registration(Conflict("an agent named x is connected right now"))
     assert retryable_registration(TransportFault("refused"))
+    assert retryable_registration(error_from_body(429, {"error": {"code": "rate_limited"}}))  # later, not never
+    assert not retryable(error_from_body(429, {}))  # only registration waits a rate limit out
     assert not retryable_registration(ProtocolMismatch("too old"))
     assert not retryable_registration(Unauthorized("bad join token"))
 

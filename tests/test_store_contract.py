@@ -270,6 +270,16 @@ class StoreContract:
         assert (by_id["a1"].state, by_id["a1"].last_seen) == ("draining", T0)
         assert (by_id["a2"].state, by_id["a2"].last_seen) == ("active", T0 + 7)
 
+    async def test_a_deleted_agent_is_gone_and_its_name_free(self, store: Store) -> None:
+        await store.write(lambda tx: [tx.save_agent(agent("a1")), tx.save_agent(agent("a2"))])
+        assert await store.write(lambda tx: tx.delete_agent("a1")) is True
+        assert await store.write(lambda tx: tx.delete_agent("a1")) is False  # once
+        assert await store.write(lambda tx: tx.delete_agent("ghost")) is False
+        assert [a.id for a in await store.all_agents()] == ["a2"]
+        # a new identity under the old name and credential hash (the unique one) is accepted
+        await store.write(lambda tx: tx.save_agent(agent("a3", name="box-a1", credential_hash="cred-a1")))
+        assert sorted((a.id, a.name) for a in await store.all_agents()) == [("a2", "box-a2"), ("a3", "box-a1")]
+
     # -- tokens ---------------------------------------------------------------------------------
 
     async def test_tokens_are_found_by_hash_and_listed_oldest_first(self, store: Store) -> None:

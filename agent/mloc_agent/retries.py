@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from mloc_shared.errors import Conflict, MlocError, TransportFault
+from mloc_shared.errors import Conflict, MlocError, TooManyRequests, TransportFault
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -29,9 +29,9 @@ def retryable(exc: BaseException) -> bool:
 
 
 def retryable_registration(exc: BaseException) -> bool:
-    """Registration also waits out a 409: the name is held while this agent's earlier connection
-    (a restart, a dropped link) is still counted as connected."""
-    return retryable(exc) or isinstance(exc, Conflict)
+    """Registration also waits out a 409 (the name is held by a connected agent, or one holding leases,
+    until they expire or an operator acts) and a 429 (too many refused registrations from this address)."""
+    return retryable(exc) or isinstance(exc, (Conflict, TooManyRequests))
 
 
 class Backoff:

@@ -30,6 +30,7 @@ from mloc_server.services.logs import Logs
 from mloc_server.services.polling import Polling
 from mloc_server.services.reaper import Reaper
 from mloc_server.services.recovery import load_state
+from mloc_server.services.registration import Registration
 from mloc_server.services.secrets import TaskSecrets
 from mloc_server.services.tasks import Tasks
 from mloc_server.settings import CoordinatorSettings
@@ -88,10 +89,12 @@ async def open_state(settings: CoordinatorSettings, clock: Clock, resources: con
     await load_state(db, fleet, leasing, settings, clock)
     secrets = TaskSecrets(db, leasing, settings.data_dir / "secrets.key")
     await secrets.load()
+    agents = Agents(db, fleet, settings, clock)
     st = AppState(
         settings=settings, db=db, auth=auth, fleet=fleet, leasing=leasing,
         polling=Polling(fleet, leasing, settings, clock), tasks=Tasks(db, fleet, leasing, secrets, clock),
-        agents=Agents(db, fleet, settings, clock), reaper=Reaper(db, fleet, leasing, settings, clock),
+        agents=agents, registration=Registration(db, agents, auth, clock, settings.registration_refusals_per_min),
+        reaper=Reaper(db, fleet, leasing, settings, clock),
         artifacts=Artifacts(db, leasing, store, int(settings.max_artifact_gb * (1 << 30))), logs=Logs(db, leasing),
         secrets=secrets, artifact_store=store, started_at=clock.time(), clock=clock,
     )

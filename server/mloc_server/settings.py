@@ -30,6 +30,9 @@ class CoordinatorSettings(MlocSettings):
 
     # opt-in (single-user hosts): token-less requests from 127.0.0.1/::1 with no proxy header act as admin
     loopback_admin: bool = False
+    # refused registrations (bad join token, a known name) one client address may make in a minute, also
+    # its burst; then 429 with Retry-After. Behind a TLS proxy every agent shares the proxy's address
+    registration_refusals_per_min: int = Field(10, ge=1, le=1_000_000)
     max_body_mb: float = Field(4.0, gt=0, le=1024)
     max_artifact_gb: float = Field(200.0, gt=0)
 

@@ -16,6 +16,7 @@ from mloc_server.services.leasing import Leasing
 from mloc_server.services.logs import Logs
 from mloc_server.services.polling import Polling
 from mloc_server.services.reaper import Reaper
+from mloc_server.services.registration import Registration
 from mloc_server.services.secrets import TaskSecrets
 from mloc_server.services.tasks import Tasks
 from mloc_server.settings import CoordinatorSettings
@@ -33,6 +34,7 @@ class AppState:
     reaper: Reaper
     tasks: Tasks
     agents: Agents
+    registration: Registration  # who may register what (join tokens, credentials, the rate limit)
     artifacts: Artifacts
     logs: Logs
     secrets: TaskSecrets

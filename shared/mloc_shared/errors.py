@@ -6,7 +6,7 @@ is never an answer: ``TransportFault``, raised by clients when no answer came, s
 
     MlocError (status 500)
     ├── BadRequest 400, ValidationFailed 422, Unauthorized 401, Forbidden 403, NotFound 404,
-    │   PayloadTooLarge 413, ProtocolMismatch 426, Unavailable 503
+    │   PayloadTooLarge 413, ProtocolMismatch 426, TooManyRequests 429, Unavailable 503
     ├── Conflict 409
     │   └── LeaseLost 409 (code lease_lost)
     └── TransportFault (no status: no answer came)
@@ -100,6 +100,18 @@ class ProtocolMismatch(MlocError):
     code = "protocol_mismatch"
 
 
+class TooManyRequests(MlocError):
+    """Too many refused attempts from one address (registration): wait ``retry_after_s`` (the
+    answer's ``Retry-After`` header) before the next one."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int = 60, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after_s = retry_after_s
+
+
 class Unavailable(MlocError):
     """A dependency (the database, the object store) failed; safe to retry later."""
 
@@ -127,6 +139,7 @@ def error_from_body(status: int, body: Any) -> MlocError:
         413: PayloadTooLarge,
         422: ValidationFailed,
         426: ProtocolMismatch,
+        429: TooManyRequests,
         503: Unavailable,
     }
     err = body.get("error", {}) if isinstance(body, dict) else {}

@@ -4,7 +4,7 @@ uploads). Every call but register carries the agent's credential and the protoco
 from __future__ import annotations
 
 from aiohttp import web
-from mloc_shared.errors import Conflict, MlocError, ProtocolMismatch
+from mloc_shared.errors import MlocError, ProtocolMismatch
 from mloc_shared.protocol import (
     Completion,
     CompletionBatch,
@@ -33,16 +33,10 @@ async def register(request: web.Request) -> web.Response:
     req = await read_model(request, RegisterRequest)
     if not protocol_compatible(req.protocol_version):
         raise ProtocolMismatch(f"agent protocol {req.protocol_version} != coordinator {PROTOCOL_VERSION}")
-    if request.headers.get("Authorization"):
-        # a known agent re-registering (restart, new inventory): it keeps its identity
-        existing = st.agents.authenticate(request.headers.get("Authorization"))
-    else:
-        await st.auth.use_join_token(request.headers.get("X-MLOC-Join-Token"))
-        existing = st.fleet.agent_named(req.name)
-        if existing is not None and existing.waiter is not None:
-            raise Conflict(f"an agent named {req.name!r} is connected right now; give this one another name",
-                           field="name")
-    return ok(await st.agents.register(req, existing), status=201)
+    admitted = await st.registration.admit(req, authorization=request.headers.get("Authorization"),
+                                           join_token=request.headers.get("X-MLOC-Join-Token"),
+                                           address=request.remote)
+    return ok(admitted, status=201)
 
 
 @routes.post("/api/v1/agents/poll")

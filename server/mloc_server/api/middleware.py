@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
-from mloc_shared.errors import MlocError
+from mloc_shared.errors import MlocError, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -15,7 +15,8 @@ async def errors(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except MlocError as exc:
-        return web.json_response(exc.to_body(), status=exc.status)
+        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, TooManyRequests) else None
+        return web.json_response(exc.to_body(), status=exc.status, headers=headers)
     except web.HTTPRequestEntityTooLarge:
         limit = request.client_max_size
         body = {"error": {"code": "payload_too_large",

@@ -128,8 +128,9 @@ OPERATIONS: tuple[Op, ...] = (
        params=SIGNED,
        errors=(403, 404, 422)),
     # -- the agent protocol (api/agents.py) -----------------------------------------------------------
-    Op("POST", "/api/v1/agents/register", "Register an agent with a join token (or re-register with its credential)",
-       "register", {201: p.RegisterResponse}, body=p.RegisterRequest, errors=(409,)),
+    Op("POST", "/api/v1/agents/register", "Register a new agent with a join token (or re-register one with its "
+       "credential or an admin token); refused attempts are rate-limited per address",
+       "register", {201: p.RegisterResponse}, body=p.RegisterRequest, errors=(403, 409, 429)),
     Op("POST", "/api/v1/agents/poll", "Long-poll for leases; also reports running leases and completions",
        "agent", {200: p.PollResponse}, body=p.PollRequest),
     Op("POST", "/api/v1/agents/completions", "Several completions at once; each answers on its own", "agent",
@@ -178,13 +179,15 @@ OPERATIONS: tuple[Op, ...] = (
 AUTH_ERRORS = {"user": (401,), "admin": (401, 403), "agent": (401, 426), "register": (401, 426), "none": ()}
 SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "user": [{"userToken": []}], "admin": [{"userToken": []}], "agent": [{"agentCredential": []}],
-    "register": [{"joinToken": []}, {"agentCredential": []}], "none": [],
+    "register": [{"joinToken": []}, {"agentCredential": []}, {"userToken": []}], "none": [],
 }
 ERROR_TEXT = {400: "the body cannot be read (not JSON/YAML, a one-line YAML from curl -d)",
               401: "no valid token", 403: "not allowed for this token (or a bad URL signature)",
               404: "no such object", 409: "a state conflict (finished task, reused key, lost lease)",
               413: "the body is over the size limit", 422: "a field, parameter or header is wrong: `field` names it",
-              426: "the agent's protocol version does not match", 503: "the database or object store failed"}
+              426: "the agent's protocol version does not match",
+              429: "too many refused attempts from this address: wait the Retry-After seconds",
+              503: "the database or object store failed"}
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     s.ErrorEnvelope, s.TaskRecord, s.BulkAccepted, s.TaskPage, s.TaskCancelled, s.LogPage, s.ArtifactList,
     s.BlobStored, s.Health, s.WorkerList, s.Worker, s.Stats, s.TokenCreated, s.TokenList, s.TokenRevoked,
@@ -232,6 +235,8 @@ def _operation(op: Op) -> dict[str, Any]:
     implied = AUTH_ERRORS[op.auth] + ((400, 413, 422) if op.body is not None else ()) + (503,)
     for status in sorted(set(implied + op.errors) - set(op.ok)):
         responses[str(status)] = {"description": ERROR_TEXT[status], "content": _content(s.ErrorEnvelope)}
+        if status == 429:
+            responses[str(status)]["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "required": True}}
     out: dict[str, Any] = {
         "operationId": _operation_id(op), "summary": op.summary, "tags": [_tag(op)], "parameters": params,
         "responses": responses, "security": SECURITY[op.auth],

@@ -1,4 +1,5 @@
-"""Agent registration, credentials, drain/cordon, and the fleet listing."""
+"""Agent identities and credentials, drain/cordon, and the fleet listing. Who may register what is
+decided in services/registration.py; this module saves what it admits."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from mloc_shared.protocol import RegisterRequest, RegisterResponse
 
 from mloc_server.clock import Clock
 from mloc_server.schemas import Worker, WorkerGpu, WorkerLease
-from mloc_server.services.auth import Principal, hash_secret, new_secret
+from mloc_server.services.auth import Auth, Principal, hash_secret, new_secret
 from mloc_server.services.fleet import AgentState, Fleet, LeaseState
 from mloc_server.services.leasing import lease_timings
 from mloc_server.settings import CoordinatorSettings
@@ -23,6 +24,7 @@ def agent_from_row(row: StoredAgent) -> AgentState:
         id=row.id, name=row.name, credential_hash=row.credential_hash, labels=row.labels, inventory=row.inventory,
         task_types=frozenset(row.task_types), max_tasks=row.max_tasks, state=row.state, version=row.version,
         registered_at=row.registered_at, last_seen=row.last_seen,
+        credential_used=row.last_seen > row.registered_at,  # it polled (or re-registered) since it registered
     )
 
 
@@ -41,30 +43,48 @@ class Agents:
         self.settings = settings
         self.clock = clock
 
-    async def register(self, req: RegisterRequest, existing: AgentState | None) -> RegisterResponse:
-        """A new agent (join token checked by the caller) or a known one re-registering itself."""
+    def identity(self, req: RegisterRequest, existing: AgentState | None = None,
+                 credential: str | None = None) -> tuple[AgentState, str]:
+        """The agent a registration makes, and its credential: a new identity, or ``existing`` keeping
+        its id, name, operator state and (once admitted) leases. The credential it presented is kept,
+        so a re-registration whose answer was lost is answered the same when retried."""
         now = self.clock.time()
-        credential = new_secret("agent")
-        agent_id = existing.id if existing else uuid.uuid4().hex[:16]
+        credential = credential or new_secret("agent")
         agent = AgentState(
-            id=agent_id, name=req.name, credential_hash=hash_secret(credential), labels=req.labels,
-            inventory=req.inventory, task_types=frozenset(req.task_types), max_tasks=req.max_tasks,
+            id=existing.id if existing else uuid.uuid4().hex[:16], name=existing.name if existing else req.name,
+            credential_hash=hash_secret(credential), labels=req.labels, inventory=req.inventory,
+            task_types=frozenset(req.task_types), max_tasks=req.max_tasks,
             state=existing.state if existing else "active", version=req.agent_version,
             registered_at=existing.registered_at if existing else now, last_seen=now,
+            credential_used=existing is not None,  # re-registered by its credential or an admin: a real one
         )
+        return agent, credential
+
+    async def register(self, req: RegisterRequest, existing: AgentState | None = None, *,
+                       credential: str | None = None) -> RegisterResponse:
+        """Save a registration already admitted (see ``identity``)."""
+        agent, credential = self.identity(req, existing, credential)
         row = stored_agent(agent)
         await self.db.write(lambda tx: tx.save_agent(row))
+        return self.admitted(agent, credential)
+
+    def admitted(self, agent: AgentState, credential: str, replaced: AgentState | None = None) -> RegisterResponse:
+        """After the commit: the fleet mirror takes the agent (instead of ``replaced``, a dropped identity)."""
+        if replaced is not None:
+            self.fleet.remove_agent(replaced)
         self.fleet.add_agent(agent)
         self.fleet.wake_for_queued()  # new capacity: wake it if work waits
         return RegisterResponse(agent_id=agent.id, credential=credential, timings=lease_timings(self.settings))
 
-    def authenticate(self, authorization: str | None) -> AgentState:
-        from mloc_server.services.auth import Auth
-
+    def by_credential(self, authorization: str | None) -> AgentState | None:
         token = Auth.bearer(authorization)
-        agent = self.fleet.by_credential.get(hash_secret(token)) if token else None
+        return self.fleet.by_credential.get(hash_secret(token)) if token else None
+
+    def authenticate(self, authorization: str | None) -> AgentState:
+        agent = self.by_credential(authorization)
         if agent is None:
             raise Unauthorized("unknown agent credential; register again with the join token")
+        agent.credential_used = True
         return agent
 
     def find(self, key: str) -> AgentState:

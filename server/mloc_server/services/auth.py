@@ -148,12 +148,3 @@ class Auth:
         path.touch(mode=0o600)
         path.write_text(secret + "\n")
         return secret
-
-    async def use_join_token(self, secret: str | None) -> None:
-        if not secret:
-            raise Unauthorized("registration needs a join token (MLOC_JOIN_TOKEN)")
-        digest = hash_secret(secret)
-        now = self.clock.time()
-        ok = await self.db.write(lambda tx: tx.use_join_token(digest, now))
-        if not ok:
-            raise Unauthorized("the join token is not valid (unknown, revoked, expired or used up)")

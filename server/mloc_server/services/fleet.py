@@ -68,6 +68,9 @@ class AgentState:
     reserved: int = 0  # handoffs reserved for the held poll, not yet committed
     gpu_stats: list[GpuStat] | None = None
     seen_dirty: bool = False
+    # it made a call with its credential since it was registered: someone holds it (a join token may
+    # then never take its name; before that, its registration's answer may just have been lost)
+    credential_used: bool = False
 
     @property
     def accepting(self) -> bool:
@@ -127,6 +130,15 @@ class Fleet:
         self.agents[agent.id] = agent
         self.by_credential[agent.credential_hash] = agent
         self.by_name[agent.name] = agent
+
+    def remove_agent(self, agent: AgentState) -> None:
+        """Forget an agent identity (replaced by a new one under its name); it holds no lease."""
+        self.agents.pop(agent.id, None)
+        if self.by_credential.get(agent.credential_hash) is agent:
+            del self.by_credential[agent.credential_hash]
+        if self.by_name.get(agent.name) is agent:
+            del self.by_name[agent.name]
+        agent.wake("superseded")
 
     def agent_named(self, name: str) -> AgentState | None:
         return self.by_name.get(name)

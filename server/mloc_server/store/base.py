@@ -95,6 +95,11 @@ class StoreTx(ABC):
     def set_agent_state(self, agent_id: str, state: str) -> bool:
         """An operator's drain or undrain (active | draining); False for an unknown agent."""
 
+    @abstractmethod
+    def delete_agent(self, agent_id: str) -> bool:
+        """Forget an agent identity (its credential stops working; the attempts it ran keep its id);
+        False for an unknown agent."""
+
     # -- tokens ---------------------------------------------------------------------------------
 
     @abstractmethod

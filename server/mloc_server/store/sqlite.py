@@ -71,6 +71,9 @@ class SqliteTx(StoreTx):
     def touch_agents(self, seen: Iterable[tuple[float, str]]) -> None:
         repo.touch_agents(self.con, seen)
 
+    def delete_agent(self, agent_id: str) -> bool:
+        return repo.delete_agent(self.con, agent_id)
+
     def set_agent_state(self, agent_id: str, state: str) -> bool:
         return repo.set_agent_state(self.con, agent_id, state)
 

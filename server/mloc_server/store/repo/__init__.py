@@ -11,6 +11,7 @@ from mloc_server.store.repo.artifacts import artifact, commit_upload, insert_upl
 from mloc_server.store.repo.fleet import (
     active_user_tokens,
     all_agents,
+    delete_agent,
     insert_token,
     list_tokens,
     revoke_token,
@@ -53,6 +54,7 @@ __all__ = [
     "claim_tasks",
     "commit_upload",
     "count_tasks_by_state",
+    "delete_agent",
     "delete_secrets",
     "finish_task",
     "finished_since",

@@ -32,6 +32,10 @@ def set_agent_state(con: sqlite3.Connection, agent_id: str, state: str) -> bool:
     return con.execute("UPDATE agents SET state=? WHERE id=?", (state, agent_id)).rowcount == 1
 
 
+def delete_agent(con: sqlite3.Connection, agent_id: str) -> bool:
+    return con.execute("DELETE FROM agents WHERE id=?", (agent_id,)).rowcount == 1
+
+
 async def all_agents(db: Database) -> list[StoredAgent]:
     return [
         StoredAgent(
