@@ -18,6 +18,8 @@ from mloc_shared.chaining import referenced_tasks
     ({"taskType": "inference", "model": {"source": {"type": "task", "identifier": "t1"}},
       "hyperparameters": {"reward_model": "task:t1"}}, ["t1"]),  # named twice, fetched once
     ({"taskType": "command", "command": "true"}, []),
+    ({"taskType": "rag_inference", "hyperparameters": {"documents": ["task:w1", "/srv/docs", "task:w2/notes/*.md",
+                                                                     "task:/x", "task:w1/a.txt"]}}, ["w1", "w2"]),
 ])
 def test_referenced_tasks(spec: dict[str, Any], expected: list[str]) -> None:
     assert referenced_tasks(spec) == expected

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from mloc_agent.modules.errors import TaskInputError
 from mloc_agent.modules.rag.collections import owner_folder_name, persist_dir
 

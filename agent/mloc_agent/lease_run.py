@@ -176,6 +176,7 @@ class LeaseRun:
             output_dir=output_dir, checkpoint_dir=ckpt_dir, agent_data_dir=settings.data_dir, resume_dir=resume_dir,
             resume_step=lease.resume.step if lease.resume is not None else None, sources_dir=sources_dir,
             task_file=task_file, result_file=result_file if task_file is not None else None, owner=lease.owner,
+            allow_private_urls=settings.allow_private_urls, coordinator_url=settings.coordinator_url,
         ).to_env())  # last: a spec's env cannot change what the agent tells the task
         channel = LineSplitter(self._on_channel_line)
         self.proc = TaskProcess.start(direct, env, self.workdir, self.deps.warden, self.logs.feed, channel.feed)

@@ -35,6 +35,7 @@ class AgentSettings(MlocSettings):
     ca_bundle: str | None = None
     cancel_grace_s: float = Field(10.0, ge=0)
     log_flush_s: float = Field(0.5, gt=0)
+    allow_private_urls: bool = False  # task URLs may reach loopback, link-local and private addresses
 
     @field_validator("agent_labels", mode="before")
     @classmethod

@@ -34,6 +34,8 @@ PROGRESS_FD = "MLOC_PROGRESS_FD"  # the channel's write end, as an fd number
 PROGRESS = "MLOC_PROGRESS"  # the same as a path: any shell can write to it (dash cannot redirect to fds > 9)
 AGENT_INSTANCE = "MLOC_AGENT_INSTANCE"  # the warden's mark: inherited by everything the task starts
 TASK_OWNER = "MLOC_TASK_OWNER"  # the task's user: what the task keeps on the agent (RAG collections) is scoped to it
+ALLOW_PRIVATE_URLS = "MLOC_ALLOW_PRIVATE_URLS"  # "true": task URLs may reach loopback and private addresses
+COORDINATOR_URL = "MLOC_COORDINATOR_URL"  # a task URL may never reach the coordinator (modules/sources/url_policy.py)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class TaskEnv:
     result_file: Path | None = None
     progress_fd: int | None = None  # runner.py adds it as the process starts (channel_env); read back here
     owner: str | None = None
+    allow_private_urls: bool = False
+    coordinator_url: str | None = None
 
     def to_env(self) -> dict[str, str]:
         """The variables to lay over the task's base environment (unset fields are left out)."""
@@ -65,7 +69,9 @@ class TaskEnv:
         }
         optional = ((AGENT_DATA_DIR, self.agent_data_dir), (RESUME_DIR, self.resume_dir),
                     (RESUME_STEP, self.resume_step), (SOURCES_DIR, self.sources_dir), (TASK_FILE, self.task_file),
-                    (RESULT_FILE, self.result_file), (TASK_OWNER, self.owner))
+                    (RESULT_FILE, self.result_file), (TASK_OWNER, self.owner),
+                    (ALLOW_PRIVATE_URLS, "true" if self.allow_private_urls else "false"),
+                    (COORDINATOR_URL, self.coordinator_url))
         if self.progress_fd is not None:
             env.update(channel_env(self.progress_fd))
         env.update({name: str(value) for name, value in optional if value is not None})
@@ -83,6 +89,7 @@ class TaskEnv:
             resume_step=int(env[RESUME_STEP]) if env.get(RESUME_STEP) else None,
             sources_dir=_path(env, SOURCES_DIR), task_file=_path(env, TASK_FILE), result_file=_path(env, RESULT_FILE),
             progress_fd=int(env[PROGRESS_FD]) if env.get(PROGRESS_FD) else None, owner=env.get(TASK_OWNER) or None,
+            allow_private_urls=env.get(ALLOW_PRIVATE_URLS) == "true", coordinator_url=env.get(COORDINATOR_URL) or None,
         )
 
 

@@ -32,6 +32,18 @@ def offline() -> Iterator[None]:
             os.environ[key] = value
 
 
+@pytest.fixture
+def start_agent(start_agent):
+    """Agents set up as an ML box's operator sets up one: the tests' servers (object store, chat model,
+    search) listen on loopback, so tasks may fetch private URLs (MLOC_ALLOW_PRIVATE_URLS=true). The
+    attack tests in tests/security start their agents with the defaults."""
+
+    def start(name: str, *, extra_env: dict[str, str] | None = None, **kwargs: Any):
+        return start_agent(name, extra_env={"MLOC_ALLOW_PRIVATE_URLS": "true", **(extra_env or {})}, **kwargs)
+
+    return start
+
+
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("trl", reason="the ML training stack is not installed (make venv-ml)")

@@ -100,20 +100,22 @@ def test_rag_retrieves_the_right_document_and_the_collection_persists_on_the_age
 
 def test_rag_answers_through_an_openai_compatible_endpoint_from_another_tasks_artifact(
         coordinator: Coordinator, start_agent) -> None:
-    """Documents come from a previous task's artifact (its download URL); the answer from the endpoint."""
+    """Documents come from a previous task's artifacts (``task:<id>/<name>``: the agent fetches them as it
+    fetches any chained task's outputs); the answer from the endpoint."""
     start_agent("rag-chain")
     writer = run_to_end(coordinator, {
         "taskType": "command", "resources": {"gpus": 0},
         "command": "printf 'The MLOC coordinator keeps its state in SQLite with write-ahead logging.' "
                    "> \"$MLOC_OUTPUT_DIR/notes.txt\" && printf 'Llamas are domesticated South American camelids.' "
                    "> \"$MLOC_OUTPUT_DIR/llamas.txt\""})
-    urls = [f"{coordinator.url}/api/v1/tasks/{writer['id']}/artifacts/{n}" for n in ("notes.txt", "llamas.txt")]
+    refs = [f"task:{writer['id']}/notes.txt", f"task:{writer['id']}/llama*"]
     with FakeLLM() as llm:
-        done = run_to_end(coordinator, rag_spec(documents=urls, questions=["Where does the coordinator keep state?"],
+        done = run_to_end(coordinator, rag_spec(documents=refs, questions=["Where does the coordinator keep state?"],
                                                 retrieval_k=2, collection="chained",
                                                 chat_model={"base_url": llm.base_url}), timeout=180)
+    assert done["result"]["documents"] == 2
     row = answers(coordinator, done["id"])[0]
-    assert row["sources"][0]["source"] == urls[0]
+    assert row["sources"][0]["source"] == refs[0]
     assert row["answer"] == "According to [1]: The MLOC coordinator keeps its state in SQLite with write-ahead logging."
     prompt = llm.requests[-1]["messages"]
     assert prompt[0]["role"] == "system" and "Question: Where does the coordinator keep state?" in prompt[1]["content"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mloc_agent.modules.sources.url_policy import UrlPolicy
 from mloc_agent.task_contract import ArtifactAdded, ChannelMessage, CheckpointSaved, ProgressReport, TaskEnv, encode
 
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -31,6 +32,7 @@ class TaskContext:
     resume_step: int | None = None
     sources_dir: Path | None = None  # outputs of the finished tasks this one reads (see mloc_agent/sources.py)
     owner: str | None = None  # the task's user (None outside an agent, or from a coordinator that does not say)
+    urls: UrlPolicy = field(default_factory=UrlPolicy)  # what task-named URLs may reach (strict outside an agent)
     channel_fd: int | None = None
     _channel: Any = field(default=None, repr=False)
 
@@ -41,6 +43,7 @@ class TaskContext:
             task_id=env.task_id, attempt=env.attempt, spec=spec, gpus=env.gpus, workdir=env.workdir,
             output_dir=env.output_dir, checkpoint_dir=env.checkpoint_dir, resume_dir=env.resume_dir,
             resume_step=env.resume_step, sources_dir=env.sources_dir, owner=env.owner, channel_fd=env.progress_fd,
+            urls=UrlPolicy(env.allow_private_urls, env.coordinator_url),
         )
 
     def send(self, message: ChannelMessage) -> None:

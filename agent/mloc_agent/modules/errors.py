@@ -5,7 +5,8 @@
     │   ├── ModelSourceError  model_source   final       model.source: no such path, task or hub repo
     │   ├── DatasetError      bad_dataset    final       dataset: unreadable, no rows, unknown column
     │   ├── HubUnreachable    hub_unreachable final      the agent cannot reach the Hugging Face Hub
-    │   └── HubAccessDenied   hub_access     final       a gated or private repo, no HF_TOKEN for it
+    │   ├── HubAccessDenied   hub_access     final       a gated or private repo, no HF_TOKEN for it
+    │   └── UrlRefused        url_refused    final       a URL to a private address or the coordinator
     └── TransientError      transient        retryable   a fault that may pass (a download's 503)
 
 An input error fails the task on its first attempt: another attempt would read the same spec.
@@ -55,6 +56,12 @@ class HubUnreachable(TaskInputError):
 
 class HubAccessDenied(TaskInputError):
     code = "hub_access"
+
+
+class UrlRefused(TaskInputError):
+    """The agent does not fetch this URL for a task (sources/url_policy.py)."""
+
+    code = "url_refused"
 
 
 class TransientError(TaskError):

@@ -61,7 +61,7 @@ class AgentInferenceModule(BaseModule):
         report = progress_callback or self.ctx.progress
         params = parse_hyperparameters("agent_inference", self.spec.get("hyperparameters"))
         assert isinstance(params, AgentInferenceHyperparameters)
-        questions = load_questions(params.questions, params.questions_file, self.ctx.workdir / "inputs")
+        questions = load_questions(params.questions, params.questions_file, self.ctx.workdir / "inputs", self.ctx)
         if not questions:
             raise TaskInputError("agent_inference needs questions: hyperparameters.questions (a list) or "
                                  "questions_file")
@@ -71,8 +71,8 @@ class AgentInferenceModule(BaseModule):
                                  "hyperparameters.chat_model.base_url (e.g. http://gpu-box:8000/v1, vLLM started "
                                  "with --enable-auto-tool-choice --tool-call-parser ...); local transformers chat "
                                  "models cannot call tools")
-        llm = chat_model.openai_chat(choice, params.temperature)
-        tools = build_tools(params.tools, params, self.ctx.workdir, protected_paths(self.ctx.workdir))
+        llm = chat_model.openai_chat(choice, params.temperature, urls=self.ctx.urls)
+        tools = build_tools(params.tools, params, self.ctx.workdir, protected_paths(self.ctx.workdir), self.ctx.urls)
         agent = _build_agent(llm, tools, params)
         print(f"[agent] {choice.describe()}; tools: {', '.join(t.name for t in tools) or 'none'}", flush=True)
 

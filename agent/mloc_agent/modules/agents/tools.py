@@ -21,6 +21,7 @@ from typing import Any
 from mloc_shared.hyperparams import AgentInferenceHyperparameters, WebSearchSettings
 
 from mloc_agent.modules.errors import TaskInputError
+from mloc_agent.modules.sources.url_policy import UrlPolicy
 
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "mloc.tools"
@@ -44,6 +45,7 @@ class ToolContext:
     params: AgentInferenceHyperparameters
     workdir: Path
     protected_paths: list[Path] = field(default_factory=list)
+    urls: UrlPolicy = field(default_factory=UrlPolicy)  # what the URLs a task names may reach
 
 
 def references() -> dict[str, str]:
@@ -54,7 +56,7 @@ def references() -> dict[str, str]:
 
 
 def build_tools(entries: list[str | dict[str, Any]], params: AgentInferenceHyperparameters, workdir: Path,
-                protected_paths: list[Path]) -> list[Any]:
+                protected_paths: list[Path], urls: UrlPolicy) -> list[Any]:
     refs = references()
     tools: list[Any] = []
     for entry in entries:
@@ -65,7 +67,7 @@ def build_tools(entries: list[str | dict[str, Any]], params: AgentInferenceHyper
                             f"(more register through the {ENTRY_POINT_GROUP!r} entry point group)")
         module_name, _, attr = refs[name].partition(":")
         factory: Callable[[ToolContext], Any] = getattr(importlib.import_module(module_name), attr)
-        made = factory(ToolContext(name, config, params, workdir, protected_paths))
+        made = factory(ToolContext(name, config, params, workdir, protected_paths, urls))
         tools.extend(made if isinstance(made, list) else [made])
     return tools
 
@@ -162,6 +164,8 @@ def web_search_tool(ctx: ToolContext) -> Any:
 
     settings = search_settings(ctx)
     reason = not_configured_reason(settings)
+    if settings.url and not reason:  # a task's (or the agent's) search endpoint; Tavily's own is not asked
+        ctx.urls.check(settings.url, "hyperparameters.web_search.url")
     if reason:
         log.warning("web_search: %s", reason)
         print(f"[agent] {reason}", flush=True)

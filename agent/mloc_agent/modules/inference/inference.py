@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from mloc_shared.hyperparams import InferenceHyperparameters, parse_hyperparameters
 
-from mloc_agent.modules.base import BaseModule, ProgressCallback
+from mloc_agent.modules.base import BaseModule, ProgressCallback, TaskContext
 
 
 class InferenceModule(BaseModule):
@@ -41,7 +41,7 @@ class InferenceModule(BaseModule):
         hp = parse_hyperparameters("inference", self.spec.get("hyperparameters"))
         assert isinstance(hp, InferenceHyperparameters)
         send = progress_callback or self.ctx.progress
-        rows = load_prompts(hp, self.spec.get("dataset"), self.ctx.workdir / "prompts")
+        rows = load_prompts(hp, self.spec.get("dataset"), self.ctx.workdir / "prompts", self.ctx)
         if not rows:
             raise TaskInputError("inference needs prompts: hyperparameters.prompts, hyperparameters.prompts_file "
                                  "or a dataset")
@@ -99,26 +99,29 @@ def _prompt_of(row: Any, where: str, columns: dict[str, str]) -> Any:
     return row[key]
 
 
-def _rows(ref: str, download_dir: Path, where: str, *, unpack: bool = False) -> list[Any]:
+def _rows(ref: str, download_dir: Path, ctx: TaskContext, where: str, *, unpack: bool = False) -> list[Any]:
     """A path or URL's rows (sources/rows.py); a file of another kind is one prompt a line."""
     from mloc_agent.modules.sources.downloads import download, is_url
     from mloc_agent.modules.sources.rows import read_path
 
-    path = download(ref, download_dir, unpack=unpack, what=where) if is_url(ref) else Path(ref).expanduser()
+    if is_url(ref):
+        path = download(ref, download_dir, urls=ctx.urls, unpack=unpack, what=where)
+    else:
+        path = Path(ref).expanduser()
     return read_path(path, default="txt", where=where)
 
 
-def load_prompts(hp: InferenceHyperparameters, dataset: dict[str, Any] | None, download_dir: Path
-                 ) -> list[dict[str, Any]]:
+def load_prompts(hp: InferenceHyperparameters, dataset: dict[str, Any] | None, download_dir: Path,
+                 ctx: TaskContext) -> list[dict[str, Any]]:
     """Every prompt as ``{"id", "prompt"}``: inline ones, then the file's, then the dataset's."""
     from mloc_agent.modules.errors import DatasetError
 
     sources: list[tuple[str, list[Any], dict[str, str]]] = [("hyperparameters.prompts", list(hp.prompts or []), {})]
     if hp.prompts_file:
-        sources.append(("hyperparameters.prompts_file", _rows(hp.prompts_file, download_dir,
+        sources.append(("hyperparameters.prompts_file", _rows(hp.prompts_file, download_dir, ctx,
                                                               "hyperparameters.prompts_file"), {}))
     if dataset:
-        sources.append(("dataset", _dataset_rows(dataset, download_dir), dict(dataset.get("columns") or {})))
+        sources.append(("dataset", _dataset_rows(dataset, download_dir, ctx), dict(dataset.get("columns") or {})))
     out: list[dict[str, Any]] = []
     try:
         for where, rows, columns in sources:
@@ -132,13 +135,13 @@ def load_prompts(hp: InferenceHyperparameters, dataset: dict[str, Any] | None, d
     return out[:limit] if limit else out
 
 
-def _dataset_rows(dataset: dict[str, Any], download_dir: Path) -> list[Any]:
+def _dataset_rows(dataset: dict[str, Any], download_dir: Path, ctx: TaskContext) -> list[Any]:
     if dataset.get("rows") is not None:
         return list(dataset["rows"])
     if dataset.get("uri"):
-        return _rows(dataset["uri"], download_dir, "dataset.uri", unpack=True)
+        return _rows(dataset["uri"], download_dir, ctx, "dataset.uri", unpack=True)
     if dataset.get("path"):
-        return _rows(dataset["path"], download_dir, "dataset.path")
+        return _rows(dataset["path"], download_dir, ctx, "dataset.path")
     from mloc_agent.modules.sources import hub  # needs the datasets package and network
 
     return list(hub.load_dataset(dataset["hub"], dataset.get("subset"), dataset.get("split", "train"),

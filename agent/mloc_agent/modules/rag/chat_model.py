@@ -15,6 +15,7 @@ from typing import Any, Literal
 from mloc_shared.hyperparams import ChatModelSettings
 
 from mloc_agent.modules.errors import TaskInputError
+from mloc_agent.modules.sources.url_policy import UrlPolicy
 
 Provider = Literal["openai", "transformers", "none"]
 
@@ -82,11 +83,15 @@ def first_served_model(base_url: str, api_key: str, timeout_s: float) -> str:
     return str(models[0]["id"])
 
 
-def openai_chat(choice: ChatModelChoice, temperature: float, max_tokens: int | None = None) -> Any:
-    """A LangChain ChatOpenAI on the endpoint (chat-completions API, no streaming)."""
+def openai_chat(choice: ChatModelChoice, temperature: float, max_tokens: int | None = None, *,
+                urls: UrlPolicy) -> Any:
+    """A LangChain ChatOpenAI on the endpoint (chat-completions API, no streaming). A base URL the task
+    names (or its OPENAI_BASE_URL) passes the agent's URL policy first; OpenAI's own is not asked."""
     from langchain_openai import ChatOpenAI
 
     s = choice.settings
+    if s.base_url or os.environ.get("OPENAI_BASE_URL"):
+        urls.check(s.base_url or os.environ["OPENAI_BASE_URL"], "chat_model.base_url")
     api_key = os.environ.get(s.api_key_env) or "EMPTY"
     model = s.model
     if model is None and s.base_url:

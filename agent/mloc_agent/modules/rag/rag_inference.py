@@ -20,6 +20,7 @@ from mloc_agent import task_contract
 from mloc_agent.modules.base import BaseModule, ProgressCallback
 from mloc_agent.modules.errors import TaskInputError
 from mloc_agent.modules.rag.collections import persist_dir
+from mloc_agent.modules.sources.url_policy import UrlPolicy
 
 DEFAULT_SYSTEM = ("Answer the question using only the numbered context passages. Cite the passages you use "
                   "as [n]. If the context does not contain the answer, say that you do not know.")
@@ -53,7 +54,7 @@ class RagModule(BaseModule):
         assert isinstance(params, RagInferenceHyperparameters)
         downloads = self.ctx.workdir / "inputs"
         refs = list(params.documents or []) + _dataset_refs(self.spec.get("dataset"))
-        questions = load_questions(params.questions, params.questions_file, downloads)
+        questions = load_questions(params.questions, params.questions_file, downloads, self.ctx)
         choice = chat_model.choose(params.chat_model, self.spec)
         directory = persist_dir(params.persist_directory, agent_data_dir(self.ctx.workdir) or self.ctx.workdir,
                                 self.ctx.owner)
@@ -63,7 +64,7 @@ class RagModule(BaseModule):
                                  "questions_file to answer")
 
         report({"message": "loading documents and the embedding model"})
-        docs = load_documents(refs, downloads)
+        docs = load_documents(refs, downloads, self.ctx)
         if refs and not docs:
             raise TaskInputError(f"hyperparameters.documents: no readable text in {', '.join(refs)}")
         from mloc_agent.modules.rag.store import RagStore, locked
@@ -92,7 +93,7 @@ class RagModule(BaseModule):
     def _answer(self, store: Any, questions: list[dict[str, Any]], params: Any, choice: Any, device: str,
                 report: ProgressCallback) -> list[dict[str, Any]]:
         """Retrieve, generate, and write one JSON line per question as it is answered."""
-        generate = _generator(choice, params, device)
+        generate = _generator(choice, params, device, self.ctx.urls)
         out_path = self.ctx.output_dir / params.output_file
         out_path.parent.mkdir(parents=True, exist_ok=True)
         answers = []
@@ -115,14 +116,14 @@ class RagModule(BaseModule):
         return answers
 
 
-def _generator(choice: Any, params: Any, device: str) -> Any:
+def _generator(choice: Any, params: Any, device: str, urls: UrlPolicy) -> Any:
     """messages -> answer text, or None for retrieval only."""
     from mloc_agent.modules.rag import chat_model
 
     if choice.provider == "none":
         return None
     if choice.provider == "openai":
-        llm = chat_model.openai_chat(choice, params.temperature, params.max_new_tokens)
+        llm = chat_model.openai_chat(choice, params.temperature, params.max_new_tokens, urls=urls)
 
         def remote(messages: list[dict[str, str]]) -> str:
             reply = llm.invoke([(m["role"], m["content"]) for m in messages])

@@ -1,14 +1,15 @@
 """Task inputs for RAG and agents: documents and question lists from paths, folders, globs or URLs.
 
 Row files (JSON, JSON Lines, CSV) are read by the one row reader, sources/rows.py; URLs are fetched
-by sources/downloads.py. Stdlib and httpx only. A URL may be any http(s) address the agent can
-reach, including a presigned object-store URL or the coordinator's artifact download path of
-another task (``<coordinator>/api/v1/tasks/<id>/artifacts/<name>``), which chains one task's
-output into RAG.
+by sources/downloads.py, if the agent's URL policy lets the task reach them (sources/url_policy.py:
+public addresses, never the coordinator). ``task:<id>`` or ``task:<id>/<name or glob>`` names the
+artifacts of a finished task of the same user, which the agent fetched before the start
+(mloc_agent/sources.py): that chains one task's output into RAG. Stdlib and httpx only.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import html.parser
 import re
@@ -16,9 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mloc_shared.chaining import TASK_PREFIX
+
+from mloc_agent.modules.base import TaskContext
 from mloc_agent.modules.errors import TaskInputError
 from mloc_agent.modules.sources.downloads import download, is_url
 from mloc_agent.modules.sources.rows import read_path, read_rows
+from mloc_agent.modules.sources.task_outputs import SOURCE_FILE
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".py", ".log", ".tex", ".yaml", ".yml", ".toml"}
 SUFFIXES = TEXT_SUFFIXES | {".html", ".htm", ".json", ".jsonl", ".csv", ".pdf"}
@@ -32,10 +37,12 @@ class SourceDocument:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def expand(ref: str, download_dir: Path) -> list[tuple[Path, str]]:
+def expand(ref: str, download_dir: Path, ctx: TaskContext) -> list[tuple[Path, str]]:
     """One reference -> the files it names, each with the source name users will see."""
     if is_url(ref):
-        return [(download(ref, download_dir, what="hyperparameters.documents"), ref)]
+        return [(download(ref, download_dir, urls=ctx.urls, what="hyperparameters.documents"), ref)]
+    if ref.startswith(TASK_PREFIX):
+        return _task_artifacts(ref, ctx)
     if any(c in ref for c in "*?["):
         matches = sorted(Path(p) for p in glob.glob(ref, recursive=True) if Path(p).is_file())
         if not matches:
@@ -50,10 +57,24 @@ def expand(ref: str, download_dir: Path) -> list[tuple[Path, str]]:
     raise TaskInputError(f"document {ref!r}: no such file, folder or URL on this agent")
 
 
-def load_documents(refs: list[str], download_dir: Path) -> list[SourceDocument]:
+def _task_artifacts(ref: str, ctx: TaskContext) -> list[tuple[Path, str]]:
+    """``task:<id>`` (every artifact) or ``task:<id>/<name or glob>``, from the outputs the agent fetched."""
+    task_id, _, pattern = ref[len(TASK_PREFIX):].partition("/")
+    folder = ctx.sources_dir / task_id if ctx.sources_dir is not None else None
+    if folder is None or not folder.is_dir():
+        raise TaskInputError(f"document {ref!r}: the outputs of task {task_id} were not fetched for this task")
+    names = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != SOURCE_FILE)
+    chosen = [p for p in names if not pattern or fnmatch.fnmatchcase(p.relative_to(folder).as_posix(), pattern)]
+    if not chosen:
+        wanted = f"artifact matching {pattern!r}" if pattern else "artifacts"
+        raise TaskInputError(f"document {ref!r}: task {task_id} left no {wanted}")
+    return [(p, f"{TASK_PREFIX}{task_id}/{p.relative_to(folder).as_posix()}") for p in chosen]
+
+
+def load_documents(refs: list[str], download_dir: Path, ctx: TaskContext) -> list[SourceDocument]:
     docs: list[SourceDocument] = []
     for ref in refs:
-        for path, source in expand(ref, download_dir):
+        for path, source in expand(ref, download_dir, ctx):
             docs.extend(read_file(path, source))
     return [d for d in docs if d.text.strip()]
 
@@ -127,13 +148,17 @@ def html_text(markup: str) -> str:
     return re.sub(r"\n\s*\n+", "\n\n", re.sub(r"[ \t]+", " ", text)).strip()
 
 
-def load_questions(inline: list[str] | None, file_ref: str | None, download_dir: Path) -> list[dict[str, Any]]:
+def load_questions(inline: list[str] | None, file_ref: str | None, download_dir: Path,
+                   ctx: TaskContext) -> list[dict[str, Any]]:
     """Questions as ``{"id", "question"}``: inline ones first, then a file's (a line each, or rows with a
     ``question`` or ``prompt`` string, as the row reader reads .jsonl/.json/.csv)."""
     out = [{"id": str(i), "question": q} for i, q in enumerate(inline or [])]
     if file_ref:
         where = "hyperparameters.questions_file"
-        path = download(file_ref, download_dir, what=where) if is_url(file_ref) else Path(file_ref).expanduser()
+        if is_url(file_ref):
+            path = download(file_ref, download_dir, urls=ctx.urls, what=where)
+        else:
+            path = Path(file_ref).expanduser()
         if not path.is_file():
             raise TaskInputError(f"questions_file {file_ref!r}: no such file on this agent")
         for row in read_path(path, default="txt", where=where):

@@ -59,7 +59,8 @@ def source_path(source: dict[str, Any], ctx: TaskContext) -> str:
             raise ModelSourceError(f"model.source.identifier: {path} does not exist on agent {socket.gethostname()}")
         return str(path)
     if kind in ("uri", "s3"):
-        return str(download(identifier, ctx.workdir / "model-source", unpack=True, what="model.source"))
+        return str(download(identifier, ctx.workdir / "model-source", urls=ctx.urls, unpack=True,
+                            what="model.source"))
     return hub.model_name(identifier, source.get("revision"))  # huggingface: a hub id (or a path)
 
 

@@ -71,7 +71,8 @@ def load_rows(dataset: dict[str, Any] | None, ctx: TaskContext, seed: int = 42) 
     elif spec.path is not None:
         ds = _from_path(Path(spec.path).expanduser(), spec)
     elif spec.uri is not None:
-        ds = _from_path(download(spec.uri, ctx.workdir / "dataset", unpack=True, what="dataset.uri"), spec)
+        ds = _from_path(download(spec.uri, ctx.workdir / "dataset", urls=ctx.urls, unpack=True, what="dataset.uri"),
+                        spec)
     else:
         ds = hub.load_dataset(spec.hub, spec.subset, spec.split, spec.revision)
     renames = {theirs: ours for ours, theirs in spec.columns.items() if theirs in ds.column_names and theirs != ours}

@@ -31,6 +31,7 @@ class GRPOModule(TrainingModule):
         if hp.use_vllm:
             vllm = {"use_vllm": True, "vllm_mode": hp.vllm_mode}
             if hp.vllm_server_base_url:
+                self.ctx.urls.check(hp.vllm_server_base_url, "hyperparameters.vllm_server_base_url")
                 vllm["vllm_server_base_url"] = hp.vllm_server_base_url
         config = GRPOConfig(**job.args, num_generations=hp.num_generations,
                             max_completion_length=hp.max_completion_length, temperature=hp.temperature,
