@@ -4,6 +4,7 @@ decided in services/registration.py; this module saves what it admits."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from mloc_shared.errors import NotFound, Unauthorized
 from mloc_shared.protocol import RegisterRequest, RegisterResponse
@@ -36,12 +37,12 @@ def stored_agent(agent: AgentState) -> StoredAgent:
     )
 
 
+@dataclass(eq=False)
 class Agents:
-    def __init__(self, db: Store, fleet: Fleet, settings: CoordinatorSettings, clock: Clock) -> None:
-        self.db = db
-        self.fleet = fleet
-        self.settings = settings
-        self.clock = clock
+    db: Store
+    fleet: Fleet
+    settings: CoordinatorSettings
+    clock: Clock
 
     def identity(self, req: RegisterRequest, existing: AgentState | None = None,
                  credential: str | None = None) -> tuple[AgentState, str]:

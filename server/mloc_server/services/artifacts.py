@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from mloc_shared.errors import NotFound, PayloadTooLarge
@@ -17,12 +18,12 @@ from mloc_server.store import Store
 from mloc_server.store.records import PendingUpload
 
 
+@dataclass(eq=False)
 class Artifacts:
-    def __init__(self, db: Store, leasing: Leasing, store: ArtifactStore, max_bytes: int) -> None:
-        self.db = db
-        self.leasing = leasing
-        self.store = store
-        self.max_bytes = max_bytes
+    db: Store
+    leasing: Leasing
+    store: ArtifactStore
+    max_bytes: int
 
     async def plan(self, agent: AgentState, task_id: str, req: UploadRequest) -> UploadPlan:
         lease = self.leasing.own_lease(agent, task_id, req.epoch)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from mloc_shared.errors import LeaseLost
 from mloc_shared.protocol import Lease, PollRequest, PollResponse
@@ -24,13 +25,13 @@ from mloc_server.services.leasing import Leasing
 from mloc_server.settings import CoordinatorSettings
 
 
+@dataclass(eq=False)
 class Polling:
-    def __init__(self, fleet: Fleet, leasing: Leasing, settings: CoordinatorSettings, clock: Clock) -> None:
-        self.fleet = fleet
-        self.leasing = leasing
-        self.settings = settings
-        self.clock = clock
-        self.shutting_down = False
+    fleet: Fleet
+    leasing: Leasing
+    settings: CoordinatorSettings
+    clock: Clock
+    shutting_down: bool = field(default=False, init=False)
 
     async def poll(self, agent: AgentState, req: PollRequest,
                    peer_alive: Callable[[], bool] | None = None) -> PollResponse:

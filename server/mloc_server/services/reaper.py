@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from mloc_shared.errors import Unavailable
 
@@ -17,14 +18,13 @@ from mloc_server.store import Store, StoreTx
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
 class Reaper:
-    def __init__(self, db: Store, fleet: Fleet, leasing: Leasing, settings: CoordinatorSettings,
-                 clock: Clock) -> None:
-        self._db = db
-        self.fleet = fleet
-        self.leasing = leasing
-        self.settings = settings
-        self.clock = clock
+    db: Store
+    fleet: Fleet
+    leasing: Leasing
+    settings: CoordinatorSettings
+    clock: Clock
 
     async def reap_once(self) -> None:
         """One pass; runs about once a second (more often with short TTLs)."""
@@ -64,7 +64,7 @@ class Reaper:
             if seen:
                 tx.touch_agents(seen)
 
-        await self._db.write(write)
+        await self.db.write(write)
 
     async def run(self) -> None:
         """Forever, until cancelled at shutdown; a failed pass is logged and retried. (The pause

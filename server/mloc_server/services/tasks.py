@@ -7,6 +7,7 @@ import difflib
 import hashlib
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from mloc_shared.errors import Forbidden, NotFound
@@ -30,14 +31,13 @@ def new_task_id(now: float) -> str:
     return f"{int(now * 1000):011x}{uuid.uuid4().hex[:13]}"
 
 
+@dataclass(eq=False)
 class Tasks:
-    def __init__(self, db: Store, fleet: Fleet, leasing: Leasing, secrets: TaskSecrets,
-                 clock: Clock) -> None:
-        self.db = db
-        self.fleet = fleet
-        self.leasing = leasing
-        self.secrets = secrets
-        self.clock = clock
+    db: Store
+    fleet: Fleet
+    leasing: Leasing
+    secrets: TaskSecrets
+    clock: Clock
 
     async def submit(
         self, spec: TaskSpec, principal: Principal, idempotency_key: str | None = None

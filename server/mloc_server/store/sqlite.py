@@ -7,29 +7,16 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from mloc_server.store import records as rec
 from mloc_server.store import repo
 from mloc_server.store.base import Store, StoreTx
 from mloc_server.store.database import Database
-from mloc_server.store.records import (
-    Claim,
-    Claimed,
-    FinishedTask,
-    NewTask,
-    PendingUpload,
-    StoredAgent,
-    StoredArtifact,
-    StoredAttempt,
-    StoredLogChunk,
-    StoredTask,
-    StoredToken,
-    Usage,
-)
 
 T = TypeVar("T")
 
 
-def _task(row: sqlite3.Row | None) -> StoredTask | None:
-    return StoredTask.model_validate(dict(row)) if row is not None else None
+def _task(row: sqlite3.Row | None) -> rec.StoredTask | None:
+    return rec.StoredTask.model_validate(dict(row)) if row is not None else None
 
 
 class SqliteTx(StoreTx):
@@ -38,13 +25,13 @@ class SqliteTx(StoreTx):
     def __init__(self, con: sqlite3.Connection) -> None:
         self.con = con
 
-    def insert_task(self, task: NewTask) -> tuple[str, bool]:
+    def insert_task(self, task: rec.NewTask) -> tuple[str, bool]:
         return repo.insert_task(self.con, task)
 
-    def get_task(self, task_id: str) -> StoredTask | None:
+    def get_task(self, task_id: str) -> rec.StoredTask | None:
         return _task(repo.task_row(self.con, task_id))
 
-    def claim_tasks(self, agent_id: str, claims: Sequence[Claim], claim_id: str, now: float) -> list[Claimed]:
+    def claim_tasks(self, agent_id: str, claims: Sequence[rec.Claim], claim_id: str, now: float) -> list[rec.Claimed]:
         return repo.claim_tasks(self.con, agent_id, claims, claim_id, now)
 
     def finish_task(self, task_id: str, epoch: int, state: str, now: float, *, result: dict[str, Any] | None = None,
@@ -65,7 +52,7 @@ class SqliteTx(StoreTx):
     def save_progress(self, items: Iterable[tuple[str, int, dict[str, Any]]]) -> None:
         repo.save_progress(self.con, items)
 
-    def save_agent(self, agent: StoredAgent) -> None:
+    def save_agent(self, agent: rec.StoredAgent) -> None:
         repo.save_agent(self.con, agent)
 
     def touch_agents(self, seen: Iterable[tuple[float, str]]) -> None:
@@ -77,7 +64,7 @@ class SqliteTx(StoreTx):
     def set_agent_state(self, agent_id: str, state: str) -> bool:
         return repo.set_agent_state(self.con, agent_id, state)
 
-    def insert_token(self, token: StoredToken) -> None:
+    def insert_token(self, token: rec.StoredToken) -> None:
         repo.insert_token(self.con, token)
 
     def use_join_token(self, token_hash: str, now: float) -> bool:
@@ -86,10 +73,10 @@ class SqliteTx(StoreTx):
     def revoke_token(self, token_id: str) -> bool:
         return repo.revoke_token(self.con, token_id)
 
-    def insert_upload(self, upload: PendingUpload) -> None:
+    def insert_upload(self, upload: rec.PendingUpload) -> None:
         repo.insert_upload(self.con, upload)
 
-    def commit_upload(self, upload_id: str, now: float) -> PendingUpload | None:
+    def commit_upload(self, upload_id: str, now: float) -> rec.PendingUpload | None:
         return repo.commit_upload(self.con, upload_id, now)
 
     def insert_logs(self, task_id: str, attempt: int, chunks: Iterable[tuple[int, str, str]], now: float) -> None:
@@ -133,53 +120,53 @@ class SqliteStore(Store):
     async def probe(self) -> bool:
         return await self.database.probe()
 
-    async def get_task(self, task_id: str) -> StoredTask | None:
+    async def get_task(self, task_id: str) -> rec.StoredTask | None:
         return _task(await repo.get_task(self.database, task_id))
 
     async def list_tasks(self, *, state: str | Sequence[str] | None, owner: str | None, task_type: str | None,
-                         page: int, page_size: int) -> tuple[list[StoredTask], int]:
+                         page: int, page_size: int) -> tuple[list[rec.StoredTask], int]:
         rows, total = await repo.list_tasks(self.database, state=state, owner=owner, task_type=task_type,
                                             page=page, page_size=page_size)
-        return [StoredTask.model_validate(dict(r)) for r in rows], total
+        return [rec.StoredTask.model_validate(dict(r)) for r in rows], total
 
-    async def active_tasks(self) -> list[StoredTask]:
-        return [StoredTask.model_validate(dict(r)) for r in await repo.active_tasks(self.database)]
+    async def active_tasks(self) -> list[rec.StoredTask]:
+        return [rec.StoredTask.model_validate(dict(r)) for r in await repo.active_tasks(self.database)]
 
-    async def task_attempts(self, task_id: str) -> list[StoredAttempt]:
-        return [StoredAttempt.model_validate(dict(r)) for r in await repo.task_attempts(self.database, task_id)]
+    async def task_attempts(self, task_id: str) -> list[rec.StoredAttempt]:
+        return [rec.StoredAttempt.model_validate(dict(r)) for r in await repo.task_attempts(self.database, task_id)]
 
     async def count_tasks_by_state(self, owner: str | None = None) -> dict[str, int]:
         return await repo.count_tasks_by_state(self.database, owner)
 
-    async def finished_since(self, after: float, limit: int = 10_000) -> list[FinishedTask]:
+    async def finished_since(self, after: float, limit: int = 10_000) -> list[rec.FinishedTask]:
         return await repo.finished_since(self.database, after, limit)
 
-    async def usage(self, owner: str | None, start: float | None, end: float | None, now: float) -> Usage:
+    async def usage(self, owner: str | None, start: float | None, end: float | None, now: float) -> rec.Usage:
         return await repo.usage(self.database, owner, start, end, now)
 
-    async def all_agents(self) -> list[StoredAgent]:
+    async def all_agents(self) -> list[rec.StoredAgent]:
         return await repo.all_agents(self.database)
 
-    async def active_user_tokens(self, now: float) -> list[StoredToken]:
+    async def active_user_tokens(self, now: float) -> list[rec.StoredToken]:
         return await repo.active_user_tokens(self.database, now)
 
-    async def token_by_hash(self, token_hash: str) -> StoredToken | None:
+    async def token_by_hash(self, token_hash: str) -> rec.StoredToken | None:
         return await repo.token_by_hash(self.database, token_hash)
 
-    async def list_tokens(self) -> list[StoredToken]:
+    async def list_tokens(self) -> list[rec.StoredToken]:
         return await repo.list_tokens(self.database)
 
-    async def pending_upload(self, upload_id: str, task_id: str) -> PendingUpload | None:
+    async def pending_upload(self, upload_id: str, task_id: str) -> rec.PendingUpload | None:
         return await repo.pending_upload(self.database, upload_id, task_id)
 
-    async def task_artifacts(self, task_id: str) -> list[StoredArtifact]:
+    async def task_artifacts(self, task_id: str) -> list[rec.StoredArtifact]:
         return await repo.task_artifacts(self.database, task_id)
 
-    async def artifact(self, task_id: str, name: str) -> StoredArtifact | None:
+    async def artifact(self, task_id: str, name: str) -> rec.StoredArtifact | None:
         return await repo.artifact(self.database, task_id, name)
 
     async def task_logs(self, task_id: str, attempt: int | None, after: tuple[int, int],
-                        limit: int = 1000) -> list[StoredLogChunk]:
+                        limit: int = 1000) -> list[rec.StoredLogChunk]:
         return await repo.task_logs(self.database, task_id, attempt, after, limit)
 
     async def secrets_ciphertext(self, task_id: str) -> str | None:
