@@ -21,14 +21,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class Cluster:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, readable: Path) -> None:
         # the coordinator's default heartbeat and lease TTL (what MLOC's overhead is measured with);
         # polls held 5 s instead of 25 s so the agent's GPU stats (sent with a poll, every 15 s at
         # most) reach the coordinator while a task of a minute runs
         self.coordinator = Coordinator(root, heartbeat_s=10.0, lease_ttl_s=45.0, poll_hold_s=5.0)
-        # the kit's TrainerCallback (hyperparameters.callbacks) must be on the agent's path: tasks inherit it
-        self.agent = Agent(self.coordinator, AGENT, max_tasks=1,
-                           extra_env={"MLOC_CANCEL_GRACE_S": "10", "PYTHONPATH": str(REPO)})
+        # as the agent's operator: the kit's TrainerCallback (hyperparameters.callbacks) on its path, which
+        # tasks inherit, and the kit's model and data folder among those tasks may read
+        self.agent = Agent(self.coordinator, AGENT, max_tasks=1, extra_env={
+            "MLOC_CANCEL_GRACE_S": "10", "PYTHONPATH": str(REPO), "MLOC_TASK_PATH_ROOTS": str(readable)})
 
     def start(self) -> float:
         started = time.monotonic()

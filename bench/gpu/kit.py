@@ -55,7 +55,8 @@ def prepare(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         return packaging
     venv = None if args.venv == "none" else Path(args.venv)
     made = bootstrap.ensure_venv(venv, args.wheels, args.out / "install.log")
-    python = str(venv / "bin" / "python") if venv is not None else sys.executable
+    python = made["python"]
+    os.environ.update(made["env"])
     os.environ[IN_VENV] = "1"
     os.environ["MLOC_GPU_KIT_INSTALL"] = json.dumps(made)
     os.execv(python, [python, "-m", "bench.gpu.kit", *argv])
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace, packaging: dict[str, Any], work: Path) -> dict
 
     started = time.monotonic()
     cuda = not args.dry_run and nvml.available()
-    profile = GPU if not args.dry_run else DRY
+    profile = GPU if cuda else DRY  # GPU sizes on a CPU would run for hours and prove nothing
     gpus = 1 if cuda else 0
     repeats = args.repeats or (2 if cuda else 1)
     facts = nvml.device_facts()
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace, packaging: dict[str, Any], work: Path) -> dict
             "(coordinator, agent, both training paths, the comparison, the report); the GPU figures "
             "(NVML inventory, bf16 speed, QLoRA, peak GPU memory) wait for a run on the GPU machine.")
     if not args.dry_run and not cuda:
-        note = "No GPU found (NVML has no device): ran at GPU sizes on CPU, which proves little. " + note
+        note = "No GPU found (NVML sees no device), so the kit ran its dry run. " + note
     report: dict[str, Any] = {
         "kit": "mloc-gpu-kit", "report_version": 1, "mode": "gpu" if cuda else "dry-run", "note": note,
         "started_at": time.time(), "seconds": 0.0, "profile": profile.to_dict(), "repeats": repeats,
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace, packaging: dict[str, Any], work: Path) -> dict
     if model["status"] != "ok":
         write(args.out, report)
         return report
-    cluster = Cluster(work / "cluster")
+    cluster = Cluster(work / "cluster", readable=work / "model")
     specs: dict[str, dict[str, Any]] = {}
     try:
         _phase(report, "start", lambda: {"status": "ok", "coordinator_and_agent_s": round(cluster.start(), 2)})
@@ -146,6 +147,18 @@ def run(args: argparse.Namespace, packaging: dict[str, Any], work: Path) -> dict
     return report
 
 
+def _install_failed(args: argparse.Namespace, exc: Exception) -> int:
+    from bench.gpu.report import write
+
+    report = {"kit": "mloc-gpu-kit", "report_version": 1, "mode": "gpu", "seconds": 0.0,
+              "note": "The install step failed on this machine, so nothing ran; see install.log.",
+              "machine": {"hostname": platform.node(), "python": platform.python_version(), "gpu": None},
+              "packaging": {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}, "phases": {}}
+    write(args.out, report)
+    print((args.out / "summary.md").read_text())
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -157,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
 
         packaging = {"status": "skipped", "reason": "the dry run uses this environment", **carried_plan(args.wheels)}
     else:
-        packaging = prepare(args, argv)
+        try:
+            packaging = prepare(args, argv)
+        except Exception as exc:  # no environment, no run: the report says why
+            return _install_failed(args, exc)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     if args.work is not None:

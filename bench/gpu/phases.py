@@ -47,10 +47,11 @@ def qlora(cluster: Cluster, model: dict[str, Any], profile: Profile, cuda: bool,
     if not cuda:
         return {"status": "skipped", "reason": NO_CUDA}
     if importlib.util.find_spec("bitsandbytes") is None:
-        sizes = {k: packaging.get(k) for k in ("bitsandbytes_pypi_mb", "bitsandbytes_slimmed_mb", "archive_mb",
-                                               "carry_limit_mb")}
-        return {"status": "skipped", "reason": "bitsandbytes is not installed (not carried: it did not fit)",
-                "sizes": sizes}
+        wheel = next((w for w in packaging.get("wheels") or [] if w["name"] == "bitsandbytes"), None)
+        why = "carried but not importable" if wheel else "not carried (bench.gpu.wheels --no-bitsandbytes)"
+        return {"status": "skipped", "reason": f"bitsandbytes is not installed: {why}",
+                "sizes": {"wheel": wheel, "archive_mb": packaging.get("archive_mb"),
+                          "carry_limit_mb": packaging.get("carry_limit_mb")}}
     run = run_mloc(cluster, sft_spec(model, profile, 1, adapter="qlora", steps=profile.qlora_steps), timeout)
     return {"status": "ok" if run["quantized_4bit"] else "failed", **_drop_samples(run)}
 

@@ -78,7 +78,6 @@ PINS: tuple[Pin, ...] = (
     Pin("typing-extensions", "4.16.0", "pydantic 2.14"),
     Pin("pydantic-settings", "2.16.3", "MLOC_* settings"),
     Pin("python-dotenv", "1.2.4", "pydantic-settings"),
-    Pin("tenacity", "9.2.1", "retries"),
     Pin("typer", "0.29.2", "the mloc CLI"),
     Pin("click", "8.5.1", "typer; huggingface-hub 1.33 wants >=8.4.2"),
     Pin("rich", "15.0.0", "the mloc CLI"),

@@ -17,7 +17,7 @@ def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
 
 def _status(phase: dict[str, Any]) -> str:
     reason = phase.get("reason") or phase.get("error")
-    return phase["status"] + (f" ({reason.splitlines()[0]})" if reason else "")
+    return phase.get("status", "not run") + (f" ({reason.splitlines()[0]})" if reason else "")
 
 
 def summary(report: dict[str, Any]) -> str:
@@ -74,7 +74,7 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(f"- {len(pack.get('wheels') or [])} wheels, {pack.get('pypi_total_mb')} MB on PyPI, carried as "
                      f"one {pack['archive_mb']} MB archive (limit {pack.get('carry_limit_mb')} MB with the tree); "
                      f"bitsandbytes carried: {pack.get('bitsandbytes_carried')}")
-    failed = [n for n, p in phases.items() if p.get("status") == "failed"]
+    failed = [n for n, p in {"packaging": pack, **phases}.items() if p.get("status") == "failed"]
     lines += ["", f"Failed phases: {', '.join(failed) if failed else 'none'}.", ""]
     return "\n".join(lines)
 

@@ -19,10 +19,12 @@ from typing import Any
 import pytest
 
 from bench.gpu import pins
+from bench.gpu.phases import memory_rows
 from bench.gpu.wheels import slim
 from tests.prerequisites import missing
 
-pytestmark = pytest.mark.ml
+# one dry run for the module: under xdist its tests stay on one worker
+pytestmark = [pytest.mark.ml, pytest.mark.xdist_group("gpu_kit")]
 REPO = Path(__file__).resolve().parents[2]
 PHASES = {"model", "start", "sft", "inventory", "qlora", "inference", "full_finetune", "distributed", "warm_starts",
           "memory"}
@@ -85,7 +87,7 @@ def test_inference_and_the_memory_rule_answered(dry_run: dict[str, Any]) -> None
 def test_pins_cover_what_the_three_packages_declare() -> None:
     assert pins.coverage_problems() == []
     wanted = {pins.normal(r.split("<")[0].split(">")[0].split("=")[0]) for r in pins.install_requirements()}
-    assert {"trl", "datasets", "transformers", "pydantic", "sqlmodel", "aiosqlite", "tenacity", "typer"} <= wanted
+    assert {"trl", "datasets", "transformers", "pydantic", "sqlmodel", "aiosqlite", "typer"} <= wanted
     assert "boto3" not in wanted  # the S3 store only
 
 
@@ -110,3 +112,23 @@ def test_slimming_drops_members_and_keeps_record_in_step(tmp_path: Path) -> None
         record = zf.read("demo-1.0.dist-info/RECORD").decode()
     assert cut["files_dropped"] == 1 and "demo/tests/test_demo.py" not in names
     assert "demo/__init__.py,sha256=" in record and "test_demo" not in record
+
+
+def test_the_memory_rule_is_set_against_what_the_gpu_showed_both_ways() -> None:
+    """The GPU branch of the memory phase, from phase records as a GPU run leaves them."""
+    rule = "derived: ... (docs/tasks.md#gpu-memory)"
+    phases = {
+        "sft": {"status": "ok", "resources": {"gpu_memory_gb": 3.0, "gpu_memory_rule": rule},
+                "nvml": {"baseline": 512.0, "peak_used_mb": 512.0 + 4096.0}, "memory": {"max_reserved_mb": 3584.0}},
+        "inference": {"status": "ok", "resources": {"gpu_memory_gb": 3.0, "gpu_memory_rule": rule},
+                      "nvml": {"baseline": 0.0, "peak_used_mb": 1536.0}},
+        "qlora": {"status": "skipped", "reason": "no CUDA"},
+    }
+    memory = memory_rows(phases, {})
+    rows = {r["phase"]: r for r in memory["rows"]}
+    assert memory["status"] == "ok" and set(rows) == {"sft", "inference"}
+    assert rows["sft"]["measured_device_gb"] == 4.0 and rows["sft"]["measured_torch_reserved_gb"] == 3.5
+    assert (rows["sft"]["error_gb"], rows["sft"]["direction"]) == (-1.0, "under")
+    assert (rows["inference"]["error_gb"], rows["inference"]["direction"]) == (1.5, "over")
+    assert (memory["most_over_gb"], memory["most_under_gb"]) == (1.5, -1.0)
+    assert rows["sft"]["rule_source"] == "coordinator"
