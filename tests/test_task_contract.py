@@ -27,7 +27,8 @@ from mloc_agent.task_contract import (
 FULL = TaskEnv(task_id="t1", attempt=3, gpus=[0, 2], workdir=Path("/w"), output_dir=Path("/w/output"),
                checkpoint_dir=Path("/w/checkpoints"), agent_data_dir=Path("/data"), resume_dir=Path("/w/resume"),
                resume_step=40, sources_dir=Path("/w/sources"), task_file=Path("/w/task.json"),
-               result_file=Path("/w/result.json"), progress_fd=7)
+               result_file=Path("/w/result.json"), progress_fd=7, owner="alice", allow_private_urls=True,
+               coordinator_url="https://coord:8443", path_roots=(Path("/data/datasets"), Path("/srv/docs")))
 
 
 def test_what_the_agent_writes_the_task_reads_back() -> None:

@@ -53,7 +53,7 @@ def test_the_coordinator_is_refused_even_where_private_urls_are_allowed(url: str
 
 
 class Pages(http.server.BaseHTTPRequestHandler):
-    """/doc.txt answers; /hop redirects to the URL in its query; Host headers are recorded."""
+    """/doc answers (plain text); /hop redirects to the URL in its query; Host headers are recorded."""
 
     hosts: list[str] = []
 
@@ -67,6 +67,7 @@ class Pages(http.server.BaseHTTPRequestHandler):
             return
         body = b"a public page"
         self.send_response(200)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -92,8 +93,8 @@ def test_the_downloader_checks_the_url_before_it_connects(pages: str, tmp_path: 
 
 def test_the_downloader_checks_every_redirect(pages: str, tmp_path: Path) -> None:
     lenient = UrlPolicy(allow_private=True, coordinator_url="http://127.0.0.1:8123")
-    got = download(f"{pages}/hop?{pages}/doc.txt", tmp_path, urls=lenient, what="dataset.uri")
-    assert got.read_bytes() == b"a public page"
+    got = download(f"{pages}/hop?{pages}/doc", tmp_path, urls=lenient, what="dataset.uri")
+    assert got.read_bytes() == b"a public page" and got.suffix == ".txt"  # named by its content type
     assert Pages.hosts == [pages.removeprefix("http://")] * 2  # the name, though it connected to a checked address
     with pytest.raises(UrlRefused, match="coordinator"):
         download(f"{pages}/hop?http://127.0.0.1:8123/api/v1/tokens", tmp_path, urls=lenient, what="dataset.uri")

@@ -177,6 +177,7 @@ class LeaseRun:
             resume_step=lease.resume.step if lease.resume is not None else None, sources_dir=sources_dir,
             task_file=task_file, result_file=result_file if task_file is not None else None, owner=lease.owner,
             allow_private_urls=settings.allow_private_urls, coordinator_url=settings.coordinator_url,
+            path_roots=tuple(settings.task_read_roots),
         ).to_env())  # last: a spec's env cannot change what the agent tells the task
         channel = LineSplitter(self._on_channel_line)
         self.proc = TaskProcess.start(direct, env, self.workdir, self.deps.warden, self.logs.feed, channel.feed)

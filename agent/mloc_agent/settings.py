@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -9,6 +10,8 @@ from typing import Annotated, Any, Literal
 from mloc_shared.settings import MlocSettings, parse_labels
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import NoDecode
+
+from mloc_agent.modules.sources.path_policy import default_roots
 
 
 class DeclaredGpu(BaseModel):
@@ -36,6 +39,7 @@ class AgentSettings(MlocSettings):
     cancel_grace_s: float = Field(10.0, ge=0)
     log_flush_s: float = Field(0.5, gt=0)
     allow_private_urls: bool = False  # task URLs may reach loopback, link-local and private addresses
+    task_path_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)  # besides datasets/, models/
 
     @field_validator("agent_labels", mode="before")
     @classmethod
@@ -49,6 +53,18 @@ class AgentSettings(MlocSettings):
             return [v.strip() for v in value.split(",") if v.strip()]
         return list(value or [])
 
+    @field_validator("task_path_roots", mode="before")
+    @classmethod
+    def _roots(cls, value: Any) -> list[str]:
+        if isinstance(value, str):
+            return [p for p in value.split(os.pathsep) if p.strip()]
+        return list(value or [])
+
     @property
     def state_file(self) -> Path:
         return self.data_dir / "agent.json"
+
+    @property
+    def task_read_roots(self) -> list[Path]:
+        """The folders whose files tasks may name (modules/sources/path_policy.py)."""
+        return default_roots(self.data_dir, (p.expanduser() for p in self.task_path_roots))

@@ -36,6 +36,7 @@ AGENT_INSTANCE = "MLOC_AGENT_INSTANCE"  # the warden's mark: inherited by everyt
 TASK_OWNER = "MLOC_TASK_OWNER"  # the task's user: what the task keeps on the agent (RAG collections) is scoped to it
 ALLOW_PRIVATE_URLS = "MLOC_ALLOW_PRIVATE_URLS"  # "true": task URLs may reach loopback and private addresses
 COORDINATOR_URL = "MLOC_COORDINATOR_URL"  # a task URL may never reach the coordinator (modules/sources/url_policy.py)
+TASK_PATH_ROOTS = "MLOC_TASK_PATH_ROOTS"  # the folders task-named paths must lie in, os.pathsep-separated
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class TaskEnv:
     owner: str | None = None
     allow_private_urls: bool = False
     coordinator_url: str | None = None
+    path_roots: tuple[Path, ...] = ()
 
     def to_env(self) -> dict[str, str]:
         """The variables to lay over the task's base environment (unset fields are left out)."""
@@ -71,7 +73,8 @@ class TaskEnv:
                     (RESUME_STEP, self.resume_step), (SOURCES_DIR, self.sources_dir), (TASK_FILE, self.task_file),
                     (RESULT_FILE, self.result_file), (TASK_OWNER, self.owner),
                     (ALLOW_PRIVATE_URLS, "true" if self.allow_private_urls else "false"),
-                    (COORDINATOR_URL, self.coordinator_url))
+                    (COORDINATOR_URL, self.coordinator_url),
+                    (TASK_PATH_ROOTS, os.pathsep.join(str(p) for p in self.path_roots) or None))
         if self.progress_fd is not None:
             env.update(channel_env(self.progress_fd))
         env.update({name: str(value) for name, value in optional if value is not None})
@@ -90,6 +93,7 @@ class TaskEnv:
             sources_dir=_path(env, SOURCES_DIR), task_file=_path(env, TASK_FILE), result_file=_path(env, RESULT_FILE),
             progress_fd=int(env[PROGRESS_FD]) if env.get(PROGRESS_FD) else None, owner=env.get(TASK_OWNER) or None,
             allow_private_urls=env.get(ALLOW_PRIVATE_URLS) == "true", coordinator_url=env.get(COORDINATOR_URL) or None,
+            path_roots=tuple(Path(p) for p in env.get(TASK_PATH_ROOTS, "").split(os.pathsep) if p),
         )
 
 

@@ -33,13 +33,15 @@ def offline() -> Iterator[None]:
 
 
 @pytest.fixture
-def start_agent(start_agent):
-    """Agents set up as an ML box's operator sets up one: the tests' servers (object store, chat model,
-    search) listen on loopback, so tasks may fetch private URLs (MLOC_ALLOW_PRIVATE_URLS=true). The
-    attack tests in tests/security start their agents with the defaults."""
+def start_agent(start_agent, tmp_path_factory: pytest.TempPathFactory):
+    """Agents set up as an ML box's operator sets up one: tasks read the tests' files, which live in the
+    session's temp folder (MLOC_TASK_PATH_ROOTS), and fetch from the tests' servers, which listen on
+    loopback (MLOC_ALLOW_PRIVATE_URLS=true). The attack tests in tests/security start their agents
+    with the defaults."""
+    lab = {"MLOC_TASK_PATH_ROOTS": str(tmp_path_factory.getbasetemp()), "MLOC_ALLOW_PRIVATE_URLS": "true"}
 
     def start(name: str, *, extra_env: dict[str, str] | None = None, **kwargs: Any):
-        return start_agent(name, extra_env={"MLOC_ALLOW_PRIVATE_URLS": "true", **(extra_env or {})}, **kwargs)
+        return start_agent(name, extra_env={**lab, **(extra_env or {})}, **kwargs)
 
     return start
 

@@ -14,7 +14,7 @@ from tests.ml.conftest import REPO
 
 CONFIGS = REPO / "configs"
 CPU_CONFIGS = sorted((CONFIGS / "cpu").glob("*.yaml"))
-TINY_PLACEHOLDER = "/tmp/mloc-tiny"
+TINY_PLACEHOLDER = "~/.mloc/agent/models/tiny"  # the default agent data dir's models/ folder
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))

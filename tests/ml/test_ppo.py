@@ -187,6 +187,7 @@ def test_ppo_resumes_from_its_checkpoint_exactly_where_the_lost_attempt_was(
     prompts and samples: its steps 4-6 repeat the uninterrupted run's."""
     from mloc_agent.modules.base import TaskContext
     from mloc_agent.modules.ppo.ppo import PPOModule
+    from mloc_agent.modules.sources.path_policy import PathPolicy
 
     spec = train_spec("ppo", tiny_lm, {"rows": PROMPT_ROWS}, {})
     spec["hyperparameters"] = ppo_hyperparameters(tiny_rm)
@@ -196,7 +197,8 @@ def test_ppo_resumes_from_its_checkpoint_exactly_where_the_lost_attempt_was(
         for sub in ("out", "ck"):
             (work / sub).mkdir(parents=True)
         ctx = TaskContext(task_id=name, attempt=1, spec=spec, gpus=[], workdir=work, output_dir=work / "out",
-                          checkpoint_dir=work / "ck", resume_dir=resume)
+                          checkpoint_dir=work / "ck", resume_dir=resume,
+                          paths=PathPolicy(roots=(tiny_lm, tiny_rm)))  # what an agent's roots would allow
         return asyncio.run(PPOModule(ctx).execute(progress_callback=lambda _: None))
 
     whole = run("whole", None)

@@ -133,14 +133,15 @@ def test_rag_with_a_local_transformers_chat_model(coordinator: Coordinator, star
     assert isinstance(row["answer"], str) and Path(row["sources"][0]["source"]).name == "chess.html"
 
 
-def test_rag_with_nothing_to_do_fails_naming_the_fields(coordinator: Coordinator, start_agent) -> None:
+def test_rag_with_nothing_to_do_fails_naming_the_fields(coordinator: Coordinator, start_agent, tmp_path: Path) -> None:
     start_agent("rag-empty")
     task = coordinator.submit(rag_spec())  # the README's example alone: valid, but no documents or questions
     done = coordinator.wait_state(task["id"], FINAL, timeout=60)
     assert done["state"] == "failed" and "hyperparameters.documents" in done["error"]
-    missing = coordinator.submit(rag_spec(documents=["/nonexistent/docs"]))
+    nowhere = str(tmp_path / "nonexistent" / "docs")  # inside the folders the agent lets tasks read
+    missing = coordinator.submit(rag_spec(documents=[nowhere]))
     done = coordinator.wait_state(missing["id"], FINAL, timeout=60)
-    assert done["state"] == "failed" and "/nonexistent/docs" in done["error"]
+    assert done["state"] == "failed" and "no such file" in done["error"] and nowhere in done["error"], done
 
 
 def test_rag_typos_are_refused_at_submit_naming_the_key(coordinator: Coordinator) -> None:

@@ -90,13 +90,13 @@ def test_a_hub_model_in_the_agents_cache_still_trains_without_network(
 
 
 def test_a_bad_dataset_path_or_an_unknown_column_fails_on_the_first_attempt_even_with_retries_on(
-    coordinator: Coordinator, start_agent, tiny_lm: Path
+    coordinator: Coordinator, start_agent, tiny_lm: Path, tmp_path: Path
 ) -> None:
     start_agent("trainer")
     rows = [{"question": f"add {i} and {i}", "answer": str(2 * i)} for i in range(8)]
+    nowhere = tmp_path / "nonexistent" / "alpaca.jsonl"  # inside the folders the agent lets tasks read
     cases = (
-        ({"path": "/nonexistent/alpaca.jsonl"}, "bad_dataset",
-         "dataset.path: /nonexistent/alpaca.jsonl does not exist"),
+        ({"path": str(nowhere)}, "bad_dataset", f"dataset.path: {nowhere} does not exist"),
         ({"rows": rows, "columns": {"instruction": "prompt", "output": "answer"}}, "bad_dataset",
          "dataset.columns: the data has no column 'prompt'"),
         ({"rows": rows, "format": "preference"}, "bad_dataset", "dataset.format 'preference' is not SFT data"),
@@ -111,14 +111,15 @@ def test_a_bad_dataset_path_or_an_unknown_column_fails_on_the_first_attempt_even
 
 
 def test_a_local_model_that_is_not_there_names_the_path_and_is_not_retried(
-    coordinator: Coordinator, start_agent, tiny_lm: Path
+    coordinator: Coordinator, start_agent, tiny_lm: Path, tmp_path: Path
 ) -> None:
     start_agent("trainer")
     spec = train_spec("sft", tiny_lm, {"rows": [{"text": "x"}] * 4}, {"max_steps": 1}, retry=RETRY_ON_FAILURE)
-    spec["model"]["source"] = {"type": "local", "identifier": "/nonexistent/models/tiny"}
+    nowhere = tmp_path / "nonexistent" / "models" / "tiny"  # inside the folders the agent lets tasks read
+    spec["model"]["source"] = {"type": "local", "identifier": str(nowhere)}
     done = coordinator.wait_state(coordinator.submit(spec)["id"], FINAL, timeout=120)
     error = assert_one_line_error(done, coordinator)
-    assert "/nonexistent/models/tiny does not exist" in error and done["result"]["error_code"] == "model_source"
+    assert f"{nowhere} does not exist" in error and done["result"]["error_code"] == "model_source"
     assert done["attempts"] == 1
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mloc_agent.modules.sources.path_policy import PathPolicy
 from mloc_agent.modules.sources.url_policy import UrlPolicy
 from mloc_agent.task_contract import ArtifactAdded, ChannelMessage, CheckpointSaved, ProgressReport, TaskEnv, encode
 
@@ -33,6 +34,7 @@ class TaskContext:
     sources_dir: Path | None = None  # outputs of the finished tasks this one reads (see mloc_agent/sources.py)
     owner: str | None = None  # the task's user (None outside an agent, or from a coordinator that does not say)
     urls: UrlPolicy = field(default_factory=UrlPolicy)  # what task-named URLs may reach (strict outside an agent)
+    paths: PathPolicy = field(default_factory=PathPolicy)  # what task-named paths may read (none outside an agent)
     channel_fd: int | None = None
     _channel: Any = field(default=None, repr=False)
 
@@ -44,6 +46,7 @@ class TaskContext:
             output_dir=env.output_dir, checkpoint_dir=env.checkpoint_dir, resume_dir=env.resume_dir,
             resume_step=env.resume_step, sources_dir=env.sources_dir, owner=env.owner, channel_fd=env.progress_fd,
             urls=UrlPolicy(env.allow_private_urls, env.coordinator_url),
+            paths=PathPolicy(env.path_roots, env.agent_data_dir),
         )
 
     def send(self, message: ChannelMessage) -> None:

@@ -6,7 +6,8 @@
     │   ├── DatasetError      bad_dataset    final       dataset: unreadable, no rows, unknown column
     │   ├── HubUnreachable    hub_unreachable final      the agent cannot reach the Hugging Face Hub
     │   ├── HubAccessDenied   hub_access     final       a gated or private repo, no HF_TOKEN for it
-    │   └── UrlRefused        url_refused    final       a URL to a private address or the coordinator
+    │   ├── UrlRefused        url_refused    final       a URL to a private address or the coordinator
+    │   └── PathRefused       path_refused   final       a path outside the roots the agent lets tasks read
     └── TransientError      transient        retryable   a fault that may pass (a download's 503)
 
 An input error fails the task on its first attempt: another attempt would read the same spec.
@@ -62,6 +63,12 @@ class UrlRefused(TaskInputError):
     """The agent does not fetch this URL for a task (sources/url_policy.py)."""
 
     code = "url_refused"
+
+
+class PathRefused(TaskInputError):
+    """The agent does not read this path for a task (sources/path_policy.py)."""
+
+    code = "path_refused"
 
 
 class TransientError(TaskError):

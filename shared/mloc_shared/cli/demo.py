@@ -135,7 +135,7 @@ def run(workdir: str | None = None) -> int:
         tiny_model = entry_points(group=DEMO_ENTRY_POINT_GROUP, name="tiny_model")
         if "sft" in w["task_types"] and tiny_model:
             console.print("4. a real fine-tune: LoRA on a tiny Llama-style model built locally")
-            model_dir = root / "tiny-model"
+            model_dir = root / "agent" / "models" / "tiny-model"  # the agent's models/ folder: tasks may read it
             # run as a module in a child: building the model imports torch, this process never does
             subprocess.run([sys.executable, "-m", next(iter(tiny_model)).module, str(model_dir)], check=True,
                            stdout=subprocess.DEVNULL)

@@ -100,15 +100,13 @@ def _prompt_of(row: Any, where: str, columns: dict[str, str]) -> Any:
 
 
 def _rows(ref: str, download_dir: Path, ctx: TaskContext, where: str, *, unpack: bool = False) -> list[Any]:
-    """A path or URL's rows (sources/rows.py); a file of another kind is one prompt a line."""
+    """A path or URL's rows (sources/rows.py): the row files every task reads; other types are refused."""
     from mloc_agent.modules.sources.downloads import download, is_url
     from mloc_agent.modules.sources.rows import read_path
 
     if is_url(ref):
-        path = download(ref, download_dir, urls=ctx.urls, unpack=unpack, what=where)
-    else:
-        path = Path(ref).expanduser()
-    return read_path(path, default="txt", where=where)
+        return read_path(download(ref, download_dir, urls=ctx.urls, unpack=unpack, what=where), where=where)
+    return read_path(ctx.paths.check(ref, where), where=where, paths=ctx.paths)
 
 
 def load_prompts(hp: InferenceHyperparameters, dataset: dict[str, Any] | None, download_dir: Path,

@@ -16,7 +16,6 @@ import logging
 import math
 import shutil
 import time
-from pathlib import Path
 from typing import Any, ClassVar
 
 from mloc_shared.hyperparams import PPOHyperparameters, parse_hyperparameters
@@ -130,16 +129,17 @@ class PPORun:
                 raise TaskInputError(f"hyperparameters.reward_model: task {name[5:]} left no full model (model/ or "
                                      "merged/); train it with adapter type none or merge_adapter: true")
             return str(full)
-        return model_name(name, field="hyperparameters.reward_model")  # a path on this agent, or a hub id
+        return model_name(name, paths=self.ctx.paths, field="hyperparameters.reward_model")  # a path or hub id
 
     def _prompts(self) -> list[Any]:
         from mloc_agent.modules.errors import TaskInputError
+        from mloc_agent.modules.sources.path_policy import is_path_like
         from mloc_agent.modules.training.data import for_prompts, load_rows
 
         hp, dataset = self.hp, self.spec.get("dataset")
         if dataset is None and hp.query_dataset:
             ref = hp.query_dataset
-            key = "uri" if ref.startswith(("http://", "https://")) else "path" if Path(ref).exists() else "hub"
+            key = "uri" if ref.startswith(("http://", "https://")) else "path" if is_path_like(ref) else "hub"
             dataset = {key: ref}
         rows: list[Any] = list(hp.prompts or [])
         if dataset is not None:

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from mloc_agent import task_contract
-from mloc_agent.modules.base import BaseModule, ProgressCallback
+from mloc_agent.modules.base import BaseModule, ProgressCallback, TaskContext
 from mloc_agent.modules.errors import TaskInputError
 from mloc_agent.modules.rag.collections import persist_dir
-from mloc_agent.modules.sources.url_policy import UrlPolicy
 
 DEFAULT_SYSTEM = ("Answer the question using only the numbered context passages. Cite the passages you use "
                   "as [n]. If the context does not contain the answer, say that you do not know.")
@@ -53,18 +52,21 @@ class RagModule(BaseModule):
         params = parse_hyperparameters("rag_inference", self.spec.get("hyperparameters"))
         assert isinstance(params, RagInferenceHyperparameters)
         downloads = self.ctx.workdir / "inputs"
-        refs = list(params.documents or []) + _dataset_refs(self.spec.get("dataset"))
+        dataset_refs = _dataset_refs(self.spec.get("dataset"))
+        refs = list(params.documents or []) + dataset_refs
         questions = load_questions(params.questions, params.questions_file, downloads, self.ctx)
         choice = chat_model.choose(params.chat_model, self.spec)
         directory = persist_dir(params.persist_directory, agent_data_dir(self.ctx.workdir) or self.ctx.workdir,
                                 self.ctx.owner)
+        self.ctx.paths.name_or_path(params.embedding_model, "hyperparameters.embedding_model")  # a path: allowed?
         if not refs and not questions:
             raise TaskInputError("rag_inference has nothing to do: give hyperparameters.documents (files, "
                                  "folders, globs or URLs) to ingest and/or hyperparameters.questions / "
                                  "questions_file to answer")
 
         report({"message": "loading documents and the embedding model"})
-        docs = load_documents(refs, downloads, self.ctx)
+        docs = load_documents(list(params.documents or []), downloads, self.ctx)
+        docs += load_documents(dataset_refs, downloads, self.ctx, field="dataset")
         if refs and not docs:
             raise TaskInputError(f"hyperparameters.documents: no readable text in {', '.join(refs)}")
         from mloc_agent.modules.rag.store import RagStore, locked
@@ -93,7 +95,7 @@ class RagModule(BaseModule):
     def _answer(self, store: Any, questions: list[dict[str, Any]], params: Any, choice: Any, device: str,
                 report: ProgressCallback) -> list[dict[str, Any]]:
         """Retrieve, generate, and write one JSON line per question as it is answered."""
-        generate = _generator(choice, params, device, self.ctx.urls)
+        generate = _generator(choice, params, device, self.ctx)
         out_path = self.ctx.output_dir / params.output_file
         out_path.parent.mkdir(parents=True, exist_ok=True)
         answers = []
@@ -116,21 +118,21 @@ class RagModule(BaseModule):
         return answers
 
 
-def _generator(choice: Any, params: Any, device: str, urls: UrlPolicy) -> Any:
+def _generator(choice: Any, params: Any, device: str, ctx: TaskContext) -> Any:
     """messages -> answer text, or None for retrieval only."""
     from mloc_agent.modules.rag import chat_model
 
     if choice.provider == "none":
         return None
     if choice.provider == "openai":
-        llm = chat_model.openai_chat(choice, params.temperature, params.max_new_tokens, urls=urls)
+        llm = chat_model.openai_chat(choice, params.temperature, params.max_new_tokens, urls=ctx.urls)
 
         def remote(messages: list[dict[str, str]]) -> str:
             reply = llm.invoke([(m["role"], m["content"]) for m in messages])
             return reply.text if isinstance(reply.text, str) else str(reply.content)
 
         return remote
-    local = chat_model.LocalGenerator(choice.settings.model, device)
+    local = chat_model.LocalGenerator(ctx.paths.name_or_path(choice.settings.model, "chat_model.model"), device)
     return lambda messages: local(messages, params.max_new_tokens, params.temperature)
 
 

@@ -10,7 +10,6 @@ artifacts of a finished task of the same user, which the agent fetched before th
 from __future__ import annotations
 
 import fnmatch
-import glob
 import html.parser
 import re
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from mloc_agent.modules.sources.rows import read_path, read_rows
 from mloc_agent.modules.sources.task_outputs import SOURCE_FILE
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".py", ".log", ".tex", ".yaml", ".yml", ".toml"}
+# the document types (docs/rag.md); a file of any other type is never read as text: a key, a token or a
+# credential file has none of these suffixes
 SUFFIXES = TEXT_SUFFIXES | {".html", ".htm", ".json", ".jsonl", ".csv", ".pdf"}
 TEXT_KEYS = ("text", "content", "page_content", "document", "body")
 
@@ -37,23 +38,23 @@ class SourceDocument:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def expand(ref: str, download_dir: Path, ctx: TaskContext) -> list[tuple[Path, str]]:
-    """One reference -> the files it names, each with the source name users will see."""
+def expand(ref: str, download_dir: Path, ctx: TaskContext, field: str) -> list[tuple[Path, str]]:
+    """One reference -> the files it names, each with the source name users will see. Paths, globs and
+    every file of a folder pass the agent's path policy (sources/path_policy.py), URLs its URL policy."""
     if is_url(ref):
-        return [(download(ref, download_dir, urls=ctx.urls, what="hyperparameters.documents"), ref)]
+        return [(download(ref, download_dir, urls=ctx.urls, what=field), ref)]
     if ref.startswith(TASK_PREFIX):
         return _task_artifacts(ref, ctx)
     if any(c in ref for c in "*?["):
-        matches = sorted(Path(p) for p in glob.glob(ref, recursive=True) if Path(p).is_file())
+        matches = ctx.paths.glob(ref, field)
         if not matches:
             raise TaskInputError(f"document pattern {ref!r} matches no file on this agent")
         return [(p, str(p)) for p in matches]
-    path = Path(ref).expanduser()
+    path = ctx.paths.check(ref, field)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
-        return [(p, str(p)) for p in files]
+        return [(p, str(p)) for p in ctx.paths.files_in(path, field) if p.suffix.lower() in SUFFIXES]
     if path.is_file():
-        return [(path, str(path))]
+        return [(path, str(Path(ref).expanduser()))]
     raise TaskInputError(f"document {ref!r}: no such file, folder or URL on this agent")
 
 
@@ -71,10 +72,11 @@ def _task_artifacts(ref: str, ctx: TaskContext) -> list[tuple[Path, str]]:
     return [(p, f"{TASK_PREFIX}{task_id}/{p.relative_to(folder).as_posix()}") for p in chosen]
 
 
-def load_documents(refs: list[str], download_dir: Path, ctx: TaskContext) -> list[SourceDocument]:
+def load_documents(refs: list[str], download_dir: Path, ctx: TaskContext,
+                   field: str = "hyperparameters.documents") -> list[SourceDocument]:
     docs: list[SourceDocument] = []
     for ref in refs:
-        for path, source in expand(ref, download_dir, ctx):
+        for path, source in expand(ref, download_dir, ctx, field):
             docs.extend(read_file(path, source))
     return [d for d in docs if d.text.strip()]
 
@@ -82,6 +84,9 @@ def load_documents(refs: list[str], download_dir: Path, ctx: TaskContext) -> lis
 def read_file(path: Path, source: str) -> list[SourceDocument]:
     """A file -> documents: one per file, or one per row for JSON Lines/JSON/CSV rows."""
     suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise TaskInputError(f"document {source}: {suffix or 'a file without a suffix'} is not a document type; "
+                             f"use {' '.join(sorted(SUFFIXES))}")
     if suffix == ".pdf":
         return [SourceDocument(_pdf_text(path), source, {"type": "pdf"})]
     if suffix in (".jsonl", ".json", ".csv"):
@@ -151,17 +156,17 @@ def html_text(markup: str) -> str:
 def load_questions(inline: list[str] | None, file_ref: str | None, download_dir: Path,
                    ctx: TaskContext) -> list[dict[str, Any]]:
     """Questions as ``{"id", "question"}``: inline ones first, then a file's (a line each, or rows with a
-    ``question`` or ``prompt`` string, as the row reader reads .jsonl/.json/.csv)."""
+    ``question`` or ``prompt`` string, as the row reader reads .txt/.jsonl/.json/.csv)."""
     out = [{"id": str(i), "question": q} for i, q in enumerate(inline or [])]
     if file_ref:
         where = "hyperparameters.questions_file"
         if is_url(file_ref):
             path = download(file_ref, download_dir, urls=ctx.urls, what=where)
         else:
-            path = Path(file_ref).expanduser()
+            path = ctx.paths.check(file_ref, where)
         if not path.is_file():
             raise TaskInputError(f"questions_file {file_ref!r}: no such file on this agent")
-        for row in read_path(path, default="txt", where=where):
+        for row in read_path(path, where=where):
             fields = row if isinstance(row, dict) else {}
             question = row if isinstance(row, str) else fields.get("question") or fields.get("prompt")
             if not isinstance(question, str):

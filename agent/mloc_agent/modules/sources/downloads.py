@@ -23,6 +23,12 @@ from mloc_agent.modules.sources.url_policy import Address, UrlPolicy, shown_url
 
 TIMEOUT_S = 60.0
 MAX_REDIRECTS = 10
+# a file named by its URL without a suffix (or a page) is named by what the server says it is, so the
+# readers know its type; they read no file of an unknown type as text
+SUFFIX_OF_TYPE = {"text/plain": ".txt", "text/markdown": ".md", "text/html": ".html",
+                  "application/xhtml+xml": ".html", "text/csv": ".csv",
+                  "application/json": ".json", "application/x-ndjson": ".jsonl", "application/jsonl": ".jsonl",
+                  "application/pdf": ".pdf"}
 
 
 def is_url(ref: str) -> bool:
@@ -95,13 +101,15 @@ def download(url: str, dest: Path, *, urls: UrlPolicy, unpack: bool = False, wha
 
 
 def _save(resp: Any, target: Path, url: str, what: str) -> Path:
-    """The final answer's body into ``target`` (named ``.html`` when it is a page without a suffix)."""
+    """The final answer's body into ``target``, its suffix from the content type when the URL gave none
+    (or the answer is a page: ``article.php`` that is HTML is read as HTML)."""
     if resp.status_code == 429 or resp.status_code >= 500:
         raise TransientError(f"{what}: {shown_url(url)} answered HTTP {resp.status_code}")
     if resp.status_code != 200:
         raise TaskInputError(f"{what}: {shown_url(url)}: download failed with HTTP {resp.status_code}")
-    if not target.suffix and "html" in resp.headers.get("content-type", ""):
-        target = target.with_name(target.name + ".html")
+    suffix = SUFFIX_OF_TYPE.get(resp.headers.get("content-type", "").split(";")[0].strip().lower())
+    if suffix and target.suffix.lower() != suffix and (not target.suffix or suffix == ".html"):
+        target = target.with_name(target.name + suffix)
     with open(target, "wb") as fh:
         for chunk in resp.iter_bytes(1 << 20):
             fh.write(chunk)

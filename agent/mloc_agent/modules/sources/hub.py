@@ -23,6 +23,7 @@ from mloc_agent.modules.errors import (
     ModelSourceError,
     TransientError,
 )
+from mloc_agent.modules.sources.path_policy import PathPolicy, is_path_like
 
 RepoType = Literal["model", "dataset"]
 PROBE_TIMEOUT_S = 10.0
@@ -109,10 +110,13 @@ def check_repo(repo_id: str, *, repo_type: RepoType = "model", revision: str | N
                              f"{repo_id}; {fix}") from exc
 
 
-def model_name(identifier: str, revision: str | None = None, *, field: str = "model.source") -> str:
-    """What ``from_pretrained`` opens for a name: a path on this agent as is, a hub id once it is checked."""
-    path = Path(identifier).expanduser()
-    if path.exists():
+def model_name(identifier: str, revision: str | None = None, *, paths: PathPolicy, field: str = "model.source") -> str:
+    """What ``from_pretrained`` opens for a name: a path (absolute, ``~`` or ``.``) once the agent's path
+    policy allows it, a hub id once the hub or the cache has it."""
+    if is_path_like(identifier):
+        path = paths.check(identifier, field)
+        if not path.exists():
+            raise ModelSourceError(f"{field}: {identifier} does not exist on agent {socket.gethostname()}")
         return str(path)
     if not looks_like_repo_id(identifier):
         raise ModelSourceError(f"{field}: {identifier} does not exist on agent {socket.gethostname()} and is not a "

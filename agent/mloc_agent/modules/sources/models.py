@@ -21,6 +21,7 @@ from mloc_agent.modules.base import TaskContext
 from mloc_agent.modules.errors import ModelSourceError
 from mloc_agent.modules.sources import hub
 from mloc_agent.modules.sources.downloads import download
+from mloc_agent.modules.sources.path_policy import is_path_like
 from mloc_agent.modules.sources.task_outputs import task_output
 
 MAX_CHAIN = 4
@@ -54,14 +55,14 @@ def source_path(source: dict[str, Any], ctx: TaskContext) -> str:
     """A name or folder that ``from_pretrained`` can open, for a source that is not ``type: task``."""
     kind, identifier = source.get("type", "huggingface"), str(source["identifier"])
     if kind == "local":
-        path = Path(identifier).expanduser()
+        path = ctx.paths.check(identifier, "model.source.identifier")
         if not path.exists():
             raise ModelSourceError(f"model.source.identifier: {path} does not exist on agent {socket.gethostname()}")
         return str(path)
     if kind in ("uri", "s3"):
         return str(download(identifier, ctx.workdir / "model-source", urls=ctx.urls, unpack=True,
                             what="model.source"))
-    return hub.model_name(identifier, source.get("revision"))  # huggingface: a hub id (or a path)
+    return hub.model_name(identifier, source.get("revision"), paths=ctx.paths)  # huggingface: a hub id (or a path)
 
 
 def resolve_model(model_spec: dict[str, Any], ctx: TaskContext) -> ResolvedModel:
@@ -101,11 +102,14 @@ def _from_task(task_id: str, ctx: TaskContext, depth: int) -> ResolvedModel:
             base = source_path(src, ctx)
         except ModelSourceError:
             base = None  # e.g. a local path of the training agent: try the adapter's own record
+    field = f"model.source: task {task_id}'s adapter base"
     if not base:
         base = out.adapter_base()
-        if base and hub.looks_like_repo_id(base) and not Path(base).exists():
-            base = hub.model_name(base, field=f"model.source: task {task_id}'s adapter base")
-    if not base or (base.startswith(("/", "~", ".")) and not Path(base).expanduser().exists()):
+        if base and not is_path_like(base) and hub.looks_like_repo_id(base):
+            base = hub.model_name(base, paths=ctx.paths, field=field)
+    if base and is_path_like(base):
+        base = str(ctx.paths.check(base, field))
+    if not base or (is_path_like(base) and not Path(base).exists()):
         raise ModelSourceError(f"model.source: task {task_id}'s adapter needs its base model {base!r}, which is not on "
                              "this agent; place it at the same path, or train with merge_adapter: true")
     tokenizer = str(adapter) if _has_tokenizer(adapter) else base

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mloc_agent.modules.errors import DatasetError
+from mloc_agent.modules.sources.path_policy import PathPolicy
 
 KINDS = ("json", "jsonl", "csv", "txt", "parquet")
 ROW_KEYS = ("rows", "data", "prompts")
@@ -72,9 +73,9 @@ def read_rows(path: Path, file_format: str = "auto", *, default: str | None = No
               where: str = "dataset.path") -> list[Any]:
     """The rows of one file. ``default`` is the format of a file whose suffix says none (None: refuse it)."""
     kind = kind_of(path, file_format, default)
-    if kind is None:
-        raise DatasetError(f"{where}: cannot read {path.name!r}; use .json, .jsonl, .txt, .csv or .parquet "
-                           "(or set dataset.file_format)")
+    if kind is None:  # never read as text: a key or token file has no row-file suffix
+        hint = " (or set dataset.file_format)" if where.startswith("dataset") else ""
+        raise DatasetError(f"{where}: cannot read {path.name!r}; use .json, .jsonl, .txt, .csv or .parquet{hint}")
     if kind == "parquet":
         return _parquet(path, where)
     try:
@@ -91,13 +92,16 @@ def read_rows(path: Path, file_format: str = "auto", *, default: str | None = No
 
 
 def read_path(path: Path, file_format: str = "auto", *, default: str | None = None,
-              where: str = "dataset.path") -> list[Any]:
-    """The rows of a file, or of every readable file in a folder (recursively, in name order)."""
+              where: str = "dataset.path", paths: PathPolicy | None = None) -> list[Any]:
+    """The rows of a file, or of every readable file in a folder (recursively, in name order). A folder a
+    task named comes with the agent's ``paths`` policy, which checks each file in it (None: the agent's
+    own download)."""
     if not path.exists():
         raise DatasetError(f"{where}: {path} does not exist on this agent")
     if not path.is_dir():
         return read_rows(path, file_format, default=default, where=where)
-    files = sorted(p for p in path.rglob("*") if p.is_file() and kind_of(p) is not None)
+    listed = paths.files_in(path, where) if paths is not None else sorted(p for p in path.rglob("*") if p.is_file())
+    files = [p for p in listed if kind_of(p) is not None]
     if not files:
         raise DatasetError(f"{where}: folder {path} holds no .json/.jsonl/.txt/.csv/.parquet file")
     return [row for f in files for row in read_rows(f, file_format, where=where)]

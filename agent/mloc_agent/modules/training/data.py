@@ -18,6 +18,7 @@ from mloc_agent.modules.base import TaskContext
 from mloc_agent.modules.errors import DatasetError
 from mloc_agent.modules.sources import hub
 from mloc_agent.modules.sources.downloads import download
+from mloc_agent.modules.sources.path_policy import PathPolicy
 from mloc_agent.modules.sources.rows import read_path
 
 ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
@@ -44,13 +45,14 @@ def detect_format(columns: list[str]) -> str:
                        "if the names differ, dataset.columns (e.g. {instruction: question, output: answer})")
 
 
-def _from_path(path: Path, spec: TrainingDataset) -> Any:
+def _from_path(path: Path, spec: TrainingDataset, paths: PathPolicy | None) -> Any:
+    """Rows from a file or folder: a task-named one (``paths`` checks each file of a folder) or a download."""
     from datasets import Dataset, load_from_disk
 
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         loaded = load_from_disk(str(path))
         return loaded[spec.split] if hasattr(loaded, "keys") else loaded
-    rows = read_path(path, spec.file_format, where="dataset.uri" if spec.uri else "dataset.path")
+    rows = read_path(path, spec.file_format, where="dataset.uri" if spec.uri else "dataset.path", paths=paths)
     bad = next((row for row in rows if not isinstance(row, (dict, str))), None)
     if bad is not None:
         raise DatasetError(f"dataset: a row must be an object or a string, not {bad!r}"[:200])
@@ -69,10 +71,10 @@ def load_rows(dataset: dict[str, Any] | None, ctx: TaskContext, seed: int = 42) 
             raise DatasetError("dataset.rows is empty")
         ds = Dataset.from_list(spec.rows)
     elif spec.path is not None:
-        ds = _from_path(Path(spec.path).expanduser(), spec)
+        ds = _from_path(ctx.paths.check(spec.path, "dataset.path"), spec, ctx.paths)
     elif spec.uri is not None:
         ds = _from_path(download(spec.uri, ctx.workdir / "dataset", urls=ctx.urls, unpack=True, what="dataset.uri"),
-                        spec)
+                        spec, None)
     else:
         ds = hub.load_dataset(spec.hub, spec.subset, spec.split, spec.revision)
     renames = {theirs: ours for ours, theirs in spec.columns.items() if theirs in ds.column_names and theirs != ours}

@@ -26,7 +26,7 @@ class GRPOModule(TrainingModule):
 
         hp = job.hp
         rows = for_prompts(job.rows, job.data_spec)
-        funcs, weights, names = build_rewards(hp.reward_funcs)
+        funcs, weights, names = build_rewards(hp.reward_funcs, self.ctx.paths)
         vllm: dict[str, Any] = {}
         if hp.use_vllm:
             vllm = {"use_vllm": True, "vllm_mode": hp.vllm_mode}

@@ -19,6 +19,7 @@ from mloc_shared.hyperparams import RewardFunction
 
 from mloc_agent.modules.errors import TaskInputError
 from mloc_agent.modules.sources.hub import model_name
+from mloc_agent.modules.sources.path_policy import PathPolicy
 
 DEFAULT_FORMAT = r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*"
 DEFAULT_LENGTH = 100
@@ -84,7 +85,7 @@ def import_function(reference: str) -> Callable[..., Any]:
     return func
 
 
-def build_rewards(specs: list[RewardFunction]) -> tuple[list[Any], list[float], list[str]]:
+def build_rewards(specs: list[RewardFunction], paths: PathPolicy) -> tuple[list[Any], list[float], list[str]]:
     """TRL ``reward_funcs`` (callables or model paths), their weights, and names for the result."""
     funcs: list[Any] = []
     names: list[str] = []
@@ -101,7 +102,7 @@ def build_rewards(specs: list[RewardFunction]) -> tuple[list[Any], list[float], 
             func = import_function(spec.function or "")
         else:
             # a path or hub id: TRL loads it as a one-label classifier
-            func = model_name(spec.identifier or "", field="hyperparameters.reward_funcs")
+            func = model_name(spec.identifier or "", paths=paths, field="hyperparameters.reward_funcs")
         funcs.append(func)
         names.append(spec.function or spec.identifier or spec.type)
     return funcs, [spec.weight for spec in specs], names
