@@ -219,7 +219,7 @@ class SimAgent:
                 t0 = time.perf_counter()
                 try:
                     raw = await self.poll_conn.post("/api/v1/agents/register", body, headers, 30)
-                except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, HttpError) as exc:
+                except (TimeoutError, OSError, asyncio.IncompleteReadError, HttpError) as exc:
                     self.fleet.stats.error("register", exc)
                     raw = None
                 else:
@@ -243,7 +243,7 @@ class SimAgent:
         try:
             raw = await self.poll_conn.post("/api/v1/agents/poll", req.model_dump_json().encode(), self._headers(),
                                             self.poll_hold_s + 15)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, HttpError) as exc:
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, HttpError) as exc:
             if self.fleet.stopping.is_set():
                 return
             self.fleet.stats.error("poll", exc)
@@ -287,7 +287,7 @@ class SimAgent:
                     await conn.post(f"/api/v1/leases/{task_id}/heartbeat", body.model_dump_json().encode(),
                                     self._headers(), max(1.0, min(self.heartbeat_s, 10.0)))
                     self.fleet.stats.heartbeats.append((sent, (time.perf_counter() - t0) * 1000))
-                except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, HttpError) as exc:
+                except (TimeoutError, OSError, asyncio.IncompleteReadError, HttpError) as exc:
                     if not self.fleet.stopping.is_set():
                         self.fleet.stats.error("heartbeat", exc)
                         if isinstance(exc, HttpError) and exc.status == 409:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests import netns
-from tests.prerequisites import missing
 from tests.harness import Agent, Coordinator
+from tests.prerequisites import missing
 
 A100 = {"name": "NVIDIA A100-SXM4-80GB", "memory_gb": 80, "compute_capability": "8.0"}
 README_SFT_YAML = """taskType: "sft"

@@ -35,7 +35,7 @@ PROGRESS = "MLOC_PROGRESS"  # the same as a path: any shell can write to it (das
 AGENT_INSTANCE = "MLOC_AGENT_INSTANCE"  # the warden's mark: inherited by everything the task starts
 TASK_OWNER = "MLOC_TASK_OWNER"  # the task's user: what the task keeps on the agent (RAG collections) is scoped to it
 ALLOW_PRIVATE_URLS = "MLOC_ALLOW_PRIVATE_URLS"  # "true": task URLs may reach loopback and private addresses
-COORDINATOR_URL = "MLOC_COORDINATOR_URL"  # a task URL may never reach the coordinator (modules/sources/url_policy.py)
+COORDINATOR_URL = "MLOC_COORDINATOR_ORIGIN"  # where the coordinator is: no task URL may reach it (url_policy.py)
 TASK_PATH_ROOTS = "MLOC_TASK_PATH_ROOTS"  # the folders task-named paths must lie in, os.pathsep-separated
 
 

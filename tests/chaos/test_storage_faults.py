@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import prerequisites
 from tests.chaos import disk
 from tests.chaos.conftest import Report
 from tests.chaos.fleet import Ledger, all_tasks, exactly_once
 from tests.harness import Agent, Coordinator, wait_for
-from tests.prerequisites import missing
 
 pytestmark = pytest.mark.chaos
 HEARTBEAT_S, TTL_S = 0.5, 4.0
@@ -32,7 +32,7 @@ KEPT = ("id", "state", "spec", "attempts", "user", "created_at", "finished_at", 
 def small_disk(tmp_path: Path) -> Iterator[disk.SmallDisk]:
     why = disk.available(tmp_path)
     if why:
-        missing(why)
+        prerequisites.missing(why)
     d = disk.SmallDisk(tmp_path / "coordinator", size_mb=8)
     try:
         yield d.mount()
@@ -190,7 +190,7 @@ def test_disk_full_answers_503_keeps_data_and_recovers(tmp_path: Path, small_dis
 def test_read_only_disk_answers_503_keeps_data_and_recovers(tmp_path: Path, report: Report) -> None:
     why = disk.available(tmp_path) or disk.Ext4Disk.missing()
     if why:
-        missing(why)
+        prerequisites.missing(why)
     ext4 = disk.Ext4Disk(tmp_path / "coordinator", tmp_path / "data.img")
     fleet = Fleet(tmp_path)
     try:

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from tests.harness import Coordinator
-from tests.prerequisites import missing
 from tests.ml.conftest import REPO, run_to_end, train_spec
 from tests.ml.test_training_modules import CHAT_ROWS
+from tests.prerequisites import missing
 
 pytestmark = pytest.mark.ml
 PROMPTS = ["question 3", "question 5"]
