@@ -34,6 +34,9 @@ REFUSED_NAMES: dict[str, str] = {
     **dict.fromkeys(("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS"), "changes how a JVM starts"),
     **dict.fromkeys(("GCONV_PATH", "GLIBC_TUNABLES"), "changes what the C library loads or how it behaves"),
     "PATH": "changes which program a name runs (libraries start compilers, git, workers by name)",
+    # the hub client follows these without the agent's URL policy (modules/sources/url_policy.py)
+    **dict.fromkeys(("HF_ENDPOINT", "HF_HUB_ENDPOINT"), "points the Hugging Face client at another server, "
+                    "past the agent's URL checks"),
 }
 
 

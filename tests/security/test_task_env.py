@@ -16,7 +16,7 @@ from tests.harness import FINAL, Coordinator
 from tests.security.users import user_client, user_view
 
 INTERPRETER_ENV = ("PYTHONWARNINGS", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONBREAKPOINT",
-                   "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "BROWSER", "BASH_ENV", "PERL5OPT")
+                   "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "BROWSER", "BASH_ENV", "PERL5OPT", "HF_ENDPOINT")
 NO_COMMAND = {"MLOC_DISABLED_TASK_TYPES": "command"}
 
 
