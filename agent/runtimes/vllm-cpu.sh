@@ -52,6 +52,12 @@ PYCHECK
 fi
 step "4/4 installing this checkout's mloc-shared and mloc-agent (no dependencies)"
 
-"${PIP[@]}" --no-deps --no-build-isolation "$REPO/shared" "$REPO/agent" 2>/dev/null \
-  || "${PIP[@]}" --no-deps "$REPO/shared" "$REPO/agent"
+# from a copy: pip builds a local folder in place (build/, *.egg-info), and make test builds the dev
+# venv from the same folders at the same time
+SRC=$(mktemp -d)
+trap 'rm -rf "$SRC"' EXIT
+cp -r "$REPO/shared" "$REPO/agent" "$SRC/"
+rm -rf "$SRC"/*/build "$SRC"/*/*.egg-info
+"${PIP[@]}" --no-deps --no-build-isolation "$SRC/shared" "$SRC/agent" 2>/dev/null \
+  || "${PIP[@]}" --no-deps "$SRC/shared" "$SRC/agent"
 echo "$PY"

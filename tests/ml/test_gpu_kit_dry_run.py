@@ -30,7 +30,7 @@ PHASES = {"model", "start", "sft", "inventory", "qlora", "inference", "full_fine
           "memory"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per xdist worker, however its tests interleave
 def dry_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     if importlib.util.find_spec("trl") is None:
         missing("the ML training stack is not installed (make venv-ml)")
