@@ -18,7 +18,7 @@ import warnings
 from typing import Any
 
 from mloc_shared.errors import MlocError, Unauthorized
-from mloc_shared.protocol import LeaseRef, PollRequest, RegisterRequest, Timings
+from mloc_shared.protocol import Lease, LeaseRef, PollRequest, RegisterRequest, Timings
 from mloc_shared.version import __version__
 
 from mloc_agent import inventory
@@ -47,6 +47,9 @@ class Agent:
         self.completions = CompletionReporter(self.client)
         self.modules: dict[str, str] = {}
         self.runs: dict[str, LeaseRun] = {}
+        # a task's next attempt, offered while this agent still reports the previous one (a retry with no
+        # backoff can be re-leased before our completion's answer is in): it starts once that one is gone
+        self.next_attempts: dict[str, Lease] = {}
         self.timings = Timings(poll_hold_s=25, heartbeat_s=10, lease_ttl_s=45)
         self.draining = False
         self.inventory = inventory.collect(settings)
@@ -159,7 +162,7 @@ class Agent:
         while not (self.draining and not self.runs):
             req = PollRequest(
                 poll_id=poll_id, free_slots=0 if self.draining else max(0, self.max_tasks - len(self.runs)),
-                running=[LeaseRef(task_id=r.task_id, epoch=r.lease.epoch) for r in self.runs.values()],
+                running=[LeaseRef(task_id=r.task_id, epoch=self._held_epoch(r)) for r in self.runs.values()],
                 draining=self.draining, gpu_stats=self._gpu_stats(),
             )
             self._repoll.clear()
@@ -194,7 +197,7 @@ class Agent:
                 continue
             backoff.reset()
             poll_id = uuid.uuid4().hex
-            new_runs = [self._start(lease) for lease in resp.leases if lease.task_id not in self.runs]
+            new_runs = [self._start(lease) for lease in resp.leases if self._accept(lease)]
             if new_runs:  # start them before the next poll's work competes for this loop (briefly: a download
                 # of a checkpoint or of sources can take minutes, and the next poll must not wait for that)
                 with contextlib.suppress(TimeoutError):
@@ -207,6 +210,22 @@ class Agent:
                 run = self.runs.get(task_id)
                 if run is not None:
                     self.spawn(run.fence("the coordinator says this lease is no longer ours"))
+
+    def _accept(self, lease: Lease) -> bool:
+        """Whether to start ``lease`` now; a newer attempt of a task still finishing here waits for it."""
+        run = self.runs.get(lease.task_id)
+        if run is None:
+            return True
+        if lease.epoch > run.lease.epoch:
+            log.info("task %s attempt %d starts once attempt %d has reported", lease.task_id, lease.attempt,
+                     run.lease.attempt)
+            self.next_attempts[lease.task_id] = lease
+        return False
+
+    def _held_epoch(self, run: LeaseRun) -> int:
+        """The epoch this agent holds for the run's task: a waiting next attempt's, once one is offered."""
+        waiting = self.next_attempts.get(run.task_id)
+        return waiting.epoch if waiting is not None else run.lease.epoch
 
     def spawn(self, coro) -> None:
         """Run a background coroutine, keeping a reference so it is not garbage-collected."""
@@ -233,6 +252,9 @@ class Agent:
             finally:
                 # dropped from `running` only now that the completion is acknowledged
                 self.runs.pop(lease.task_id, None)
+                following = self.next_attempts.pop(lease.task_id, None)
+                if following is not None:
+                    self._start(following)
                 if self.draining and not self.runs:
                     self._idle.set()
 
