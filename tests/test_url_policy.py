@@ -37,7 +37,7 @@ def test_a_private_url_is_refused_naming_the_setting_but_not_the_query(url: str)
     UrlPolicy(allow_private=True).check(url, "hyperparameters.documents")
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.org/x", "http:///nohost", "http://h:99999/"])
+@pytest.mark.parametrize("url", ["file://localhost/etc/passwd", "ftp://example.org/x", "http:///nohost", "http://h:99999/"])
 def test_only_http_urls_with_a_host_and_a_port_are_fetched(url: str) -> None:
     with pytest.raises(UrlRefused):
         UrlPolicy(allow_private=True).check(url, "dataset.uri")

@@ -35,7 +35,6 @@ from mloc_agent.task_contract import (
     TaskEnv,
     decode,
     host_argv,
-    host_python_path,
 )
 from mloc_agent.task_secrets import fetch_secrets
 from mloc_agent.uploads import fetch_checkpoint, upload
@@ -55,6 +54,7 @@ class LeaseDeps:
     settings: AgentSettings
     modules: Mapping[str, str]  # task type -> module reference
     task_env: Mapping[str, str]  # what every task process's environment starts from
+    host_python_path: tuple[str, ...]  # the agent's PYTHONPATH folders, for the isolated task host
     warden: Warden
     janitor: Janitor
     completions: CompletionReporter
@@ -169,7 +169,7 @@ class LeaseRun:
         if direct is None:
             task_file = self.workdir / "task.json"
             task_file.write_text(json.dumps({"spec": lease.spec, "module": module_ref,
-                                             "python_path": host_python_path(self.deps.task_env)}))
+                                             "python_path": list(self.deps.host_python_path)}))
             direct = host_argv(settings.runtimes.get(lease.task_type, sys.executable))
         env.update(TaskEnv(
             task_id=lease.task_id, attempt=lease.attempt, gpus=lease.gpus, workdir=self.workdir,

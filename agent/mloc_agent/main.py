@@ -28,7 +28,7 @@ from mloc_agent.lease_run import LeaseDeps, LeaseRun
 from mloc_agent.modules import registry
 from mloc_agent.retries import Backoff, retryable, retryable_registration
 from mloc_agent.settings import AgentSettings
-from mloc_agent.task_contract import base_env
+from mloc_agent.task_contract import base_env, host_python_path
 from mloc_agent.warden import Warden
 from mloc_agent.workdirs import Janitor, set_aside_stale
 
@@ -44,6 +44,7 @@ class Agent:
         self.warden = Warden()
         self.janitor = Janitor()
         self.task_env = base_env()
+        self.host_python_path = tuple(host_python_path(self.task_env))  # once per agent, like task_env
         self.completions = CompletionReporter(self.client)
         self.modules: dict[str, str] = {}
         self.runs: dict[str, LeaseRun] = {}
@@ -236,6 +237,7 @@ class Agent:
     def _lease_deps(self) -> LeaseDeps:
         return LeaseDeps(
             client=self.client, settings=self.settings, modules=self.modules, task_env=self.task_env,
+            host_python_path=self.host_python_path,
             warden=self.warden, janitor=self.janitor, completions=self.completions,
             heartbeat_s=self.timings.heartbeat_s, spawn=self.spawn,
         )
