@@ -18,8 +18,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from mloc_agent.task_contract import channel_env
-from mloc_agent.warden import Warden
+from mloc_agent.task_contract import TASK_ID, agent_mark, channel_env
+from mloc_agent.warden import Warden, marked_pids
 
 log = logging.getLogger(__name__)
 READ_SIZE = 64 * 1024
@@ -84,10 +84,14 @@ def _devnull() -> int:
 class TaskProcess:
     """One running task process (the leader of its own process group)."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], pipes: list[PipeFollower]) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes], pipes: list[PipeFollower],
+                 marks: tuple[bytes, ...] = ()) -> None:
         self.popen = popen
         self.pid = self.pgid = popen.pid
         self.pipes = pipes
+        # set when the task's processes leave its group (torchrun starts each rank in a session of its
+        # own): then signals and the final kill also go to every process carrying these marks
+        self.marks = marks
         loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[int] = loop.create_future()
         self._reaped = False
@@ -107,11 +111,13 @@ class TaskProcess:
     @classmethod
     def start(
         cls, argv: list[str], env: dict[str, str], cwd: Path, warden: Warden,
-        on_output: Callable[[str, bytes], None], on_channel: Callable[[bytes], None],
+        on_output: Callable[[str, bytes], None], on_channel: Callable[[bytes], None], *,
+        leaves_group: bool = False,
     ) -> TaskProcess:
         """Start ``argv`` now (no await: the child runs before this returns). ``on_output`` gets
         ("stdout" | "stderr", bytes); ``on_channel`` gets the bytes the task writes to its channel
-        (task_contract.channel_env)."""
+        (task_contract.channel_env). ``leaves_group``: the task starts processes in sessions of their
+        own (torchrun's ranks), found by the warden's mark and the task id instead of the group."""
         # our own pipes, handed to the child as plain fds: no file objects to build and take apart
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -135,7 +141,8 @@ class TaskProcess:
             PipeFollower(loop, err_r, lambda b: on_output("stderr", b)),
             PipeFollower(loop, read_fd, on_channel),
         ]
-        return cls(popen, pipes)
+        marks = (agent_mark(warden.instance).encode(), f"{TASK_ID}={env.get(TASK_ID, '')}".encode())
+        return cls(popen, pipes, marks if leaves_group and env.get(TASK_ID) else ())
 
     def _set_exit(self, code: int) -> None:
         if not self.exited.done():
@@ -163,10 +170,23 @@ class TaskProcess:
         except (ProcessLookupError, PermissionError):
             return False
 
+    def signal_task(self, sig: int) -> int:
+        """``sig`` to every process of the task: its group, and (``leaves_group``) each marked process
+        outside it. Returns how many were signalled."""
+        count = int(self.signal_group(sig))
+        for pid in marked_pids(*self.marks) if self.marks else ():
+            try:
+                if os.getpgid(pid) != self.pgid:
+                    os.kill(pid, sig)
+                    count += 1
+            except (ProcessLookupError, PermissionError):
+                continue
+        return count
+
     async def stop(self, grace_s: float) -> int | None:
         """SIGTERM the whole group, SIGKILL it after ``grace_s``; returns the exit code."""
         if self.returncode is None:
-            self.signal_group(signal.SIGTERM)
+            self.signal_task(signal.SIGTERM)
             try:
                 await asyncio.wait_for(self.wait(), grace_s)
             except TimeoutError:
@@ -178,4 +198,4 @@ class TaskProcess:
         """Kill what is left of the group (children the task left behind)."""
         if not self._reaped:
             self._reaped = True
-            self.signal_group(signal.SIGKILL)
+            self.signal_task(signal.SIGKILL)

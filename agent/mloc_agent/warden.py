@@ -58,20 +58,29 @@ class Warden:
             await asyncio.wait_for(self._proc.wait(), 10)
 
 
-def marked_groups(instance: str) -> set[int]:
-    """Process groups of processes whose environment carries this agent instance's mark."""
-    mark = agent_mark(instance).encode()
-    groups = set()
+def marked_pids(*marks: bytes) -> list[int]:
+    """Processes (not this one) whose environment carries every one of ``marks`` (``NAME=value``)."""
+    pids = []
     me = os.getpid()
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
         try:
             with open(f"/proc/{entry}/environ", "rb") as fh:
-                if mark in fh.read().split(b"\0"):
-                    groups.add(os.getpgid(int(entry)))
-        except (OSError, ProcessLookupError):
+                variables = fh.read().split(b"\0")
+        except OSError:
             continue
+        if all(mark in variables for mark in marks):
+            pids.append(int(entry))
+    return pids
+
+
+def marked_groups(instance: str) -> set[int]:
+    """Process groups of processes whose environment carries this agent instance's mark."""
+    groups = set()
+    for pid in marked_pids(agent_mark(instance).encode()):
+        with contextlib.suppress(OSError):
+            groups.add(os.getpgid(pid))
     return groups
 
 

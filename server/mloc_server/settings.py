@@ -6,7 +6,24 @@ from pathlib import Path
 from typing import Literal
 
 from mloc_shared.settings import MlocSettings
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class PriorityClass(BaseModel):
+    """A named priority (docs/scheduling.md): tasks of a higher class go first, and may preempt
+    running tasks of a lower, preemptible one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    priority: int = Field(ge=-1_000_000, le=1_000_000)
+    preemptible: bool = False
+
+
+DEFAULT_PRIORITY_CLASSES: dict[str, PriorityClass] = {
+    "low": PriorityClass(priority=-100, preemptible=True),
+    "normal": PriorityClass(priority=0),
+    "high": PriorityClass(priority=100),
+}
 
 
 class CoordinatorSettings(MlocSettings):
@@ -50,6 +67,10 @@ class CoordinatorSettings(MlocSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
 
+    # scheduling: named priority classes, and the one a task without ``priority_class`` gets
+    priority_classes: dict[str, PriorityClass] = Field(default_factory=lambda: dict(DEFAULT_PRIORITY_CLASSES))
+    default_priority_class: str = "normal"
+
     redis_url: str | None = None  # from the old design: warned about, never used
 
     @model_validator(mode="after")
@@ -59,6 +80,9 @@ class CoordinatorSettings(MlocSettings):
                 f"lease_ttl_s ({self.lease_ttl_s}) must be at least twice heartbeat_s ({self.heartbeat_s}) "
                 "so one lost heartbeat does not expire a lease"
             )
+        if self.default_priority_class not in self.priority_classes:
+            raise ValueError(f"default_priority_class {self.default_priority_class!r} is not one of "
+                             f"priority_classes ({', '.join(sorted(self.priority_classes))})")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together")
         return self

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from mloc_shared.distributed import Distributed
 from mloc_shared.env_policy import refused_variable
 from mloc_shared.hyperparams import check_dataset, check_hyperparameters
 from mloc_shared.task_types import BUILTIN_TASK_TYPES as BUILTIN_TASK_TYPES  # re-exported for the coordinator
@@ -70,6 +71,8 @@ class Resources(SpecModel):
     """What a task needs from one agent. ``gpus`` None means: derive it from the task type."""
 
     gpus: int | None = Field(None, ge=0, le=64)
+    # agents leased together as one job (a gang): each gives ``gpus`` GPUs (docs/distributed.md)
+    nodes: int = Field(1, ge=1, le=64)
     gpu_memory_gb: float | None = Field(None, gt=0, le=4096)
     gpu_models: list[str] = Field(default_factory=list, max_length=32)
     min_compute_capability: float | None = Field(None, ge=1.0, le=20.0)
@@ -105,6 +108,9 @@ class TaskSpec(SpecModel):
     # values reach only the task's environment: stored encrypted apart from the spec, masked in logs
     secrets: dict[str, str] = Field(default_factory=dict, max_length=64)
     resources: Resources = Field(default_factory=Resources)
+    distributed: Distributed | None = None
+    # a class the coordinator's config names (priority, preemptible); None: the configured default
+    priority_class: str | None = Field(None, min_length=1, max_length=64)
     priority: int = Field(0, ge=-1000, le=1000)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     timeout_s: float | None = Field(None, gt=0, le=30 * 86400)

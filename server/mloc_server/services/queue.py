@@ -8,9 +8,11 @@ claim costs O(shapes), not O(queued tasks). Tasks in retry backoff wait in a tim
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mloc_server.services.scheduler import AgentView, Requirement, pick_gpus
+from mloc_server.settings import DEFAULT_PRIORITY_CLASSES, PriorityClass
 
 
 @dataclass(frozen=True)
@@ -23,10 +25,18 @@ class TaskMeta:
     retry_on_failure: bool = False
     timeout_s: float | None = None
     owner: str = ""  # who may see the task on its agent in the fleet listing (besides an admin)
+    # the task's priority class (settings.priority_classes): ordered by class first, then ``priority``
+    priority_class: str = "normal"
+    class_priority: int = 0
+    preemptible: bool = False
+    team: str = ""  # the submitting token's team (fair share and quotas), "" when none
 
     @classmethod
-    def from_spec(cls, spec: dict, owner: str = "") -> TaskMeta:
+    def from_spec(cls, spec: dict, owner: str = "", classes: Mapping[str, PriorityClass] | None = None,
+                  default_class: str = "normal", team: str = "") -> TaskMeta:
         retry = spec.get("retry") or {}
+        name = spec.get("priority_class") or default_class
+        pc = (classes or DEFAULT_PRIORITY_CLASSES).get(name) or PriorityClass(priority=0)
         return cls(
             priority=int(spec.get("priority", 0)),
             backoff_s=float(retry.get("backoff_s", 5.0)),
@@ -34,12 +44,16 @@ class TaskMeta:
             retry_on_failure=bool(retry.get("on_failure", False)),
             timeout_s=spec.get("timeout_s"),
             owner=owner,
+            priority_class=name,
+            class_priority=pc.priority,
+            preemptible=pc.preemptible,
+            team=team,
         )
 
 
 @dataclass(order=True)
 class QueuedTask:
-    sort_key: tuple[int, float, str]
+    sort_key: tuple[int, int, float, str]
     id: str = field(compare=False)
     req: Requirement = field(compare=False)
     meta: TaskMeta = field(compare=False)
@@ -47,7 +61,7 @@ class QueuedTask:
 
     @classmethod
     def make(cls, task_id: str, req: Requirement, meta: TaskMeta, queued_at: float, not_before: float = 0.0):
-        return cls((-meta.priority, queued_at, task_id), task_id, req, meta, not_before)
+        return cls((-meta.class_priority, -meta.priority, queued_at, task_id), task_id, req, meta, not_before)
 
 
 class TaskQueue:
