@@ -23,6 +23,7 @@ from mloc_shared.protocol import Completion, Lease, Progress
 from mloc_agent.client import CoordinatorClient
 from mloc_agent.completions import CompletionReporter
 from mloc_agent.heartbeat import keep_lease
+from mloc_agent.launch import Rendezvous
 from mloc_agent.log_streamer import LogStreamer
 from mloc_agent.modules.registry import load
 from mloc_agent.runner import LineSplitter, TaskProcess
@@ -219,6 +220,11 @@ class LeaseRun:
         error = outcome.get("error") or f"exited with code {code}"
         return Completion(epoch=lease.epoch, outcome="failed", exit_code=code, result=result,
                           error=f"{error}\n{tail}" if tail else error)
+
+    async def _rendezvous(self) -> Rendezvous:
+        """Where this lease's ranks meet the others': one node, unless the lease is a gang member
+        (then rank 0's MASTER_ADDR:PORT, relayed by the coordinator)."""
+        return Rendezvous()
 
     def _on_channel_line(self, line: bytes) -> None:
         """A progress, checkpoint or artifact message from the task process (task_contract.decode)."""
