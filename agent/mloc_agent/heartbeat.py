@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from mloc_shared.errors import LeaseLost, MlocError
-from mloc_shared.protocol import HeartbeatRequest, Lease, Progress
+from mloc_shared.protocol import HeartbeatRequest, Lease, PreemptNotice, Progress
 
 from mloc_agent.client import CoordinatorClient
 from mloc_agent.retries import Backoff, retryable
@@ -23,10 +23,11 @@ from mloc_agent.retries import Backoff, retryable
 async def keep_lease(
     client: CoordinatorClient, lease: Lease, interval_s: float, *, finished: asyncio.Event,
     progress: Callable[[], Progress | None], on_cancel: Callable[[], None], on_fence: Callable[[str], None],
+    on_preempt: Callable[[PreemptNotice], None] = lambda notice: None,
 ) -> None:
     """Renew ``lease`` until cancelled (once the run's outcome is acknowledged) or until it is gone:
     then ``on_fence`` gets the reason and this returns. ``on_cancel`` is called when the coordinator
-    asks for the task to stop."""
+    asks for the task to stop, ``on_preempt`` when it asks it to checkpoint and stop."""
     ttl = lease.ttl_s
     last_ok_sent = time.monotonic()
     # a renewal must land within the TTL, so failed ones are retried about every second, not backed off far
@@ -53,6 +54,8 @@ async def keep_lease(
             retry.reset()
             if resp.cancel:
                 on_cancel()
+            elif resp.preempt is not None:
+                on_preempt(resp.preempt)
             wait = interval_s * random.uniform(0.9, 1.1)  # spread: a fleet's renewals do not bunch up
         except LeaseLost as exc:
             on_fence(f"lease lost: {exc.message}")

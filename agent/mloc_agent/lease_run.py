@@ -10,7 +10,9 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 
 from mloc_shared.env_policy import refused_variable
 from mloc_shared.errors import LeaseLost
-from mloc_shared.protocol import Completion, Lease, Progress
+from mloc_shared.protocol import Completion, Lease, PreemptNotice, Progress
 
 from mloc_agent.client import CoordinatorClient
 from mloc_agent.completions import CompletionReporter
@@ -30,8 +32,10 @@ from mloc_agent.runner import LineSplitter, TaskProcess
 from mloc_agent.settings import AgentSettings
 from mloc_agent.sources import fetch_sources
 from mloc_agent.task_contract import (
+    PREEMPT_SIGNAL_NAME,
     ArtifactAdded,
     CheckpointSaved,
+    Preempted,
     ProgressReport,
     TaskEnv,
     decode,
@@ -78,6 +82,13 @@ class LeaseRun:
         self.workdir = deps.settings.data_dir / "work" / f"{lease.task_id}-{lease.attempt}"
         self.logs = LogStreamer(self.client, lease.task_id, lease.epoch, deps.settings.log_flush_s)
         self._uploads: list[asyncio.Task[Any]] = []
+        # preemption (docs/modules.md): the request, whether the task can checkpoint on it, its ack, and
+        # whether the agent had to stop it (the grace ran out, or it cannot checkpoint)
+        self.preempt_notice: PreemptNotice | None = None
+        self.preempt_signalled_at: float | None = None
+        self.checkpoints_on_preempt = False
+        self.preempt_ack: Preempted | None = None
+        self.preempt_stopped = False
 
     # -- control from the agent -------------------------------------------------------------
 
@@ -96,6 +107,43 @@ class LeaseRun:
             if self.proc is not None:
                 await self.proc.stop(self.deps.settings.cancel_grace_s)
 
+    async def preempt(self, notice: PreemptNotice) -> None:
+        """Checkpoint and stop (the coordinator wants the GPUs, or this agent stops with notice): the task
+        gets the preempt file and the signal, ``notice.grace_s`` to save and exit, then it is stopped."""
+        if self.preempt_notice is not None or self.cancel_reason is not None or self.fenced is not None:
+            return
+        if self.done.is_set():
+            return
+        self.preempt_notice = notice
+        self.logs.write("system", f"[mloc] {notice.reason or 'preempted'}: checkpoint and stop within "
+                                  f"{notice.grace_s:g}s\n")
+        if self.proc is not None:  # not started yet: _execute sees the notice
+            await self._deliver_preempt()
+
+    async def _deliver_preempt(self) -> None:
+        proc, notice = self.proc, self.preempt_notice
+        assert proc is not None and notice is not None
+        if not self.checkpoints_on_preempt:
+            self.logs.write("system", "[mloc] this task cannot checkpoint on request: stopping it\n")
+            self.preempt_stopped = True
+            await proc.stop(self.deps.settings.cancel_grace_s)
+            return
+        path = self.workdir / "preempt"
+        await asyncio.to_thread(path.write_text, json.dumps({"grace_s": notice.grace_s, "reason": notice.reason}))
+        self.preempt_signalled_at = time.monotonic()
+        proc.signal_task(getattr(signal, PREEMPT_SIGNAL_NAME))
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), notice.grace_s)
+        except TimeoutError:
+            self.logs.write("system", f"[mloc] the task did not stop within the {notice.grace_s:g}s grace: "
+                                      "stopping it\n")
+            self.preempt_stopped = True
+            await proc.stop(self.deps.settings.cancel_grace_s)
+
+    def _on_preempt(self, notice: PreemptNotice) -> None:
+        if self.preempt_notice is None and not self.done.is_set():
+            self.deps.spawn(self.preempt(notice))
+
     def _on_cancel_requested(self) -> None:
         if self.cancel_reason is None and not self.done.is_set():
             self.deps.spawn(self.cancel("cancel requested"))
@@ -108,7 +156,8 @@ class LeaseRun:
     async def run(self) -> None:
         heartbeats = asyncio.create_task(keep_lease(
             self.client, self.lease, self.deps.heartbeat_s, finished=self.done, progress=lambda: self.progress,
-            on_cancel=self._on_cancel_requested, on_fence=self._on_lease_gone), name=f"hb-{self.task_id}")
+            on_cancel=self._on_cancel_requested, on_fence=self._on_lease_gone, on_preempt=self._on_preempt),
+            name=f"hb-{self.task_id}")
         self.logs.start()
         completion: Completion | None = None
         try:
@@ -164,6 +213,9 @@ class LeaseRun:
             names = ", ".join(sorted(p.name for p in sources_dir.iterdir()))
             self.logs.write("system", f"[mloc] fetched the outputs of task(s) {names}\n")
         module_cls = load(module_ref)
+        self.checkpoints_on_preempt = module_cls.checkpoints_on_preempt(lease.spec)
+        if self.preempt_notice is not None:  # asked to make room before it started: nothing to save
+            return Completion(epoch=lease.epoch, outcome="preempted", error=self.preempt_notice.reason or "preempted")
         result_file = self.workdir / "result.json"
         task_file = None
         direct = module_cls.direct_argv(lease.spec)
@@ -178,13 +230,15 @@ class LeaseRun:
             resume_step=lease.resume.step if lease.resume is not None else None, sources_dir=sources_dir,
             task_file=task_file, result_file=result_file if task_file is not None else None, owner=lease.owner,
             allow_private_urls=settings.allow_private_urls, coordinator_url=settings.coordinator_url,
-            path_roots=tuple(settings.task_read_roots),
+            path_roots=tuple(settings.task_read_roots), preempt_file=self.workdir / "preempt",
         ).to_env())  # last: a spec's env cannot change what the agent tells the task
         channel = LineSplitter(self._on_channel_line)
         self.proc = TaskProcess.start(direct, env, self.workdir, self.deps.warden, self.logs.feed, channel.feed)
         self.started.set()
         if self.cancel_reason is not None or self.fenced is not None:
             await self.proc.stop(settings.cancel_grace_s)
+        elif self.preempt_notice is not None:
+            self.deps.spawn(self._deliver_preempt())
         code = await self.proc.wait()
         self.proc.reap_group()
         try:  # a grandchild that left the process group may hold the pipes open: do not wait for it forever
@@ -207,6 +261,14 @@ class LeaseRun:
         if self.cancel_reason is not None:
             return Completion(epoch=lease.epoch, outcome="cancelled", exit_code=code, result=result,
                               error=self.cancel_reason)
+        if self._was_preempted(code):
+            await self._upload_command_checkpoint(ckpt_dir)
+            notice = self.preempt_notice
+            assert notice is not None
+            step = self.preempt_ack.step if self.preempt_ack is not None else None
+            return Completion(epoch=lease.epoch, outcome="preempted", exit_code=code,
+                              result={**result, "preempted_at_step": step},
+                              error=notice.reason or "preempted")
         if code == 0:
             return Completion(epoch=lease.epoch, outcome="succeeded", exit_code=code, result=result)
         error_code, retryable = outcome.get("error_code"), outcome.get("retryable")
@@ -221,6 +283,26 @@ class LeaseRun:
         return Completion(epoch=lease.epoch, outcome="failed", exit_code=code, result=result,
                           error=f"{error}\n{tail}" if tail else error)
 
+    def _was_preempted(self, code: int | None) -> bool:
+        """Whether the attempt ended for its preemption request: it acknowledged (whatever its exit code:
+        under torchrun a clean save still exits 1), the agent stopped it, or a command that opted in exited
+        after the signal. A training task that just finished (0, no ack) succeeded; one that failed failed."""
+        if self.preempt_notice is None:
+            return False
+        if self.preempt_ack is not None or self.preempt_stopped:
+            return True
+        return self.preempt_signalled_at is not None and self.lease.task_type == "command"
+
+    async def _upload_command_checkpoint(self, ckpt_dir: Path) -> None:
+        """A ``command`` that exited within the grace: its $MLOC_CHECKPOINT_DIR is the checkpoint to resume
+        from (unless it sent its own, or the agent had to stop it)."""
+        if self.lease.task_type != "command" or self.preempt_stopped or self.preempt_ack is not None:
+            return
+        if not await asyncio.to_thread(lambda: any(ckpt_dir.iterdir())):
+            return
+        step = self.progress.step if self.progress is not None and self.progress.step is not None else 0
+        await self._upload(ckpt_dir, f"checkpoints/step-{step}.tar", "checkpoint", step)
+
     async def _rendezvous(self) -> Rendezvous:
         """Where this lease's ranks meet the others': one node, unless the lease is a gang member
         (then rank 0's MASTER_ADDR:PORT, relayed by the coordinator)."""
@@ -234,6 +316,10 @@ class LeaseRun:
                 self.progress = Progress.model_validate(self.logs.redactor.mask_value(message.fields))
                 if self.progress.step is not None and self.progress.total:
                     self.progress.percent = round(100.0 * self.progress.step / self.progress.total, 2)
+        elif isinstance(message, Preempted):
+            self.preempt_ack = message
+            self.logs.write("system", f"[mloc] the task checkpointed at step {message.step} and stops "
+                                      "for preemption\n")
         elif message is not None:
             self._upload_soon(message)
 

@@ -18,7 +18,7 @@ import warnings
 from typing import Any
 
 from mloc_shared.errors import MlocError, Unauthorized
-from mloc_shared.protocol import Lease, LeaseRef, PollRequest, RegisterRequest, Timings
+from mloc_shared.protocol import Lease, LeaseRef, PollRequest, PreemptNotice, RegisterRequest, Timings
 from mloc_shared.version import __version__
 
 from mloc_agent import inventory
@@ -125,7 +125,16 @@ class Agent:
 
     def drain(self) -> None:
         if not self.draining:
-            log.info("draining: finishing %d running task(s), taking no new ones", len(self.runs))
+            deadline = self.settings.stop_deadline_s
+            if deadline > 0 and self.runs:  # notice before the box goes: checkpoint now, resume elsewhere
+                log.info("stopping within %gs: %d running task(s) checkpoint and release their leases",
+                         deadline, len(self.runs))
+                notice = PreemptNotice(grace_s=deadline, reason=f"agent {self.settings.agent_name} stops within "
+                                                                f"{deadline:g}s (MLOC_STOP_DEADLINE_S)")
+                for run in list(self.runs.values()):
+                    self.spawn(run.preempt(notice))
+            else:
+                log.info("draining: finishing %d running task(s), taking no new ones", len(self.runs))
             self.draining = True
             self._repoll.set()
             if not self.runs:
@@ -207,6 +216,10 @@ class Agent:
                 run = self.runs.get(task_id)
                 if run is not None:
                     self.spawn(run.cancel("cancel requested"))
+            for task_id, notice in resp.preempt.items():
+                run = self.runs.get(task_id)
+                if run is not None:
+                    self.spawn(run.preempt(notice))
             for task_id in resp.lost:
                 run = self.runs.get(task_id)
                 if run is not None:

@@ -37,6 +37,9 @@ class AgentSettings(MlocSettings):
     runtimes: dict[str, str] = Field(default_factory=dict)  # task type -> python interpreter
     ca_bundle: str | None = None
     cancel_grace_s: float = Field(10.0, ge=0)
+    # SIGTERM with notice (a spot reclaim, a reboot): running tasks checkpoint within this many seconds and
+    # their leases are released at once (they resume elsewhere); 0: they finish here first (docs/operations.md)
+    stop_deadline_s: float = Field(0.0, ge=0, le=86400)
     log_flush_s: float = Field(0.5, gt=0)
     allow_private_urls: bool = False  # task URLs may reach loopback, link-local and private addresses
     task_path_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)  # besides datasets/, models/

@@ -37,6 +37,10 @@ TASK_OWNER = "MLOC_TASK_OWNER"  # the task's user: what the task keeps on the ag
 ALLOW_PRIVATE_URLS = "MLOC_ALLOW_PRIVATE_URLS"  # "true": task URLs may reach loopback and private addresses
 COORDINATOR_URL = "MLOC_COORDINATOR_ORIGIN"  # where the coordinator is: no task URL may reach it (url_policy.py)
 TASK_PATH_ROOTS = "MLOC_TASK_PATH_ROOTS"  # the folders task-named paths must lie in, os.pathsep-separated
+# preemption (docs/modules.md): the agent writes this file ({"grace_s", "reason"}) and sends PREEMPT_SIGNAL to
+# every process of the task; the task checkpoints, sends ``Preempted`` and exits within the grace
+PREEMPT_FILE = "MLOC_PREEMPT_FILE"
+PREEMPT_SIGNAL_NAME = "SIGUSR1"
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class TaskEnv:
     allow_private_urls: bool = False
     coordinator_url: str | None = None
     path_roots: tuple[Path, ...] = ()
+    preempt_file: Path | None = None
 
     def to_env(self) -> dict[str, str]:
         """The variables to lay over the task's base environment (unset fields are left out)."""
@@ -74,7 +79,8 @@ class TaskEnv:
                     (RESULT_FILE, self.result_file), (TASK_OWNER, self.owner),
                     (ALLOW_PRIVATE_URLS, "true" if self.allow_private_urls else "false"),
                     (COORDINATOR_URL, self.coordinator_url),
-                    (TASK_PATH_ROOTS, os.pathsep.join(str(p) for p in self.path_roots) or None))
+                    (TASK_PATH_ROOTS, os.pathsep.join(str(p) for p in self.path_roots) or None),
+                    (PREEMPT_FILE, self.preempt_file))
         if self.progress_fd is not None:
             env.update(channel_env(self.progress_fd))
         env.update({name: str(value) for name, value in optional if value is not None})
@@ -94,6 +100,7 @@ class TaskEnv:
             progress_fd=int(env[PROGRESS_FD]) if env.get(PROGRESS_FD) else None, owner=env.get(TASK_OWNER) or None,
             allow_private_urls=env.get(ALLOW_PRIVATE_URLS) == "true", coordinator_url=env.get(COORDINATOR_URL) or None,
             path_roots=tuple(Path(p) for p in env.get(TASK_PATH_ROOTS, "").split(os.pathsep) if p),
+            preempt_file=_path(env, PREEMPT_FILE),
         )
 
 
@@ -170,7 +177,28 @@ class ArtifactAdded:
     name: str | None = None
 
 
-ChannelMessage = ProgressReport | CheckpointSaved | ArtifactAdded
+@dataclass(frozen=True)
+class Preempted:
+    """The task's acknowledgement of a preemption request: it saved (and sent) its checkpoint at ``step``
+    and is exiting for that reason, so the agent reports ``preempted`` whatever its exit code."""
+
+    kind: ClassVar[str] = "preempted"
+    step: int | None = None
+
+
+class PreemptedExit(Exception):
+    """Raised by a module that stopped for preemption (not an error: the way out once ``Preempted`` is
+    sent); the task host exits 0 without a result."""
+
+
+ChannelMessage = ProgressReport | CheckpointSaved | ArtifactAdded | Preempted
+
+
+def preempt_requested(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the agent asked this task to checkpoint and stop (its preempt file exists). Cheap: a stat."""
+    env = os.environ if env is None else env
+    path = env.get(PREEMPT_FILE)
+    return bool(path) and os.path.exists(path)
 
 
 def encode(message: ChannelMessage) -> str:
@@ -179,6 +207,8 @@ def encode(message: ChannelMessage) -> str:
         body: dict[str, Any] = {"type": message.kind, **message.fields}
     elif isinstance(message, CheckpointSaved):
         body = {"type": message.kind, "path": message.path, "step": message.step, "name": message.name}
+    elif isinstance(message, Preempted):
+        body = {"type": message.kind, "step": message.step}
     else:
         body = {"type": message.kind, "path": message.path, "name": message.name}
     return json.dumps(body) + "\n"
@@ -198,14 +228,16 @@ def decode(line: bytes | str) -> ChannelMessage | None:
     if kind == ProgressReport.kind:
         return ProgressReport(body)
     path, name, step = body.get("path"), body.get("name"), body.get("step")
+    if isinstance(step, float) and step.is_integer():
+        step = int(step)
+    if kind == Preempted.kind:
+        return None if isinstance(step, bool) or not isinstance(step, int | None) else Preempted(step)
     if not isinstance(path, str) or not path or not isinstance(name, str | None):
         return None
     if kind == ArtifactAdded.kind:
         return ArtifactAdded(path, name)
     if kind != CheckpointSaved.kind:
         return None
-    if isinstance(step, float) and step.is_integer():
-        step = int(step)
     if isinstance(step, bool) or not isinstance(step, int | None):
         return None
     return CheckpointSaved(path, step, name)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 import traceback
 
 from mloc_agent.modules.base import TaskContext
 from mloc_agent.modules.errors import failure_of
 from mloc_agent.modules.registry import load
-from mloc_agent.task_contract import RESULT_FILE, TASK_FILE, TaskEnv
+from mloc_agent.task_contract import PREEMPT_SIGNAL_NAME, RESULT_FILE, TASK_FILE, PreemptedExit, TaskEnv
 
 
 def main() -> int:
@@ -27,11 +28,16 @@ def main() -> int:
     # isolated mode (task_contract.host_argv) ignored PYTHONPATH: the agent's own comes in the task file
     sys.path[:0] = [p for p in task.get("python_path", []) if p not in sys.path]
     ctx = TaskContext.from_env(task["spec"])
+    # the preemption signal must not kill the host: modules poll the preempt file (task_contract.py)
+    signal.signal(getattr(signal, PREEMPT_SIGNAL_NAME), lambda signum, frame: None)
     try:
         module = load(task["module"])(ctx)
         result = asyncio.run(module.execute(progress_callback=ctx.progress))
     except KeyboardInterrupt:
         return 130
+    except PreemptedExit:
+        print("[mloc] stopped for preemption after saving a checkpoint", file=sys.stderr)
+        return 0
     except Exception as exc:
         traceback.print_exc()  # the task's logs keep the traceback; its error is one line (modules/errors.py)
         failure = failure_of(exc)

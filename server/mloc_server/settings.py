@@ -70,6 +70,11 @@ class CoordinatorSettings(MlocSettings):
     # scheduling: named priority classes, and the one a task without ``priority_class`` gets
     priority_classes: dict[str, PriorityClass] = Field(default_factory=lambda: dict(DEFAULT_PRIORITY_CLASSES))
     default_priority_class: str = "normal"
+    # preemption (docs/scheduling.md): the grace a preempted task gets to checkpoint and exit; how long
+    # an attempt runs before it may be preempted; how often one task may be preempted in an hour
+    preempt_grace_s: float = Field(120.0, ge=0, le=86400)
+    preempt_min_runtime_s: float = Field(300.0, ge=0, le=86400)
+    preempt_max_per_hour: int = Field(2, ge=0, le=1000)
 
     redis_url: str | None = None  # from the old design: warned about, never used
 

@@ -14,7 +14,9 @@ from mloc_shared.version import PROTOCOL_VERSION
 
 TaskState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-Outcome = Literal["succeeded", "failed", "cancelled"]
+# "preempted": the task stopped (having checkpointed) because the coordinator or its agent asked it to
+# make room; the coordinator queues it again at once, and it is not a failed attempt
+Outcome = Literal["succeeded", "failed", "cancelled", "preempted"]
 # An integer the coordinator stores in a 64-bit SQLite column: a larger one is refused naming its field.
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
@@ -160,9 +162,19 @@ class Lease(WireModel):
     owner: str | None = None  # the task's user: what an agent keeps between tasks (RAG collections) is theirs
 
 
+class PreemptNotice(WireModel):
+    """Checkpoint now and stop: the task's GPUs are wanted (docs/scheduling.md). The task has
+    ``grace_s`` seconds from the agent's receipt to save and exit; then it is stopped."""
+
+    grace_s: float = Field(ge=0, le=86400)
+    reason: str = Field("", max_length=500)
+
+
 class PollResponse(WireModel):
     leases: list[Lease] = Field(default_factory=list)
     cancel: list[str] = Field(default_factory=list)
+    # task id -> notice: the same request the lease's next heartbeat carries, sooner (the held poll wakes)
+    preempt: dict[str, PreemptNotice] = Field(default_factory=dict)
     lost: list[str] = Field(default_factory=list)
     drain: bool = False
     timings: Timings | None = None
@@ -188,6 +200,7 @@ class HeartbeatRequest(WireModel):
 class HeartbeatResponse(WireModel):
     cancel: bool = False
     ttl_s: float
+    preempt: PreemptNotice | None = None
 
 
 class LogChunk(WireModel):

@@ -104,6 +104,8 @@ class TaskSpec(SpecModel):
     dataset: dict[str, Any] | None = None
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     command: str | list[str] | None = None
+    # a command opts in to checkpoint on preemption: it handles SIGUSR1 / $MLOC_PREEMPT_FILE (docs/modules.md)
+    checkpoint_on_preempt: bool | None = None
     env: dict[str, str] = Field(default_factory=dict)
     # values reach only the task's environment: stored encrypted apart from the spec, masked in logs
     secrets: dict[str, str] = Field(default_factory=dict, max_length=64)
@@ -166,6 +168,9 @@ class TaskSpec(SpecModel):
                 raise FieldError("command", "a 'command' task needs 'command': a shell string or an argument list")
         elif self.command is not None:
             raise FieldError("command", f"'command' is only allowed with taskType 'command', not {self.task_type!r}")
+        if self.checkpoint_on_preempt is not None and self.task_type != "command":
+            raise FieldError("checkpoint_on_preempt", "'checkpoint_on_preempt' is for taskType 'command' only "
+                                                      "(training tasks always checkpoint when preempted)")
         return self
 
     def required_gpus(self) -> int:

@@ -79,6 +79,12 @@ class BaseModule:
         self.spec = ctx.spec
 
     @classmethod
+    def checkpoints_on_preempt(cls, spec: dict[str, Any]) -> bool:
+        """Whether the task saves a checkpoint and exits when asked (the preempt file and signal,
+        docs/modules.md); otherwise a preemption stops it at once and it starts over elsewhere."""
+        return False
+
+    @classmethod
     def direct_argv(cls, spec: dict[str, Any]) -> list[str] | None:
         """For modules that are just a program: the argv the agent runs directly (no Python host)."""
         return None

@@ -12,6 +12,10 @@ class CommandModule(BaseModule):
     task_type = "command"
 
     @classmethod
+    def checkpoints_on_preempt(cls, spec: dict[str, Any]) -> bool:
+        return bool(spec.get("checkpoint_on_preempt"))  # opted in: it handles SIGUSR1 / the preempt file
+
+    @classmethod
     def direct_argv(cls, spec: dict[str, Any]) -> list[str]:
         command = spec["command"]
         if isinstance(command, str):

@@ -44,6 +44,9 @@ COUNTERS = {
     "tasks_finished": ("mloc_tasks_finished", "Completions recorded"),
     "polls": ("mloc_agent_polls", "Long polls received"),
     "heartbeats": ("mloc_heartbeats", "Heartbeats received"),
+    "preemptions_requested": ("mloc_preemptions_requested",
+                              "Running tasks asked to checkpoint and stop (preemption, a drain with a deadline)"),
+    "preemptions": ("mloc_preemptions", "Attempts that ended preempted and were queued again"),
 }
 
 

@@ -57,12 +57,24 @@ def _workers(listing: WorkerList) -> web.Response:
     return ok(listing.model_dump(mode="json", exclude_unset=True))
 
 
+class DrainRequest(BaseModel):
+    """A drain with notice (a spot reclaim, maintenance): running tasks checkpoint within ``deadline_s`` and
+    their leases are released at once, so they resume elsewhere. 0 (or no body): they finish here."""
+
+    model_config = {"extra": "forbid"}
+    deadline_s: float = Field(0, ge=0, le=86400)
+
+
 @routes.post("/api/v1/agents/{name}/drain")
 @routes.post("/api/v1/agents/{name}/cordon")
 async def drain(request: web.Request) -> web.Response:
     viewer = admin(request)
     st = state(request)
+    body = await read_model(request, DrainRequest) if await request.read() else DrainRequest()
     agent = await st.agents.set_state(request.match_info["name"], "draining")
+    if body.deadline_s > 0:
+        for lease in list(agent.leases.values()):
+            st.leasing.request_preempt(lease, body.deadline_s, f"agent {agent.name} drains within {body.deadline_s:g}s")
     return ok(st.agents.describe(agent, viewer).model_dump(mode="json", exclude_unset=True))
 
 

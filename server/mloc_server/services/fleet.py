@@ -11,14 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mloc_shared.protocol import GpuStat, Inventory, Lease
+from mloc_shared.protocol import GpuStat, Inventory, Lease, PreemptNotice
 
 from mloc_server.services.queue import QueuedTask, TaskMeta, TaskQueue
 from mloc_server.services.scheduler import AgentView, Requirement, pick_gpus
 from mloc_server.services.waiting import WaitingPolls
 
 # event counts kept in memory since start (api/metrics.py exports them)
-COUNTERS = ("leases_granted", "handoffs", "leases_expired", "tasks_finished", "polls", "heartbeats")
+COUNTERS = ("leases_granted", "handoffs", "leases_expired", "tasks_finished", "polls", "heartbeats",
+            "preemptions_requested", "preemptions")
 
 
 @dataclass
@@ -41,6 +42,8 @@ class LeaseState:
     progress: dict[str, Any] | None = None
     progress_dirty: bool = False
     delivered: bool = True  # False while a handed-off offer waits for a poll reply to carry it
+    preempt: PreemptNotice | None = None  # asked to checkpoint and stop (services/preemption.py, a drain)
+    preempt_sent: bool = False  # a poll reply carried it (heartbeat replies carry it until the end)
 
 
 @dataclass
@@ -118,6 +121,10 @@ class Fleet:
         self.leases: dict[str, LeaseState] = {}
         self.waiting = WaitingPolls()
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        # task id -> when it was preempted (the anti-thrash window; in memory: a restart forgets it)
+        self.preempted_at: dict[str, list[float]] = {}
+        # requirement -> why the queue's head of that shape waits instead of preempting (the last check)
+        self.preempt_reasons: dict[Requirement, str] = {}
 
     def add_agent(self, agent: AgentState) -> None:
         """Register an agent, or replace the one with its id (re-registered): it keeps the leases."""

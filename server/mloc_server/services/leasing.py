@@ -27,6 +27,7 @@ from mloc_shared.protocol import (
     HeartbeatRequest,
     HeartbeatResponse,
     Lease,
+    PreemptNotice,
     Timings,
 )
 
@@ -142,7 +143,7 @@ class Leasing:
         if req.progress is not None:
             lease.progress = req.progress.model_dump(exclude_none=True)
             lease.progress_dirty = True
-        return HeartbeatResponse(cancel=lease.cancel_requested, ttl_s=self.settings.lease_ttl_s)
+        return HeartbeatResponse(cancel=lease.cancel_requested, ttl_s=self.settings.lease_ttl_s, preempt=lease.preempt)
 
     async def complete(self, agent: AgentState, task_id: str, c: Completion) -> str:
         """Record a task's end; a retried completion that already committed answers the same."""
@@ -168,6 +169,9 @@ class Leasing:
                 state, error = "failed", f"timed out after {lease.meta.timeout_s:g}s (timeout_s)"
             elif lease.cancel_requested and c.outcome != "succeeded":
                 state = "cancelled"
+            elif c.outcome == "preempted":  # checkpointed on request: queued again at once, not a failure
+                outcomes[i] = await self.release_preempted(lease, c.error or "preempted")
+                continue
             # an input error (retryable False) fails at once: another attempt reads the same spec
             elif c.outcome == "failed" and lease.meta.retry_on_failure and c.retryable is not False:
                 await self.expire(lease, f"failed: {c.error or 'exit code ' + str(c.exit_code)}", lost=False)
@@ -232,6 +236,37 @@ class Leasing:
         elif state in FINAL_STATES:
             self._notify_final(lease.task_id, state)
         return state
+
+    async def release_preempted(self, lease: LeaseState, reason: str) -> str | MlocError:
+        """A task stopped for preemption (or its agent's drain with a deadline): queue it again now, with
+        no backoff; the attempt's outcome is ``preempted`` and it does not count against max_attempts."""
+        if lease.closing:
+            return LeaseLost(f"task {lease.task_id} is already being requeued")
+        lease.closing = True
+        now = self.clock.time()
+        try:
+            state = await self._db.write(
+                lambda tx: tx.requeue_task(lease.task_id, lease.epoch, reason, now, now, preempted=True))
+        except Exception:
+            lease.closing = False
+            raise
+        self.fleet.drop_lease(lease, freed=True)
+        if state is None:
+            return LeaseLost(f"task {lease.task_id} changed state before its completion arrived")
+        self.fleet.counters["preemptions"] += 1
+        log.info("task %s attempt %d preempted (%s) -> %s", lease.task_id, lease.attempt, reason, state)
+        if state == "queued":
+            self.fleet.enqueue(QueuedTask.make(lease.task_id, lease.req, lease.meta, now), now)
+        elif state in FINAL_STATES:
+            self._notify_final(lease.task_id, state)
+        return state
+
+    def request_preempt(self, lease: LeaseState, grace_s: float, reason: str) -> None:
+        """Ask a running task to checkpoint now and stop (an operator's drain with a deadline)."""
+        if lease.preempt is None and not lease.closing and lease.epoch >= 0:
+            lease.preempt = PreemptNotice(grace_s=grace_s, reason=reason)
+            self.fleet.counters["preemptions_requested"] += 1
+            self.fleet.wake_agent(lease.agent_id, "preempt")
 
     def _notify_final(self, task_id: str, state: str) -> None:
         for callback in self.on_task_final:

@@ -59,13 +59,16 @@ class Polling:
                 if lease.cancel_requested and not lease.cancel_sent:
                     lease.cancel_sent = True
                     resp.cancel.append(lease.task_id)
+                if lease.preempt is not None and not lease.preempt_sent:  # sooner than its next heartbeat
+                    lease.preempt_sent = True
+                    resp.preempt[lease.task_id] = lease.preempt
                 if not lease.delivered and lease.offer is not None:  # handed off (services/handoff.py)
                     lease.delivered, lease.claim_id = True, req.poll_id
                     resp.leases.append(lease.offer)
             free = min(req.free_slots + agent.freed_since_poll - agent.reserved, agent.max_tasks - len(agent.leases))
             if not resp.leases and free > 0 and agent.accepting:
                 resp.leases = await self.leasing.claim(agent, free, req.poll_id)
-            if resp.leases or resp.cancel or resp.lost:
+            if resp.leases or resp.cancel or resp.lost or resp.preempt:
                 return resp
             remaining = deadline - self.clock.monotonic()
             if remaining <= 0 or self.shutting_down:

@@ -145,5 +145,9 @@ class TaskQueue:
                 return head, gpus
         return None
 
+    def heads(self) -> list[QueuedTask]:
+        """The first ready task of each shape (what preemption looks at)."""
+        return [h for h in (self._head(r) for r in list(self._buckets)) if h is not None]
+
     def requirements(self) -> list[Requirement]:
         return [r for r in list(self._buckets) if self._head(r) is not None]

@@ -12,6 +12,7 @@ from mloc_shared.errors import Unavailable
 from mloc_server.clock import Clock
 from mloc_server.services.fleet import Fleet
 from mloc_server.services.leasing import Leasing
+from mloc_server.services.preemption import Preempter
 from mloc_server.settings import CoordinatorSettings
 from mloc_server.store import Store, StoreTx
 
@@ -43,6 +44,7 @@ class Reaper:
                 fleet.wake_agent(lease.agent_id, "cancel")
         for task in fleet.queue.promote_due(now):
             fleet.wake_for(task.req)
+        Preempter(fleet, self.settings, self.clock).check()  # a task past its min runtime may now be preempted
         await self.flush()
 
     async def flush(self) -> None:

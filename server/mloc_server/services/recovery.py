@@ -29,7 +29,7 @@ async def load_state(db: Store, fleet: Fleet, leasing: Leasing, settings: Coordi
     for row in await db.active_tasks():
         spec = json.loads(row.spec)
         req = Requirement.from_json(row.requirement)
-        meta = TaskMeta.from_spec(spec, row.owner)
+        meta = TaskMeta.from_spec(spec, row.owner, settings.priority_classes, settings.default_priority_class)
         if row.state == "queued":
             fleet.queue.add(QueuedTask.make(row.id, req, meta, row.queued_at, row.not_before), now)
             continue

@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from mloc_shared.errors import Forbidden, NotFound
+from mloc_shared.errors import Forbidden, NotFound, ValidationFailed
 from mloc_shared.protocol import FINAL_STATES
 from mloc_shared.taskspec import BUILTIN_TASK_TYPES, TaskSpec
 
@@ -19,6 +19,7 @@ from mloc_server.services import handoff
 from mloc_server.services.auth import Principal
 from mloc_server.services.fleet import Fleet
 from mloc_server.services.leasing import Leasing
+from mloc_server.services.preemption import Preempter
 from mloc_server.services.queue import QueuedTask, TaskMeta
 from mloc_server.services.scheduler import Requirement, unplaceable_reason
 from mloc_server.services.secrets import TaskSecrets, split_secrets
@@ -38,6 +39,20 @@ class Tasks:
     leasing: Leasing
     secrets: TaskSecrets
     clock: Clock
+
+    @property
+    def preempter(self) -> Preempter:
+        return Preempter(self.fleet, self.leasing.settings, self.clock)
+
+    def _meta(self, wire: dict[str, Any], owner: str) -> TaskMeta:
+        """The task's scheduling facts; an unknown priority class is refused (422) naming the classes."""
+        s = self.leasing.settings
+        name = wire.get("priority_class")
+        if name is not None and name not in s.priority_classes:
+            raise ValidationFailed(
+                f"priority_class {name!r} is not a class of this coordinator; use one of: "
+                f"{', '.join(sorted(s.priority_classes))}", field="priority_class")
+        return TaskMeta.from_spec(wire, owner, s.priority_classes, s.default_priority_class)
 
     async def submit(
         self, spec: TaskSpec, principal: Principal, idempotency_key: str | None = None
@@ -60,7 +75,7 @@ class Tasks:
             idempotency_key=f"{owner}:{idempotency_key}" if idempotency_key else None,
             body_hash=hashlib.sha256(body.encode()).hexdigest(),
         )
-        meta = TaskMeta.from_spec(wire, owner)
+        meta = self._meta(wire, owner)
         hand = handoff.reserve(self.fleet, self.leasing, new.id, req, meta)  # an agent's poll is waiting: claim it now
 
         def write(tx: StoreTx) -> tuple[StoredTask, bool, list[Claimed]]:
@@ -86,6 +101,7 @@ class Tasks:
         if created:
             if not handed:
                 self.fleet.enqueue(QueuedTask.make(row.id, req, meta, now), self.clock.time())
+                self.preempter.check()  # it may fit nowhere: make room from a lower, preemptible class
             record = self.record(row)  # a new task has no attempts yet: no second read
         else:
             record = await self.get(row.id, principal)
@@ -119,7 +135,7 @@ class Tasks:
                 owner=owner, spec=json.dumps(wire, sort_keys=True), priority=spec.priority,
                 created_at=now, max_attempts=spec.retry.max_attempts, gpus_required=req.gpus,
                 requirement=req.to_json(), idempotency_key=None, body_hash=None))
-            shapes.append((req, TaskMeta.from_spec(wire, owner)))
+            shapes.append((req, self._meta(wire, owner)))
 
         def write(tx: StoreTx) -> list[str]:
             ids = [tx.insert_task(r)[0] for r in rows]
@@ -132,6 +148,7 @@ class Tasks:
             self.secrets.stored(ids[i])
         for task_id, (req, meta) in zip(ids, shapes, strict=True):
             self.fleet.enqueue(QueuedTask.make(task_id, req, meta, now), self.clock.time())
+        self.preempter.check()
         return [{"id": task_id, "state": "queued"} for task_id in ids]
 
     def _visible(self, row: StoredTask | None, principal: Principal, task_id: str) -> StoredTask:
@@ -148,6 +165,8 @@ class Tasks:
              "outcome": a.outcome or ("running" if a.ended_at is None else None), "error": a.error}
             for a in await self.db.task_attempts(task_id)
         ]
+        # what retry.max_attempts counts: preempted attempts are not among them
+        record["failed_attempts"] = sum(1 for a in record["attempt_history"] if a["outcome"] in ("failed", "lost"))
         return record
 
     def _agent_name(self, agent_id: str | None) -> str | None:
@@ -166,6 +185,7 @@ class Tasks:
             "max_attempts": row.max_attempts, "progress": progress,
             "result": json.loads(row.result) if row.result else None, "error": row.error,
             "exit_code": row.exit_code, "cancel_requested": bool(row.cancel_requested),
+            "preemptions": row.preemptions or 0,
             "resources": json.loads(row.requirement),
             "spec": json.loads(row.spec),
         }
@@ -174,6 +194,8 @@ class Tasks:
                 "agent": self._agent_name(row.agent_id), "agent_id": row.agent_id, "epoch": row.epoch,
                 "gpus": json.loads(row.lease_gpus or "[]"),
             }
+            if lease is not None and lease.preempt is not None:
+                record["lease"]["preempting"] = lease.preempt.reason
         elif row.state in FINAL_STATES and row.agent_id:
             record["agent"] = self._agent_name(row.agent_id)
         if row.last_checkpoint:
@@ -196,6 +218,9 @@ class Tasks:
         if reason:
             return reason
         queued = self.fleet.queue.get(row.id)
+        preempt = self.fleet.preempt_reasons.get(queued.req) if queued is not None else None
+        if preempt:
+            return preempt
         wait = queued.not_before - self.clock.time() if queued is not None else 0.0
         if wait > 0:
             return f"retry backoff: eligible again in {wait:.0f}s"

@@ -62,7 +62,8 @@ class StoreTx(ABC):
         epoch is stale or the task is not running (its lease was lost meanwhile)."""
 
     @abstractmethod
-    def requeue_task(self, task_id: str, epoch: int, reason: str, not_before: float, now: float) -> str | None:
+    def requeue_task(self, task_id: str, epoch: int, reason: str, not_before: float, now: float, *,
+                     preempted: bool = False) -> str | None:
         """A lease was lost: close the attempt and queue the task again after ``not_before``, or end it
         (cancelled when a cancel was asked, failed when out of attempts). Returns the new state, or
         None when the epoch is stale."""

@@ -41,6 +41,7 @@ class TaskRow(SQLModel, table=True):
     idempotency_key: str | None = Field(default=None, unique=True)
     body_hash: str | None = None
     last_checkpoint: str | None = None
+    preemptions: int | None = None  # attempts that ended preempted (they do not count as failed ones)
 
 
 class AttemptRow(SQLModel, table=True):

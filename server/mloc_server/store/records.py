@@ -45,6 +45,7 @@ class StoredTask(BaseModel):
     cancel_requested: bool
     idempotency_key: str | None
     last_checkpoint: str | None = Field(description="JSON: name, step, size, storage_key")
+    preemptions: int | None = Field(None, description="attempts that ended preempted (not failed ones)")
 
 
 class StoredAttempt(BaseModel):

@@ -40,8 +40,9 @@ class SqliteTx(StoreTx):
         return repo.finish_task(self.con, task_id, epoch, state, now, result=result, error=error,
                                 exit_code=exit_code, progress=progress)
 
-    def requeue_task(self, task_id: str, epoch: int, reason: str, not_before: float, now: float) -> str | None:
-        return repo.requeue_task(self.con, task_id, epoch, reason, not_before, now)
+    def requeue_task(self, task_id: str, epoch: int, reason: str, not_before: float, now: float, *,
+                     preempted: bool = False) -> str | None:
+        return repo.requeue_task(self.con, task_id, epoch, reason, not_before, now, preempted=preempted)
 
     def cancel_queued(self, task_id: str, now: float) -> bool:
         return repo.cancel_queued(self.con, task_id, now)

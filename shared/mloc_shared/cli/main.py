@@ -223,13 +223,30 @@ def agents(config: Path | None = ConfigOpt) -> None:
     console.print(table)
 
 
+def _seconds(text: str) -> float:
+    """``120``, ``120s``, ``2m``, ``1h`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    raw = text.strip().lower()
+    try:
+        return float(raw[:-1]) * units[raw[-1]] if raw and raw[-1] in units else float(raw)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a duration (e.g. 120, 120s, 2m)") from None
+
+
 @app.command()
 def drain(name: str, undo: bool = typer.Option(False, "--undo", help="take work again"),
+          deadline: str = typer.Option("0", "--deadline",
+                                       help="the box goes in this long (120s, 2m): running tasks checkpoint now "
+                                            "and resume elsewhere; 0: they finish here"),
           config: Path | None = ConfigOpt) -> None:
-    """Stop giving an agent new tasks (its running tasks finish); --undo reverses it."""
+    """Stop giving an agent new tasks (its running tasks finish, or checkpoint within --deadline); --undo
+    reverses it."""
     action = "undrain" if undo else "drain"
-    agent = _call(_client(config).post, f"/api/v1/agents/{name}/{action}")
-    console.print(f"agent {agent['name']}: {agent['state']}")
+    seconds = _seconds(deadline)
+    body = {"deadline_s": seconds} if seconds > 0 and not undo else None
+    agent = _call(_client(config).post, f"/api/v1/agents/{name}/{action}", json=body)
+    note = f" (running tasks checkpoint within {seconds:g}s)" if body else ""
+    console.print(f"agent {agent['name']}: {agent['state']}{note}")
 
 
 @app.command()

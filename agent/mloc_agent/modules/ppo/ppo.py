@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from mloc_shared.hyperparams import PPOHyperparameters, parse_hyperparameters
 
 from mloc_agent.modules.base import BaseModule, ProgressCallback
+from mloc_agent.task_contract import Preempted, PreemptedExit, preempt_requested
 
 log = logging.getLogger(__name__)
 KEEP_CHECKPOINTS = 2
@@ -30,6 +31,7 @@ STATE_FILE = "ppo_state.json"
 class PPOModule(BaseModule):
     task_type = "ppo"
     requires: ClassVar[tuple[str, ...]] = ("torch", "transformers", "peft", "datasets", "safetensors")
+    checkpoints_on_preempt = classmethod(lambda cls, spec: True)  # its loop polls the preempt file
 
     async def execute(self, progress_callback: ProgressCallback | None = None) -> dict[str, Any]:
         from mloc_agent.modules.training.trainer_common import quiet_environment
@@ -224,8 +226,12 @@ class PPORun:
                 last_sent = now
                 eta = (now - started) / (done - start) * (hp.max_steps - done)
                 self.send(_progress(stats, done, hp.max_steps, hp.learning_rate, eta))
-            if done % hp.save_steps == 0 and done < hp.max_steps:
+            preempted = done < hp.max_steps and preempt_requested()  # docs/modules.md: save, acknowledge, stop
+            if (done % hp.save_steps == 0 or preempted) and done < hp.max_steps:
                 self._save_checkpoint(done)
+            if preempted:
+                self.ctx.send(Preempted(done))
+                raise PreemptedExit(f"preempted at step {done}")
         return self._finish(resumed_from)
 
     def step(self, prompts: list[Any]) -> dict[str, float]:

@@ -56,6 +56,7 @@ class TrainingModule(BaseModule):
     lr_full: ClassVar[float] = 2e-5
     auto_class: ClassVar[str] = "AutoModelForCausalLM"
     merge_load_kwargs: ClassVar[dict[str, Any]] = {}
+    checkpoints_on_preempt = classmethod(lambda cls, spec: True)  # training/preemption.py
 
     def build_trainer(self, job: TrainingJob) -> tuple[Any, dict[str, Any]]:
         """The TRL trainer for this task type plus facts for the result (data format, …)."""
@@ -67,6 +68,7 @@ class TrainingModule(BaseModule):
         return load_rows(job_spec.get("dataset"), self.ctx, seed=seed)
 
     async def execute(self, progress_callback: ProgressCallback | None = None) -> dict[str, Any]:
+        from mloc_agent.modules.training.preemption import make_preemption_callback
         from mloc_agent.modules.training.progress import TrainingRecord, make_progress_callback
 
         quiet_environment()
@@ -85,7 +87,8 @@ class TrainingModule(BaseModule):
         tokenizer = load_tokenizer(model.tokenizer, source.get("revision"))
         rows, data_spec = self.rows(spec, hp.seed)
         record = TrainingRecord()
-        callbacks = [make_progress_callback(self.ctx, send, record), *user_callbacks(hp.callbacks)]
+        callbacks = [make_progress_callback(self.ctx, send, record), make_preemption_callback(self.ctx),
+                     *user_callbacks(hp.callbacks)]
         default_lr = self.lr_full if adapter.get("type", "none") == "none" else self.lr_adapter
         args = training_args(hp, self.ctx, plan, default_lr=default_lr, revision=source.get("revision"))
         job = TrainingJob(base, source.get("revision"), tokenizer, rows, data_spec, hp, args, plan, adapter, callbacks)

@@ -16,7 +16,7 @@ TASK_COLUMNS = (
     "id, name, task_type, owner, spec, state, priority, created_at, updated_at, queued_at, started_at, "
     "finished_at, attempts, max_attempts, not_before, gpus_required, requirement, agent_id, epoch, "
     "lease_gpus, claim_id, progress, result, error, exit_code, cancel_requested, idempotency_key, "
-    "last_checkpoint"
+    "last_checkpoint, preemptions"
 )
 
 def insert_task(con: sqlite3.Connection, t: NewTask) -> tuple[str, bool]:
@@ -104,35 +104,41 @@ def finish_task(
     return True
 
 def requeue_task(
-    con: sqlite3.Connection, task_id: str, epoch: int, reason: str, not_before: float, now: float
+    con: sqlite3.Connection, task_id: str, epoch: int, reason: str, not_before: float, now: float, *,
+    preempted: bool = False,
 ) -> str | None:
-    """A lease was lost: queue the task again, or fail it when attempts are used up.
+    """A lease was lost: queue the task again, or fail it when attempts are used up. A ``preempted``
+    attempt (it checkpointed on request) is not a failed one: it counts in ``preemptions``, not
+    against max_attempts.
 
     Returns the new state ('queued' or 'failed'), or None when the epoch was stale.
     """
     row = con.execute(
-        "SELECT attempts, max_attempts, cancel_requested FROM tasks WHERE id=? AND epoch=? AND state='running'",
+        "SELECT attempts - COALESCE(preemptions, 0) AS failed, max_attempts, cancel_requested FROM tasks "
+        "WHERE id=? AND epoch=? AND state='running'",
         (task_id, epoch),
     ).fetchone()
     if row is None:
         return None
-    _end_attempt(con, task_id, epoch, "lost", reason, now)
+    _end_attempt(con, task_id, epoch, "preempted" if preempted else "lost", reason, now)
+    if preempted:
+        con.execute("UPDATE tasks SET preemptions=COALESCE(preemptions, 0)+1 WHERE id=?", (task_id,))
     if row["cancel_requested"]:
         con.execute(
             "UPDATE tasks SET state='cancelled', finished_at=?, updated_at=?, error=? WHERE id=?",
             (now, now, f"cancelled ({reason})", task_id),
         )
         return "cancelled"
-    if row["attempts"] >= row["max_attempts"]:
+    if not preempted and row["failed"] >= row["max_attempts"]:
         con.execute(
             "UPDATE tasks SET state='failed', finished_at=?, updated_at=?, error=? WHERE id=?",
-            (now, now, f"{reason}; gave up after {row['attempts']} attempt(s) (retry.max_attempts)", task_id),
+            (now, now, f"{reason}; gave up after {row['failed']} attempt(s) (retry.max_attempts)", task_id),
         )
         return "failed"
     con.execute(
         "UPDATE tasks SET state='queued', queued_at=?, not_before=?, updated_at=?, error=?, claim_id=NULL, "
         "lease_gpus='[]' WHERE id=?",
-        (now, not_before, now, f"attempt {row['attempts']}: {reason}", task_id),
+        (now, not_before, now, f"{'preempted' if preempted else 'attempt ' + str(row['failed'])}: {reason}", task_id),
     )
     return "queued"
 
