@@ -14,6 +14,7 @@ import pytest
 from mloc_agent.task_contract import (
     ArtifactAdded,
     CheckpointSaved,
+    Preempted,
     ProgressReport,
     TaskEnv,
     base_env,
@@ -22,13 +23,15 @@ from mloc_agent.task_contract import (
     encode,
     host_argv,
     host_python_path,
+    preempt_requested,
 )
 
 FULL = TaskEnv(task_id="t1", attempt=3, gpus=[0, 2], workdir=Path("/w"), output_dir=Path("/w/output"),
                checkpoint_dir=Path("/w/checkpoints"), agent_data_dir=Path("/data"), resume_dir=Path("/w/resume"),
                resume_step=40, sources_dir=Path("/w/sources"), task_file=Path("/w/task.json"),
                result_file=Path("/w/result.json"), progress_fd=7, owner="alice", allow_private_urls=True,
-               coordinator_url="https://coord:8443", path_roots=(Path("/data/datasets"), Path("/srv/docs")))
+               coordinator_url="https://coord:8443", path_roots=(Path("/data/datasets"), Path("/srv/docs")),
+               preempt_file=Path("/w/preempt"))
 
 
 def test_what_the_agent_writes_the_task_reads_back() -> None:
@@ -43,7 +46,7 @@ def test_unset_fields_are_left_out_and_read_back_as_unset() -> None:
                    checkpoint_dir=Path("/w/c"))
     env = bare.to_env()
     unset = {"MLOC_AGENT_DATA_DIR", "MLOC_RESUME_DIR", "MLOC_RESUME_STEP", "MLOC_SOURCES_DIR", "MLOC_TASK_FILE",
-             "MLOC_RESULT_FILE", "MLOC_PROGRESS_FD"}
+             "MLOC_RESULT_FILE", "MLOC_PROGRESS_FD", "MLOC_PREEMPT_FILE"}
     assert not unset & set(env)
     assert TaskEnv.from_env(env) == bare
 
@@ -97,6 +100,8 @@ def test_the_task_host_ignores_python_variables_but_gets_the_agents_python_path(
     CheckpointSaved("ckpt.tar", None, "checkpoints/last.tar"),
     ArtifactAdded("report.txt"),
     ArtifactAdded("/w/out/adapter", "adapter"),
+    Preempted(42),
+    Preempted(None),
 ])
 def test_every_message_decodes_as_it_was_encoded(message) -> None:
     line = encode(message)
@@ -115,6 +120,54 @@ def test_a_shell_progress_line_needs_no_type() -> None:
     b'{"type": "checkpoint", "path": ""}', b'{"type": "artifact", "path": 5}',
     b'{"type": "checkpoint", "path": "c", "step": "five"}', b'{"type": "checkpoint", "path": "c", "step": true}',
     b'{"type": "artifact", "path": "a", "name": ["x"]}',
+    b'{"type": "preempted", "step": "five"}', b'{"type": "preempted", "step": false}',
 ])
 def test_lines_that_are_not_messages_are_dropped(line: bytes) -> None:
     assert decode(line) is None
+
+
+def test_a_preemption_ack_from_a_shell_decodes_and_the_preempt_file_is_the_flag(tmp_path: Path) -> None:
+    assert decode(b'{"type": "preempted", "step": 7.0}') == Preempted(7)
+    flag = tmp_path / "preempt"
+    env = {"MLOC_PREEMPT_FILE": str(flag)}
+    assert not preempt_requested(env) and not preempt_requested({})
+    flag.write_text('{"grace_s": 30, "reason": "preempted for task x"}')
+    assert preempt_requested(env)
+
+
+def test_the_task_host_survives_the_preemption_signal_and_a_preempted_module_exits_0(tmp_path: Path) -> None:
+    """SIGUSR1 (the preemption signal) would kill a Python process by default: the host ignores it, and a
+    module leaving through PreemptedExit after its ack exits 0 without a result."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "stopper.py").write_text(textwrap.dedent("""
+        import os, signal
+        from mloc_agent.modules.base import BaseModule
+        from mloc_agent.task_contract import Preempted, PreemptedExit, preempt_requested
+
+        class Stopper(BaseModule):
+            task_type = "stopper"
+
+            async def execute(self, progress_callback=None):
+                os.kill(os.getpid(), signal.SIGUSR1)  # what the agent sends, with the file written first
+                assert preempt_requested()
+                self.ctx.send(Preempted(5))
+                raise PreemptedExit("preempted at step 5")
+    """))
+    (tmp_path / "preempt").write_text("{}")
+    task_file, result_file = tmp_path / "task.json", tmp_path / "result.json"
+    task_file.write_text(json.dumps({"spec": {}, "module": "stopper:Stopper", "python_path": [str(plugins)]}))
+    read_fd, write_fd = os.pipe()
+    env = {**TaskEnv(task_id="t", attempt=1, gpus=[], workdir=tmp_path, output_dir=tmp_path / "o",
+                     checkpoint_dir=tmp_path / "c", task_file=task_file, result_file=result_file,
+                     progress_fd=write_fd, preempt_file=tmp_path / "preempt").to_env(),
+           "PATH": os.environ.get("PATH", "")}
+    proc = subprocess.run(host_argv(sys.executable), env=env, pass_fds=(write_fd,), capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as channel:
+        lines = channel.read().splitlines()
+    assert proc.returncode == 0, proc.stderr
+    assert "stopped for preemption" in proc.stderr
+    assert [decode(line) for line in lines] == [Preempted(5)]
+    assert not result_file.exists()
