@@ -35,6 +35,7 @@ class TaskLeaseView(BaseModel):
     agent_id: str | None
     epoch: int | None
     gpus: list[int]
+    preempting: str | None = Field(None, description="asked to checkpoint and stop: the reason")
 
 
 class CheckpointView(BaseModel):
@@ -72,6 +73,9 @@ class TaskRecord(BaseModel):
     error: str | None
     exit_code: int | None
     cancel_requested: bool
+    preemptions: int = Field(0, description="attempts that ended preempted (not counted against max_attempts)")
+    failed_attempts: int | None = Field(None, description="on GET of one task: failed and lost attempts, "
+                                                          "what retry.max_attempts counts")
     resources: dict[str, Any]
     spec: dict[str, Any] = Field(description="the validated task spec, as stored and handed to agents")
     lease: TaskLeaseView | None = Field(None, description="while running")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+import subprocess
 import tarfile
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Coordinator, wait_for
+from tests.harness import MLOC, Coordinator, base_env, wait_for
 from tests.ml.conftest import FINAL, artifacts, download_folder, train_spec
 from tests.ml.test_training_modules import load_adapter, lora_weights_moved
 
@@ -148,8 +149,9 @@ def test_a_drain_with_a_deadline_moves_a_running_sft_to_another_agent_at_once(
     wait_training(coordinator, task_id)
     start_agent("spare", max_tasks=1)
     t0 = time.monotonic()
-    resp = coordinator.http.post("/api/v1/agents/spot/drain", json={"deadline_s": 60})
-    assert resp.status_code == 200, resp.text
+    cli = subprocess.run([*MLOC, "drain", "spot", "--deadline", "1m"], capture_output=True, text=True, timeout=60,
+                         env=base_env(MLOC_COORDINATOR_URL=coordinator.url, MLOC_TOKEN=coordinator.admin_token))
+    assert cli.returncode == 0 and "checkpoint within 60s" in cli.stdout, cli.stdout + cli.stderr
     moved = moved_at_once(coordinator, task_id, t0, "spare")
     k = assert_resumed_at_preemption(coordinator, finished(coordinator, task_id), 200)
     print(f"\n[figures] drain --deadline 60s -> running on the spare agent: {moved:.2f}s (TTL {TTL:g}s); "
@@ -166,7 +168,8 @@ def test_sigterm_under_a_stop_deadline_moves_a_running_sft_to_another_agent_at_o
     t0 = time.monotonic()
     spot.proc.signal(signal.SIGTERM)
     moved = moved_at_once(coordinator, task_id, t0, "spare")
-    assert spot.proc.stop(30) == 0  # it exited once its task had checkpointed and reported
+    wait_for(lambda: not spot.proc.alive(), 30, "the stopping agent to exit")  # once its task had reported
+    assert spot.stop() == 0
     k = assert_resumed_at_preemption(coordinator, finished(coordinator, task_id), 200)
     assert coordinator.http.get("/metrics").text.count("mloc_leases_expired_total 0.0") == 1
     print(f"\n[figures] SIGTERM (MLOC_STOP_DEADLINE_S=60) -> running on the spare agent: {moved:.2f}s "

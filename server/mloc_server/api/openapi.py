@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from mloc_server import schemas as s
-from mloc_server.api.system import TokenCreate
+from mloc_server.api.system import DrainRequest, TokenCreate
 from mloc_server.api.tasks import MAX_BULK, STATES
 from mloc_server.services.overview import AGENT_STATES
 
@@ -153,9 +153,12 @@ OPERATIONS: tuple[Op, ...] = (
        params=WORKER_QUERY, errors=(422,)),
     Op("GET", "/api/v1/agents", "The agents (same as /api/v1/workers)", "user", {200: s.WorkerList},
        params=WORKER_QUERY, errors=(422,)),
+    *(Op("POST", f"/api/v1/agents/{{name}}/{verb}", summary, "admin", {200: s.Worker}, errors=(404, 422),
+         body=DrainRequest)
+      for verb, summary in (("drain", "Drain an agent: it takes no new task; with deadline_s its running tasks "
+                                      "checkpoint now and resume elsewhere"), ("cordon", "Same as drain"))),
     *(Op("POST", f"/api/v1/agents/{{name}}/{verb}", summary, "admin", {200: s.Worker}, errors=(404,))
-      for verb, summary in (("drain", "Drain an agent: it takes no new task"), ("cordon", "Same as drain"),
-                            ("undrain", "Let a drained agent take tasks again"), ("uncordon", "Same as undrain"))),
+      for verb, summary in (("undrain", "Let a drained agent take tasks again"), ("uncordon", "Same as undrain"))),
     Op("GET", "/api/v1/stats", "Usage: tasks by state and type, GPU-hours, per user and date range", "user",
        {200: s.Stats}, errors=(422,),
        params=(Param("user", "query", TEXT, "admins only; others always see their own"),

@@ -25,8 +25,10 @@
   function facts(t) {
     const rows = [["id", t.id], ["type", t.task_type], ["user", t.user], ["priority", t.priority],
       ["submitted", when(t.created_at)], ["started", when(t.started_at)], ["finished", when(t.finished_at)],
-      ["attempts", t.attempts + " of " + t.max_attempts]];
+      ["attempts", t.attempts + " of " + t.max_attempts + (t.preemptions ? " · preempted " + t.preemptions +
+        "× (not counted against the attempts)" : "")]];
     if (t.lease) rows.push(["running on", t.lease.agent + " · GPUs " + (t.lease.gpus.join(",") || "none") + " · epoch " + t.lease.epoch]);
+    if (t.lease && t.lease.preempting) rows.push(["preempting", t.lease.preempting + " — checkpointing, then back to the queue"]);
     if (t.pending_reason) rows.push(["why it waits", t.pending_reason]);
     if (t.last_checkpoint) rows.push(["last checkpoint", t.last_checkpoint.name + " (step " + t.last_checkpoint.step + ")"]);
     if (t.exit_code != null) rows.push(["exit code", t.exit_code]);
