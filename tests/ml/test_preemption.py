@@ -152,10 +152,11 @@ def test_a_drain_with_a_deadline_moves_a_running_sft_to_another_agent_at_once(
     cli = subprocess.run([*MLOC, "drain", "spot", "--deadline", "1m"], capture_output=True, text=True, timeout=60,
                          env=base_env(MLOC_COORDINATOR_URL=coordinator.url, MLOC_TOKEN=coordinator.admin_token))
     assert cli.returncode == 0 and "checkpoint within 60s" in cli.stdout, cli.stdout + cli.stderr
+    answered = time.monotonic() - t0
     moved = moved_at_once(coordinator, task_id, t0, "spare")
     k = assert_resumed_at_preemption(coordinator, finished(coordinator, task_id), 200)
-    print(f"\n[figures] drain --deadline 60s -> running on the spare agent: {moved:.2f}s (TTL {TTL:g}s); "
-          f"resumed at step {k}")
+    print(f"\n[figures] mloc drain --deadline 1m -> running on the spare agent: {moved:.2f}s, {moved - answered:.2f}s "
+          f"after the CLI's answer (TTL {TTL:g}s); resumed at step {k}")
 
 
 def test_sigterm_under_a_stop_deadline_moves_a_running_sft_to_another_agent_at_once(
@@ -174,3 +175,47 @@ def test_sigterm_under_a_stop_deadline_moves_a_running_sft_to_another_agent_at_o
     assert coordinator.http.get("/metrics").text.count("mloc_leases_expired_total 0.0") == 1
     print(f"\n[figures] SIGTERM (MLOC_STOP_DEADLINE_S=60) -> running on the spare agent: {moved:.2f}s "
           f"(TTL {TTL:g}s); resumed at step {k}")
+
+
+def test_ppo_checkpoints_acknowledges_and_stops_at_the_step_it_sees_the_preempt_file(
+    tiny_lm: Path, tiny_rm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PPO's own loop (no Trainer): with the preempt file there it saves at the step it just finished,
+    sends Preempted(step) and leaves through PreemptedExit; the next attempt resumes at that step."""
+    import asyncio
+
+    from mloc_agent.modules.base import TaskContext
+    from mloc_agent.modules.ppo.ppo import PPOModule
+    from mloc_agent.modules.sources.path_policy import PathPolicy
+    from mloc_agent.task_contract import CheckpointSaved, Preempted, PreemptedExit
+
+    from tests.ml.test_ppo import PROMPT_ROWS, ppo_hyperparameters
+
+    spec = train_spec("ppo", tiny_lm, {"rows": PROMPT_ROWS}, {})
+    spec["hyperparameters"] = ppo_hyperparameters(tiny_rm, max_steps=4, save_steps=100)
+
+    def context(name: str, resume: Path | None) -> tuple[TaskContext, list[Any]]:
+        work = tmp_path / name
+        for sub in ("out", "ck"):
+            (work / sub).mkdir(parents=True)
+        ctx = TaskContext(task_id=name, attempt=1, spec=spec, gpus=[], workdir=work, output_dir=work / "out",
+                          checkpoint_dir=work / "ck", resume_dir=resume, paths=PathPolicy(roots=(tiny_lm, tiny_rm)))
+        sent: list[Any] = []
+        ctx.send = sent.append  # what the agent would read on the channel
+        return ctx, sent
+
+    flag = tmp_path / "preempt"
+    flag.write_text("{}")
+    monkeypatch.setenv("MLOC_PREEMPT_FILE", str(flag))
+    ctx, sent = context("first", None)
+    with pytest.raises(PreemptedExit):
+        asyncio.run(PPOModule(ctx).execute(progress_callback=lambda _: None))
+    acks = [m for m in sent if isinstance(m, Preempted)]
+    saved = [m for m in sent if isinstance(m, CheckpointSaved)]
+    assert acks == [Preempted(1)] and [m.step for m in saved] == [1]
+    assert sent.index(saved[0]) < sent.index(acks[0])  # saved (and handed over for upload) before the ack
+
+    flag.unlink()
+    ctx, _ = context("second", Path(saved[0].path))
+    result = asyncio.run(PPOModule(ctx).execute(progress_callback=lambda _: None))
+    assert result["resumed_from_step"] == 1 and result["global_step"] == 4
