@@ -228,3 +228,17 @@ def test_completion_outcome_preempted_is_on_the_wire() -> None:
     c = Completion(epoch=1, outcome="preempted")
     assert Completion.model_validate_json(c.model_dump_json()).outcome == "preempted"
     assert LeaseRef(task_id="x", epoch=1).epoch == 1
+
+
+def test_checkpoint_on_preempt_is_for_commands_only() -> None:
+    import json
+
+    from mloc_shared.errors import ValidationFailed
+    from mloc_shared.spec_parsing import parse_task
+
+    ok = parse_task(json.dumps({"taskType": "command", "command": "true", "checkpoint_on_preempt": True}).encode())
+    assert ok.checkpoint_on_preempt is True and ok.wire()["checkpoint_on_preempt"] is True
+    with pytest.raises(ValidationFailed) as err:
+        parse_task(json.dumps({"taskType": "sft", "checkpoint_on_preempt": True, "model": {"source": {"identifier": "m"}},
+                               "dataset": {"rows": [{"text": "x"}]}}).encode())
+    assert err.value.field == "checkpoint_on_preempt" and "training tasks always checkpoint" in err.value.message
