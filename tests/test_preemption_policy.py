@@ -239,6 +239,7 @@ def test_checkpoint_on_preempt_is_for_commands_only() -> None:
     ok = parse_task(json.dumps({"taskType": "command", "command": "true", "checkpoint_on_preempt": True}).encode())
     assert ok.checkpoint_on_preempt is True and ok.wire()["checkpoint_on_preempt"] is True
     with pytest.raises(ValidationFailed) as err:
-        parse_task(json.dumps({"taskType": "sft", "checkpoint_on_preempt": True, "model": {"source": {"identifier": "m"}},
-                               "dataset": {"rows": [{"text": "x"}]}}).encode())
+        sft = {"taskType": "sft", "checkpoint_on_preempt": True, "model": {"source": {"identifier": "m"}},
+               "dataset": {"rows": [{"text": "x"}]}}
+        parse_task(json.dumps(sft).encode())
     assert err.value.field == "checkpoint_on_preempt" and "training tasks always checkpoint" in err.value.message
