@@ -131,7 +131,8 @@ class LeaseRun:
         path = self.workdir / "preempt"
         await asyncio.to_thread(path.write_text, json.dumps({"grace_s": notice.grace_s, "reason": notice.reason}))
         self.preempt_signalled_at = time.monotonic()
-        proc.signal_task(getattr(signal, PREEMPT_SIGNAL_NAME))
+        if not proc.marks:  # not under torchrun: its launcher does not handle SIGUSR1 and would die of it
+            proc.signal_task(getattr(signal, PREEMPT_SIGNAL_NAME))  # (its ranks see the file at their next step)
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), notice.grace_s)
         except TimeoutError:
