@@ -219,3 +219,26 @@ def test_ppo_checkpoints_acknowledges_and_stops_at_the_step_it_sees_the_preempt_
     ctx, _ = context("second", Path(saved[0].path))
     result = asyncio.run(PPOModule(ctx).execute(progress_callback=lambda _: None))
     assert result["resumed_from_step"] == 1 and result["global_step"] == 4
+
+
+def _rank(rank: int, port: int, results: Any) -> None:
+    import torch.distributed as dist
+    from mloc_agent.modules.training.preemption import agreed
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        results[rank] = (agreed(rank == 1), agreed(False))  # only rank 1 saw the file; then none did
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_agree_to_stop_when_any_one_saw_the_preempt_file() -> None:
+    """Under torchrun every rank checks the file on its own; they stop at the same step."""
+    import torch.multiprocessing as mp
+
+    from tests.harness import free_port
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_rank, args=(free_port(), results), nprocs=2, join=True)
+        assert dict(results) == {0: (True, False), 1: (True, False)}

@@ -18,6 +18,21 @@ from mloc_agent.modules.base import TaskContext
 from mloc_agent.task_contract import Preempted, PreemptedExit, preempt_requested
 
 
+def agreed(flag: bool, device: Any = "cpu") -> bool:
+    """Whether any rank saw the request: ranks check the file on their own and may see it a step apart,
+    but must stop at the same step (a checkpoint save is collective). One tiny all-reduce a step, only
+    when there are several ranks."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    import torch
+
+    seen = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(seen, op=dist.ReduceOp.MAX)
+    return bool(seen.item())
+
+
 def make_preemption_callback(ctx: TaskContext) -> Any:
     """A TrainerCallback bound to this task; put it after the progress callback (its ``on_save`` runs first)."""
     from transformers import TrainerCallback
@@ -27,7 +42,7 @@ def make_preemption_callback(ctx: TaskContext) -> Any:
             self.stopping = False
 
         def on_step_end(self, args, state, control, **kwargs):
-            if not self.stopping and preempt_requested():
+            if not self.stopping and agreed(preempt_requested(), args.device):
                 self.stopping = True
                 control.should_save = True
                 control.should_training_stop = True
