@@ -262,7 +262,7 @@ class LeaseRun:
         if self.cancel_reason is not None:
             return Completion(epoch=lease.epoch, outcome="cancelled", exit_code=code, result=result,
                               error=self.cancel_reason)
-        if self._was_preempted(code):
+        if self._was_preempted():
             await self._upload_command_checkpoint(ckpt_dir)
             notice = self.preempt_notice
             assert notice is not None
@@ -284,7 +284,7 @@ class LeaseRun:
         return Completion(epoch=lease.epoch, outcome="failed", exit_code=code, result=result,
                           error=f"{error}\n{tail}" if tail else error)
 
-    def _was_preempted(self, code: int | None) -> bool:
+    def _was_preempted(self) -> bool:
         """Whether the attempt ended for its preemption request: it acknowledged (whatever its exit code:
         under torchrun a clean save still exits 1), the agent stopped it, or a command that opted in exited
         after the signal. A training task that just finished (0, no ack) succeeded; one that failed failed."""
