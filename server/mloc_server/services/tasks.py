@@ -7,7 +7,10 @@ import difflib
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from mloc_shared.errors import Forbidden, NotFound
@@ -17,9 +20,11 @@ from mloc_shared.taskspec import BUILTIN_TASK_TYPES, TaskSpec
 from mloc_server.clock import Clock
 from mloc_server.services import handoff
 from mloc_server.services.auth import Principal
+from mloc_server.services.fairshare import queue_reason
 from mloc_server.services.fleet import Fleet
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.queue import QueuedTask, TaskMeta
+from mloc_server.services.quotas import owner_keys
 from mloc_server.services.scheduler import Requirement, unplaceable_reason
 from mloc_server.services.secrets import TaskSecrets, split_secrets
 from mloc_server.store import Store, StoreTx
@@ -38,6 +43,23 @@ class Tasks:
     leasing: Leasing
     secrets: TaskSecrets
     clock: Clock
+    # submits between their max_queued check and their enqueue, per ("user"|"team", name)
+    _inflight: Counter[tuple[str, str]] = field(default_factory=Counter, init=False)
+
+    @contextmanager
+    def _queued_quota(self, adding: Counter[tuple[str, str]]) -> Iterator[None]:
+        """Refuse a submit over max_queued (429); hold its count while it is being written."""
+        policy = self.fleet.policy
+        if policy is not None:
+            for (owner, team), n in adding.items():
+                policy.quotas.check_queued(owner, team, n,
+                                           lambda key: self.fleet.queue.queued(key) + self._inflight[key])
+        keys = Counter({k: n for (owner, team), n in adding.items() for k in owner_keys(owner, team)})
+        self._inflight.update(keys)
+        try:
+            yield
+        finally:
+            self._inflight.subtract(keys)
 
     async def submit(
         self, spec: TaskSpec, principal: Principal, idempotency_key: str | None = None
@@ -48,6 +70,7 @@ class Tasks:
             if not principal.is_admin:
                 raise Forbidden(f"you cannot submit tasks as user {spec.user!r}", field="user")
             owner = spec.user
+        team = principal.team if owner == principal.user else ""
         wire, secret_values = split_secrets(spec.wire())
         sealed = self.secrets.seal(secret_values) if secret_values else None
         body = json.dumps(wire, sort_keys=True)
@@ -58,9 +81,9 @@ class Tasks:
             priority=spec.priority, created_at=now, max_attempts=spec.retry.max_attempts,
             gpus_required=req.gpus, requirement=req.to_json(),
             idempotency_key=f"{owner}:{idempotency_key}" if idempotency_key else None,
-            body_hash=hashlib.sha256(body.encode()).hexdigest(),
+            body_hash=hashlib.sha256(body.encode()).hexdigest(), team=team,
         )
-        meta = TaskMeta.from_spec(wire, owner)
+        meta = TaskMeta.from_spec(wire, owner, team=team)
         hand = handoff.reserve(self.fleet, self.leasing, new.id, req, meta)  # an agent's poll is waiting: claim it now
 
         def write(tx: StoreTx) -> tuple[StoredTask, bool, list[Claimed]]:
@@ -73,7 +96,8 @@ class Tasks:
             return row, created, claimed
 
         try:
-            row, created, claimed = await self.db.write(write)
+            with self._queued_quota(Counter({(owner, team): 1})):
+                row, created, claimed = await self.db.write(write)
         except BaseException:
             if hand is not None:
                 hand.settle([])
@@ -114,12 +138,13 @@ class Tasks:
             if secret_values:
                 sealed[len(rows)] = self.secrets.seal(secret_values)
             owner = spec.user or principal.user
+            team = principal.team if owner == principal.user else ""
             rows.append(NewTask(
                 id=new_task_id(now), name=spec.display_name(), task_type=spec.task_type,
                 owner=owner, spec=json.dumps(wire, sort_keys=True), priority=spec.priority,
                 created_at=now, max_attempts=spec.retry.max_attempts, gpus_required=req.gpus,
-                requirement=req.to_json(), idempotency_key=None, body_hash=None))
-            shapes.append((req, TaskMeta.from_spec(wire, owner)))
+                requirement=req.to_json(), idempotency_key=None, body_hash=None, team=team))
+            shapes.append((req, TaskMeta.from_spec(wire, owner, team=team)))
 
         def write(tx: StoreTx) -> list[str]:
             ids = [tx.insert_task(r)[0] for r in rows]
@@ -127,7 +152,8 @@ class Tasks:
                 self.secrets.insert(tx, ids[i], blob, now)
             return ids
 
-        ids = await self.db.write(write)
+        with self._queued_quota(Counter((m.owner, m.team) for _, m in shapes)):
+            ids = await self.db.write(write)
         for i in sealed:
             self.secrets.stored(ids[i])
         for task_id, (req, meta) in zip(ids, shapes, strict=True):
@@ -169,6 +195,8 @@ class Tasks:
             "resources": json.loads(row.requirement),
             "spec": json.loads(row.spec),
         }
+        if row.team:
+            record["team"] = row.team
         if row.state == "running":
             record["lease"] = {
                 "agent": self._agent_name(row.agent_id), "agent_id": row.agent_id, "epoch": row.epoch,
@@ -199,6 +227,8 @@ class Tasks:
         wait = queued.not_before - self.clock.time() if queued is not None else 0.0
         if wait > 0:
             return f"retry backoff: eligible again in {wait:.0f}s"
+        if queued is not None:
+            return queue_reason(self.fleet, queued)
         return "waiting for a fitting agent to have free GPUs"
 
     async def list(self, principal: Principal, *, state: str | tuple[str, ...] | None, user: str | None,

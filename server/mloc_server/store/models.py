@@ -41,6 +41,7 @@ class TaskRow(SQLModel, table=True):
     idempotency_key: str | None = Field(default=None, unique=True)
     body_hash: str | None = None
     last_checkpoint: str | None = None
+    team: str | None = None  # the submitting token's team (fair share and quotas)
 
 
 class AttemptRow(SQLModel, table=True):
@@ -134,6 +135,7 @@ class TokenRow(SQLModel, table=True):
     uses: int = 0
     revoked: bool = False
     note: str = ""
+    team: str | None = None  # user tokens: the team its tasks count against (fair share, quotas)
 
 
 class TaskSecretRow(SQLModel, table=True):

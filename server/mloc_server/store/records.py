@@ -45,6 +45,7 @@ class StoredTask(BaseModel):
     cancel_requested: bool
     idempotency_key: str | None
     last_checkpoint: str | None = Field(description="JSON: name, step, size, storage_key")
+    team: str | None = None
 
 
 class StoredAttempt(BaseModel):
@@ -76,6 +77,7 @@ class NewTask:
     requirement: str
     idempotency_key: str | None
     body_hash: str | None
+    team: str | None = None
 
 
 @dataclass
@@ -97,6 +99,16 @@ class Claimed:
     spec: str
     last_checkpoint: str | None
     started_at: float
+
+
+class AttemptUsage(BaseModel):
+    """What one attempt held, for fair share's decayed usage (rebuilt at start)."""
+
+    owner: str
+    team: str | None
+    gpu_count: int
+    started_at: float
+    ended_at: float | None
 
 
 class FinishedTask(BaseModel):
@@ -138,6 +150,7 @@ class StoredToken(BaseModel):
     uses: int
     revoked: bool
     note: str
+    team: str | None = None
 
 
 class PendingUpload(BaseModel):
