@@ -73,6 +73,7 @@ class Sim:
     duration: float = 60.0
     started: list[str] = field(default_factory=list)  # owners, in start order
     samples: list[Counter[str]] = field(default_factory=list)  # running counts after each fill
+    gpu_samples: list[Counter[str]] = field(default_factory=list)  # running GPUs after each fill
     _ends: list[tuple[float, int, AgentState, str, int]] = field(default_factory=list)
     _seq: itertools.count = field(default_factory=itertools.count)
 
@@ -91,6 +92,7 @@ class Sim:
                 heapq.heappush(self._ends, (self.clock.time() + self.duration, next(self._seq), agent,
                                             offer.task_id, offer.epoch))
         self.samples.append(running_by_owner(self.st))
+        self.gpu_samples.append(running_gpus_by_owner(self.st))
 
     async def step(self) -> bool:
         """Finish the next task to end (and fill its slot); False when nothing runs."""
