@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import A100
-from tests.harness import Agent, Coordinator, wait_for
+from tests.harness import Agent, Coordinator
 
 pytestmark = pytest.mark.timeout(240)
 FAIR = {"running_charge_s": 2}

@@ -68,7 +68,7 @@ async def test_a_submit_over_max_queued_is_refused_naming_the_quota(tmp_path: Pa
             await submit_as(st, "bob", 1)
         # a bulk submit counts all its tasks
         spec = TaskSpec.model_validate({"taskType": "command", "command": "true"})
-        with pytest.raises(TooManyRequests, match="3 queued tasks .*0 are queued; this submit adds 4"):
+        with pytest.raises(TooManyRequests, match=r"3 queued tasks .*0 are queued; this submit adds 4"):
             await st.tasks.submit_many([spec] * 4, Principal("carol", "user"))
         # the team's limit counts its members together
         await submit_as(st, "dave", 2, team="red")
