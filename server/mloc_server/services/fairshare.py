@@ -186,10 +186,10 @@ def queue_reason(fleet: Fleet, task: QueuedTask, *, heads: list[QueuedTask] | No
     block = queue.blocked(task)
     if block:
         return f"waiting: {block}"
-    heads = queue.heads() if heads is None else heads
     owner = task.meta.owner
-    if not any(h is task for h in heads):
+    if queue.head_of(task.bucket) is not task:
         return f"waiting: behind earlier tasks of {owner} (the same needs, priority class and priority)"
+    heads = queue.heads() if heads is None else heads
     rivals = sorted((h for h in heads if h.req == task.req and queue.blocked(h) is None), key=queue.order_key)
     first = rivals[0] if rivals else task
     policy = fleet.policy

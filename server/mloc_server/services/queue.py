@@ -152,6 +152,10 @@ class TaskQueue:
         self._buckets.pop(key, None)
         return None
 
+    def head_of(self, key: BucketKey) -> QueuedTask | None:
+        """The first ready task of one bucket."""
+        return self._head(key)
+
     def heads(self) -> list[QueuedTask]:
         """The first ready task of each (requirement, owner) bucket, unordered."""
         return [h for h in (self._head(k) for k in list(self._buckets)) if h is not None]

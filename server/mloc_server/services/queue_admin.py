@@ -10,6 +10,8 @@ come after the others, then tasks in retry backoff.
 from __future__ import annotations
 
 import dataclasses
+import heapq
+from collections import Counter
 from dataclasses import dataclass
 
 from mloc_shared.errors import Conflict, NotFound, ValidationFailed
@@ -28,45 +30,46 @@ from mloc_server.store import Store
 def simulated_order(fleet: Fleet, limit: int) -> tuple[list[QueuedTask], list[QueuedTask]]:
     """(up to ``limit`` ready tasks in pick order, the ready tasks a GPU quota holds back now).
 
-    Each step costs O(buckets) tuple comparisons: an owner's rank is recomputed only when a step
-    charges that owner.
+    A heap of bucket heads: a step charges the owner it took from, which makes that owner's (and,
+    with teams on, its team's) entries stale; a stale entry is re-ranked when it comes up. So a
+    step costs O(log buckets) plus the re-ranking of the charged owner's buckets.
     """
     queue, policy = fleet.queue, fleet.policy
     pending: Pending = {}
-    lanes: dict[BucketKey, list[QueuedTask]] = {}
-    for head in queue.heads():
-        lanes[head.bucket] = queue.bucket_tasks(head.bucket)[::-1]  # popped from the end
-    ranks: dict[tuple[str, str], tuple[float, ...]] = {}
+    teams_on = policy is not None and policy.shares.settings.teams_on
+    lanes: dict[BucketKey, list[QueuedTask]] = {
+        h.bucket: queue.bucket_tasks(h.bucket)[::-1] for h in queue.heads()}  # popped from the end
+    versions: Counter[tuple[str, str]] = Counter()  # ("user", owner) / ("team", team) -> charges so far
 
-    def key(task: QueuedTask) -> tuple:
-        who = (task.meta.owner, task.meta.team)
-        if who not in ranks:
-            ranks[who] = policy.rank(*who, pending) if policy is not None else ()
-        return (*task.sort_key[:2], *ranks[who], *task.sort_key[2:])
+    def stamp(task: QueuedTask) -> tuple[int, int]:
+        return versions[("user", task.meta.owner)], versions[("team", task.meta.team)] if teams_on else 0
 
+    def entry(bucket: BucketKey) -> tuple:
+        head = lanes[bucket][-1]
+        return (queue.order_key(head, pending), stamp(head), bucket)
+
+    heap = [entry(b) for b in lanes]
+    heapq.heapify(heap)
+    capped = {b for b in lanes if policy is not None and policy.quotas.has_gpu_cap(b[1], b[2])}
     order: list[QueuedTask] = []
     held: list[QueuedTask] = []
-    while lanes and len(order) < limit:
-        best: BucketKey | None = None
-        for bucket, lane in list(lanes.items()):
-            head = lane[-1]
-            if queue.blocked(head, pending) is not None:
-                held.extend(reversed(lane))  # a quota that holds the head holds the lane
-                del lanes[bucket]
-                continue
-            if best is None or key(head) < key(lanes[best][-1]):
-                best = bucket
-        if best is None:
-            break
-        task = lanes[best].pop()
-        if not lanes[best]:
-            del lanes[best]
+    while heap and len(order) < limit:
+        _, seen, bucket = heapq.heappop(heap)
+        lane = lanes[bucket]
+        if seen != stamp(lane[-1]):
+            heapq.heappush(heap, entry(bucket))  # its owner was charged since: re-rank it
+            continue
+        if bucket in capped and queue.blocked(lane[-1], pending) is not None:
+            held.extend(reversed(lane))  # a quota that holds the head holds the lane
+            continue
+        task = lane.pop()
         order.append(task)
         if policy is not None:
             policy.note(pending, task.meta.owner, task.meta.team, task.req.gpus)
-            ranks.pop((task.meta.owner, task.meta.team), None)
-            if policy.shares.settings.teams_on:  # a team's rank moves every member's
-                ranks = {w: r for w, r in ranks.items() if w[1] != task.meta.team}
+            versions[("user", task.meta.owner)] += 1
+            versions[("team", task.meta.team)] += 1
+        if lane:
+            heapq.heappush(heap, entry(bucket))
     return order, held
 
 
@@ -81,7 +84,7 @@ class QueueAdmin:
         """The queue in order with reasons; a user sees their own tasks (at their place in it)."""
         queue = self.fleet.queue
         order, held = simulated_order(self.fleet, limit)
-        heads, active = queue.heads(), active_users(self.fleet)
+        heads, active = queue.heads(), active_users(self.fleet)  # once for the listing
         now = self.clock.time()
         delayed = sorted((t for t in queue.live() if t.not_before > now), key=lambda t: t.not_before)
         entries: list[QueueEntry] = []
