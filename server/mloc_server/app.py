@@ -102,7 +102,7 @@ async def open_state(settings: CoordinatorSettings, clock: Clock, resources: con
         reaper=Reaper(db, fleet, leasing, settings, clock),
         artifacts=Artifacts(db, leasing, store, int(settings.max_artifact_gb * (1 << 30))), logs=Logs(db, leasing),
         secrets=secrets, artifact_store=store, started_at=clock.time(), clock=clock,
-        queue_admin=QueueAdmin(db, fleet, settings, clock),
+        queue_admin=QueueAdmin(db, fleet, leasing, settings, clock),
     )
     resources.push_async_callback(_flush_quietly, st.reaper)  # runs before the database closes
     return st

@@ -14,14 +14,14 @@ import heapq
 from collections import Counter
 from dataclasses import dataclass
 
-from mloc_shared.errors import Conflict, NotFound, ValidationFailed
-from mloc_shared.protocol import FINAL_STATES
+from mloc_shared.errors import ValidationFailed
 
 from mloc_server.clock import Clock
 from mloc_server.schemas import PriorityChanged, QueueEntry, QueueListing
 from mloc_server.services.auth import Principal
 from mloc_server.services.fairshare import Pending, active_users, queue_reason
 from mloc_server.services.fleet import Fleet
+from mloc_server.services.leasing import Leasing
 from mloc_server.services.queue import BucketKey, QueuedTask, TaskMeta
 from mloc_server.settings import CoordinatorSettings
 from mloc_server.store import Store
@@ -77,6 +77,7 @@ def simulated_order(fleet: Fleet, limit: int) -> tuple[list[QueuedTask], list[Qu
 class QueueAdmin:
     db: Store
     fleet: Fleet
+    leasing: Leasing
     settings: CoordinatorSettings
     clock: Clock
 
@@ -112,12 +113,7 @@ class QueueAdmin:
         now = self.clock.time()
         ok = await self.db.write(lambda tx: tx.set_priority(task_id, priority_class, priority, now))
         if not ok:
-            row = await self.db.get_task(task_id)
-            if row is None:
-                raise NotFound(f"no task {task_id}")
-            if row.state in FINAL_STATES:
-                raise Conflict(f"task {task_id} already {row.state}; finished states are final")
-            raise Conflict(f"task {task_id} is {row.state}; try again")
+            await self.leasing.raise_not_active(task_id)
         queued = self.fleet.queue.get(task_id)
         lease = self.fleet.leases.get(task_id)
         if queued is not None:

@@ -38,32 +38,35 @@ class Quotas:
     def has_gpu_cap(self, owner: str, team: str) -> bool:
         return any((q := self.limits(k)) is not None and q.max_gpus is not None for k in owner_keys(owner, team))
 
-    def gpu_block(self, owner: str, team: str, gpus: int, running_gpus: Callable[[Key], int]) -> str | None:
-        """Why a task of ``gpus`` GPUs may not start now (its owner or team is at ``max_gpus``); None if it may."""
-        if gpus <= 0:
-            return None
+    def _over(self, owner: str, team: str, limit: str, adding: int,
+              current: Callable[[Key], int]) -> tuple[Key, int, int] | None:
+        """The first of the owner's and team's ``limit`` quotas that ``adding`` more would exceed:
+        (its account, the limit, the count now); None when none would be."""
         for key in owner_keys(owner, team):
             q = self.limits(key)
-            if q is None or q.max_gpus is None:
-                continue
-            held = running_gpus(key)
-            if held + gpus > q.max_gpus:
-                return (f"quota: {describe(key)} may use at most {q.max_gpus} GPU(s) at once (max_gpus); "
-                        f"{held} in use, this task needs {gpus}")
+            most = getattr(q, limit) if q is not None else None
+            if most is not None and (now := current(key)) + adding > most:
+                return key, most, now
         return None
+
+    def gpu_block(self, owner: str, team: str, gpus: int, running_gpus: Callable[[Key], int]) -> str | None:
+        """Why a task of ``gpus`` GPUs may not start now (its owner or team is at ``max_gpus``); None if it may."""
+        over = self._over(owner, team, "max_gpus", gpus, running_gpus) if gpus > 0 else None
+        if over is None:
+            return None
+        key, most, held = over
+        return (f"quota: {describe(key)} may use at most {most} GPU(s) at once (max_gpus); "
+                f"{held} in use, this task needs {gpus}")
 
     def check_queued(self, owner: str, team: str, adding: int, queued: Callable[[Key], int]) -> None:
         """Refuse a submit that would take its owner or team over ``max_queued`` (429, one line)."""
-        for key in owner_keys(owner, team):
-            q = self.limits(key)
-            if q is None or q.max_queued is None:
-                continue
-            now = queued(key)
-            if now + adding > q.max_queued:
-                more = f"; this submit adds {adding}" if adding > 1 else ""
-                exc = TooManyRequests(
-                    f"quota: {describe(key)} may have at most {q.max_queued} queued tasks (max_queued); "
-                    f"{now} are queued{more}",
-                    retry_after_s=30, hint="wait for some to start, or cancel some (mloc queue lists them)")
-                exc.code = "quota_exceeded"
-                raise exc
+        over = self._over(owner, team, "max_queued", adding, queued)
+        if over is None:
+            return
+        key, most, now = over
+        more = f"; this submit adds {adding}" if adding > 1 else ""
+        exc = TooManyRequests(
+            f"quota: {describe(key)} may have at most {most} queued tasks (max_queued); {now} are queued{more}",
+            retry_after_s=30, hint="wait for some to start, or cancel some (mloc queue lists them)")
+        exc.code = "quota_exceeded"
+        raise exc
