@@ -39,7 +39,7 @@ async def test_listing_is_in_pick_order_with_each_tasks_reason(tmp_path: Path) -
         assert [t.id for t in listing.tasks] == [b1, b2, a3, a4] and listing.total == 4
         reasons = [t.reason for t in listing.tasks]
         assert reasons[0] == "next: bob is below their share (usage 0.00 GPU-h, share 50 %)"
-        assert reasons[1].startswith("waiting: behind earlier tasks of bob")
+        assert reasons[1].startswith("waiting: behind other tasks of bob with the same needs")
         assert reasons[2] == ("waiting: alice is above their share (usage 0.03 GPU-h, share 50 %); "
                               "bob is further below theirs")
         # the task's own record says the same
@@ -69,7 +69,7 @@ async def test_a_class_change_moves_a_queued_task_and_changes_a_running_ones_pre
         assert (moved.state, moved.priority) == ("queued", 5)
         listing = st.queue_admin.listing(ADMIN, 10).tasks
         assert [t.id for t in listing] == [b2, b1] and listing[0].priority_class == "high"
-        assert listing[1].reason.startswith("waiting: behind earlier tasks of bob")
+        assert listing[1].reason.startswith("waiting: behind other tasks of bob with the same needs")
         with pytest.raises(ValidationFailed, match="priority_class 'urgent' is not one of high, low, normal"):
             await st.queue_admin.set_priority(b1, "urgent", None)
     async with coordinator_on(settings, clock) as st2:  # the change is in the store: a restart keeps it
@@ -108,3 +108,19 @@ def test_queue_and_priority_over_the_api_and_the_cli(coordinator: Coordinator) -
     assert done.status_code == 200
     again = http.patch(f"/api/v1/tasks/{mine['id']}", json={"priority_class": "low"})
     assert again.status_code == 409 and "already cancelled" in again.json()["error"]["message"]
+
+
+@pytest.mark.timeout(60)
+async def test_with_teams_on_the_reason_speaks_of_the_teams(tmp_path: Path) -> None:
+    settings = CoordinatorSettings(data_dir=tmp_path, fair_share=FairShareSettings(teams={"red": 1, "blue": 1},
+                                                                                   running_charge_s=60))
+    async with coordinator_on(settings, ManualClock()) as st:
+        agent = await gpu_agent(st, "a1")
+        await submit_as(st, "alice", 1, team="red")
+        await Sim(st, [agent]).run()
+        (a2,) = await submit_as(st, "alice", 1, team="red")
+        (b1,) = await submit_as(st, "bob", 1, team="blue")
+        listing = st.queue_admin.listing(ADMIN, 10).tasks
+        assert [t.id for t in listing] == [b1, a2] and listing[0].team == "blue"
+        assert listing[1].reason == ("waiting: team red is above its share (usage 0.02 GPU-h, share 50 %); "
+                                     "team blue is further below its")

@@ -160,10 +160,10 @@ class SharePolicy:
 
 # -- explanations: why a queued task is next, or waits ------------------------------------------
 
-def active_users(fleet: Fleet) -> list[Key]:
-    """Users with a task queued or running: the owners whose weights make up the shares."""
-    queued = {k for k in fleet.queue.active_keys() if k[0] == "user"}
-    running = {("user", lease.meta.owner) for lease in fleet.leases.values()}
+def active_users(fleet: Fleet, kind: str = "user") -> list[Key]:
+    """Users (or teams) with a task queued or running: those whose weights make up the shares."""
+    queued = {k for k in fleet.queue.active_keys() if k[0] == kind}
+    running = {(kind, lease.meta.owner if kind == "user" else lease.meta.team) for lease in fleet.leases.values()}
     return sorted(queued | running)
 
 
@@ -188,25 +188,32 @@ def queue_reason(fleet: Fleet, task: QueuedTask, *, heads: list[QueuedTask] | No
         return f"waiting: {block}"
     owner = task.meta.owner
     if queue.head_of(task.bucket) is not task:
-        return f"waiting: behind earlier tasks of {owner} (the same needs, priority class and priority)"
+        return (f"waiting: behind other tasks of {owner} with the same needs (an owner's own tasks go by "
+                "priority class, priority, then submission)")
     heads = queue.heads() if heads is None else heads
     rivals = sorted((h for h in heads if h.req == task.req and queue.blocked(h) is None), key=queue.order_key)
     first = rivals[0] if rivals else task
     policy = fleet.policy
     fair = policy is not None and policy.shares.settings.enabled
     others = {h.meta.owner for h in rivals} - {owner}
+    # with teams on, the team decides between tasks of different teams: explain at that level
+    by_team = fair and policy is not None and policy.shares.settings.teams_on and first.meta.team != task.meta.team
+    who, their, theirs = (f"team {task.meta.team or '(none)'}", "its", "its") if by_team else (owner, "their", "theirs")
+    rival = f"team {first.meta.team or '(none)'}" if by_team else first.meta.owner
     if fair and policy is not None:
-        below, line = standing(policy.shares, ("user", owner), active if active is not None else active_users(fleet))
+        key = ("team", task.meta.team) if by_team else ("user", owner)
+        pool = active_users(fleet, "team") if by_team else active if active is not None else active_users(fleet)
+        below, line = standing(policy.shares, key, pool)
     if first is task:
         if fair and others:
             if below:
-                return f"next: {owner} is below their share ({line})"
-            return f"next: {owner}'s task is first in line though above their share ({line})"
+                return f"next: {who} is below {their} share ({line})"
+            return f"next: {who}'s task is first in line though above {their} share ({line})"
         return "next: waiting for a fitting agent to have free GPUs"
     if first.sort_key[:2] < task.sort_key[:2]:
         ahead = sum(1 for h in rivals if h.sort_key[:2] < task.sort_key[:2])
         return f"waiting: {ahead} task(s) of a higher priority class or priority go first (next: {first.id})"
     if fair:
         where = "below" if below else "above"
-        return f"waiting: {owner} is {where} their share ({line}); {first.meta.owner} is further below theirs"
+        return f"waiting: {who} is {where} {their} share ({line}); {rival} is further below {theirs}"
     return f"waiting: {first.id} was queued earlier"
