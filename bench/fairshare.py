@@ -52,11 +52,10 @@ async def measure(tasks: int, owners: int, shapes: int, claims: int, fair: bool)
             for o in range(owners):
                 specs = [TaskSpec.model_validate({
                     "taskType": "command", "command": "true", "user": f"user{o:04d}",
-                    "resources": {"gpus": 1 + (i % shapes) % 8, "labels": {"shape": str(i % shapes)}}
-                    if shapes > 1 else {"gpus": 1}}) for i in range(per_owner)]
+                    # shapes differ in the memory they ask for; all fit the agent's 80 GB GPUs
+                    "resources": {"gpus": 1, "gpu_memory_gb": 10 * (1 + i % shapes)}}) for i in range(per_owner)]
                 for start in range(0, len(specs), 5000):
                     await st.tasks.submit_many(specs[start:start + 5000], ADMIN)
-            agent.labels = {}  # labels only split the buckets: let the agent take every shape
             picks, whole = [], []
             for n in range(claims):
                 view = agent.view(1)
@@ -66,6 +65,7 @@ async def measure(tasks: int, owners: int, shapes: int, claims: int, fair: bool)
                 t0 = time.perf_counter()
                 offers = await st.leasing.claim(agent, 1, f"p{n}")
                 whole.append(time.perf_counter() - t0)
+                assert offers, "a claim found nothing to take"
                 for offer in offers:
                     await st.leasing.complete(agent, offer.task_id, Completion(epoch=offer.epoch, outcome="succeeded"))
             t0 = time.perf_counter()

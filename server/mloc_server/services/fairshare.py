@@ -14,12 +14,15 @@ it back (services/quotas.py), and what a pick within one claim has already taken
 
 from __future__ import annotations
 
+import bisect
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mloc_server.clock import Clock
 from mloc_server.services.quotas import Key, Quotas, owner_keys
+from mloc_server.services.scheduler import Requirement
 from mloc_server.settings import FairShareSettings
 
 if TYPE_CHECKING:
@@ -54,14 +57,19 @@ class FairShare:
             return [("user", owner), ("team", team)]
         return owner_keys(owner, team)
 
+    def _value_at(self, acc: Account, now: float) -> float:
+        """The account's decayed usage at ``now``: its value decayed, plus its running rate integrated."""
+        if now <= acc.at or not (acc.value or acc.rate):
+            return acc.value
+        d = math.exp(-self._decay * (now - acc.at))
+        return acc.value * d + acc.rate / self._decay * (1 - d)
+
     def _account(self, key: Key, now: float) -> Account:
         acc = self._accounts.get(key)
         if acc is None:
             acc = self._accounts[key] = Account(at=now)
         elif now > acc.at:
-            d = math.exp(-self._decay * (now - acc.at))
-            acc.value = acc.value * d + acc.rate / self._decay * (1 - d)
-            acc.at = now
+            acc.value, acc.at = self._value_at(acc, now), now
         return acc
 
     def started(self, owner: str, team: str, gpus: int) -> None:
@@ -114,7 +122,21 @@ class FairShare:
 
     def norm(self, key: Key, pending: float = 0.0) -> float:
         """Charged usage over weight: the lower, the further below its share (what the order compares)."""
-        return (self.usage_s(key) + (self.running(key) + pending) * self.settings.running_charge_s) / self.weight(key)
+        return self.norms([key], {key: (pending, 0)} if pending else {})[key]
+
+    def norms(self, keys: Iterable[Key], pending: Pending) -> dict[Key, float]:
+        """``norm`` of many accounts at one instant, reading them without advancing them (a pick's hot loop)."""
+        now, charge_s = self.clock.time(), self.settings.running_charge_s
+        users, teams = self.settings.users, self.settings.teams
+        out: dict[Key, float] = {}
+        for key in keys:
+            acc = self._accounts.get(key)
+            usage, rate = (self._value_at(acc, now), acc.rate) if acc is not None else (0.0, 0.0)
+            extra = pending.get(key)
+            if extra is not None:
+                rate += extra[0]
+            out[key] = (usage + rate * charge_s) / (users if key[0] == "user" else teams).get(key[1], 1.0)
+        return out
 
     def known(self) -> list[Key]:
         return list(self._accounts)
@@ -128,13 +150,19 @@ class SharePolicy:
         self.quotas = quotas
 
     def rank(self, owner: str, team: str, pending: Pending) -> tuple[float, ...]:
+        return self.ranks([(owner, team)], pending).get((owner, team), ())
+
+    def ranks(self, whos: Iterable[tuple[str, str]], pending: Pending) -> dict[tuple[str, str], tuple[float, ...]]:
+        """Each (owner, team)'s rank: (user norm,), or (team norm, user norm) with teams on; {} when off."""
         if not self.shares.settings.enabled:
-            return ()
-        keys = self.shares.keys(owner, team)
-        user = self.shares.norm(keys[0], pending.get(keys[0], (0.0, 0))[0])
-        if len(keys) > 1 and self.shares.settings.teams_on:
-            return (self.shares.norm(keys[1], pending.get(keys[1], (0.0, 0))[0]), user)
-        return (user,)
+            return {}
+        whos = set(whos)
+        teams_on = self.shares.settings.teams_on
+        keys = {("user", o) for o, _ in whos} | ({("team", t) for _, t in whos} if teams_on else set())
+        norm = self.shares.norms(keys, pending)
+        if teams_on:
+            return {(o, t): (norm[("team", t)], norm[("user", o)]) for o, t in whos}
+        return {(o, t): (norm[("user", o)],) for o, t in whos}
 
     def blocked(self, owner: str, team: str, gpus: int, pending: Pending) -> str | None:
         def held(key: Key) -> int:
@@ -167,21 +195,49 @@ def active_users(fleet: Fleet, kind: str = "user") -> list[Key]:
     return sorted(queued | running)
 
 
-def standing(shares: FairShare, key: Key, active: list[Key]) -> tuple[bool, str]:
-    """(whether ``key`` is below its share, 'usage 3.10 GPU-h, share 33 %')."""
-    active = active if key in active else [*active, key]
-    charged = {k: shares.norm(k) * shares.weight(k) for k in active}
-    total_w = sum(shares.weight(k) for k in active)
-    total_u = sum(charged.values())
-    below = charged[key] / shares.weight(key) <= total_u / total_w + 1e-9
-    line = f"usage {shares.usage_s(key) / 3600:.2f} GPU-h, share {100 * shares.weight(key) / total_w:.0f} %"
-    return below, line
+@dataclass
+class ReasonContext:
+    """What every queued task's reason compares against, computed once for a listing: the heads of
+    each shape in order (quota-held ones left out) and the active owners' total weight and usage.
+    Each reason is then O(log heads), so a listing of every task costs O(tasks log heads)."""
+
+    rivals: dict[Requirement, list[QueuedTask]] = field(default_factory=dict)
+    prefixes: dict[Requirement, list[tuple[int, int]]] = field(default_factory=dict)
+    owners: dict[Requirement, set[str]] = field(default_factory=dict)
+    totals: dict[str, tuple[float, float]] = field(default_factory=dict)  # kind -> (Σ weight, Σ charged usage)
+
+    @classmethod
+    def of(cls, fleet: Fleet) -> ReasonContext:
+        ctx = cls()
+        queue = fleet.queue
+        for head in queue.heads():
+            if queue.blocked(head) is None:
+                ctx.rivals.setdefault(head.req, []).append(head)
+        for req, heads in ctx.rivals.items():
+            heads.sort(key=queue.order_key)
+            ctx.prefixes[req] = [h.sort_key[:2] for h in heads]
+            ctx.owners[req] = {h.meta.owner for h in heads}
+        if fleet.policy is not None:
+            shares = fleet.policy.shares
+            for kind in ("user", "team"):
+                active = active_users(fleet, kind)
+                ctx.totals[kind] = (sum(shares.weight(k) for k in active),
+                                    sum(shares.norm(k) * shares.weight(k) for k in active))
+        return ctx
+
+    def standing(self, shares: FairShare, key: Key) -> tuple[bool, str]:
+        """(whether ``key`` is at or below its share, 'usage 3.10 GPU-h, share 33 %')."""
+        total_w, total_u = self.totals.get(key[0], (0.0, 0.0))
+        weight = shares.weight(key)
+        if total_w <= 0:
+            total_w, total_u = weight, shares.norm(key) * weight
+        below = shares.norm(key) <= total_u / total_w + 1e-9
+        return below, f"usage {shares.usage_s(key) / 3600:.2f} GPU-h, share {100 * weight / total_w:.0f} %"
 
 
-def queue_reason(fleet: Fleet, task: QueuedTask, *, heads: list[QueuedTask] | None = None,
-                 active: list[Key] | None = None) -> str:
-    """Why a ready queued task is next for agents of its shape, or what goes first. ``heads`` and
-    ``active`` may be computed once for a listing (they are the O(shapes x owners) part)."""
+def queue_reason(fleet: Fleet, task: QueuedTask, ctx: ReasonContext | None = None) -> str:
+    """Why a ready queued task is next for agents of its shape, or what goes first. Pass ``ctx``
+    (ReasonContext.of) when explaining many tasks: it is the O(shapes x owners) part."""
     queue = fleet.queue
     block = queue.blocked(task)
     if block:
@@ -190,30 +246,29 @@ def queue_reason(fleet: Fleet, task: QueuedTask, *, heads: list[QueuedTask] | No
     if queue.head_of(task.bucket) is not task:
         return (f"waiting: behind other tasks of {owner} with the same needs (an owner's own tasks go by "
                 "priority class, priority, then submission)")
-    heads = queue.heads() if heads is None else heads
-    rivals = sorted((h for h in heads if h.req == task.req and queue.blocked(h) is None), key=queue.order_key)
-    first = rivals[0] if rivals else task
+    ctx = ReasonContext.of(fleet) if ctx is None else ctx
+    rivals = ctx.rivals.get(task.req) or [task]
+    first = rivals[0]
+    owners = ctx.owners.get(task.req, set())
+    others = len(owners) > 1 or bool(owners and owner not in owners)
     policy = fleet.policy
-    fair = policy is not None and policy.shares.settings.enabled
-    others = {h.meta.owner for h in rivals} - {owner}
+    shares = policy.shares if policy is not None and policy.shares.settings.enabled else None
     # with teams on, the team decides between tasks of different teams: explain at that level
-    by_team = fair and policy is not None and policy.shares.settings.teams_on and first.meta.team != task.meta.team
+    by_team = shares is not None and shares.settings.teams_on and first.meta.team != task.meta.team
     who, their, theirs = (f"team {task.meta.team or '(none)'}", "its", "its") if by_team else (owner, "their", "theirs")
     rival = f"team {first.meta.team or '(none)'}" if by_team else first.meta.owner
-    if fair and policy is not None:
-        key = ("team", task.meta.team) if by_team else ("user", owner)
-        pool = active_users(fleet, "team") if by_team else active if active is not None else active_users(fleet)
-        below, line = standing(policy.shares, key, pool)
+    below, line = ctx.standing(shares, ("team", task.meta.team) if by_team else ("user", owner)) if shares else (
+        True, "")
     if first is task:
-        if fair and others:
+        if shares is not None and others:
             if below:
                 return f"next: {who} is below {their} share ({line})"
             return f"next: {who}'s task is first in line though above {their} share ({line})"
         return "next: waiting for a fitting agent to have free GPUs"
     if first.sort_key[:2] < task.sort_key[:2]:
-        ahead = sum(1 for h in rivals if h.sort_key[:2] < task.sort_key[:2])
+        ahead = bisect.bisect_left(ctx.prefixes[task.req], task.sort_key[:2])
         return f"waiting: {ahead} task(s) of a higher priority class or priority go first (next: {first.id})"
-    if fair:
+    if shares is not None:
         where = "below" if below else "above"
         return f"waiting: {who} is {where} {their} share ({line}); {rival} is further below {theirs}"
     return f"waiting: {first.id} was queued earlier"

@@ -95,8 +95,7 @@ class TaskQueue:
 
     def _count(self, task: QueuedTask, n: int) -> None:
         self._counts[("user", task.meta.owner)] += n
-        if task.meta.team:
-            self._counts[("team", task.meta.team)] += n
+        self._counts[("team", task.meta.team)] += n  # "" too: the no-team group has a share
 
     def __len__(self) -> int:
         return len(self._live)
@@ -207,8 +206,13 @@ class TaskQueue:
     def _best_fit(self, agent: AgentView, pending: Pending | None = None) -> tuple[QueuedTask, tuple[int, ...]] | None:
         """The best ready task that fits ``agent``, with the GPUs it would get (one head per bucket)."""
         heads = self.heads()
-        heads.sort(key=lambda h: self.order_key(h, pending))
-        for head in heads:
+        ranks = self.policy.ranks(((h.meta.owner, h.meta.team) for h in heads), pending or {}) if self.policy else {}
+        # a heap, not a sort: the first head usually fits, so a pick is O(heads), not O(heads log heads)
+        keyed = [((*h.sort_key[:2], *ranks.get((h.meta.owner, h.meta.team), ()), *h.sort_key[2:]), i, h)
+                 for i, h in enumerate(heads)]
+        heapq.heapify(keyed)
+        while keyed:
+            head = heapq.heappop(keyed)[2]
             if self.blocked(head, pending) is not None:
                 continue  # its owner is at a GPU quota: the next owner's task may start
             gpus = pick_gpus(head.req, agent)

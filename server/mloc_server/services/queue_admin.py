@@ -19,7 +19,7 @@ from mloc_shared.errors import ValidationFailed
 from mloc_server.clock import Clock
 from mloc_server.schemas import PriorityChanged, QueueEntry, QueueListing
 from mloc_server.services.auth import Principal
-from mloc_server.services.fairshare import Pending, active_users, queue_reason
+from mloc_server.services.fairshare import Pending, ReasonContext, queue_reason
 from mloc_server.services.fleet import Fleet
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.queue import BucketKey, QueuedTask, TaskMeta
@@ -85,7 +85,7 @@ class QueueAdmin:
         """The queue in order with reasons; a user sees their own tasks (at their place in it)."""
         queue = self.fleet.queue
         order, held = simulated_order(self.fleet, limit)
-        heads, active = queue.heads(), active_users(self.fleet)  # once for the listing
+        ctx = ReasonContext.of(self.fleet)  # once for the listing
         now = self.clock.time()
         delayed = sorted((t for t in queue.live() if t.not_before > now), key=lambda t: t.not_before)
         entries: list[QueueEntry] = []
@@ -95,7 +95,7 @@ class QueueAdmin:
             if task.not_before > now:
                 reason = f"retry backoff: eligible again in {task.not_before - now:.0f}s"
             else:
-                reason = queue_reason(self.fleet, task, heads=heads, active=active)
+                reason = queue_reason(self.fleet, task, ctx)
             entries.append(QueueEntry(
                 position=position, id=task.id, user=task.meta.owner, team=task.meta.team or None,
                 priority_class=task.meta.priority_class, priority=task.meta.priority, gpus=task.req.gpus,

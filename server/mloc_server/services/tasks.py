@@ -20,7 +20,7 @@ from mloc_shared.taskspec import BUILTIN_TASK_TYPES, TaskSpec
 from mloc_server.clock import Clock
 from mloc_server.services import handoff
 from mloc_server.services.auth import Principal
-from mloc_server.services.fairshare import queue_reason
+from mloc_server.services.fairshare import ReasonContext, queue_reason
 from mloc_server.services.fleet import Fleet
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.queue import QueuedTask, TaskMeta
@@ -179,7 +179,8 @@ class Tasks:
     def _agent_name(self, agent_id: str | None) -> str | None:
         return self.fleet.agent_name(agent_id) if agent_id else agent_id
 
-    def record(self, row: StoredTask, reasons: dict[str, str | None] | None = None) -> dict[str, Any]:
+    def record(self, row: StoredTask, reasons: dict[str, str | None] | None = None,
+               ctx: ReasonContext | None = None) -> dict[str, Any]:
         """The public view of a task row, merged with live lease state (progress, cancel)."""
         task_id = row.id
         lease = self.fleet.leases.get(task_id)
@@ -208,10 +209,11 @@ class Tasks:
             ck = json.loads(row.last_checkpoint)
             record["last_checkpoint"] = {"name": ck["name"], "step": ck.get("step")}
         if row.state == "queued":
-            record["pending_reason"] = self.pending_reason(row, reasons)
+            record["pending_reason"] = self.pending_reason(row, reasons, ctx)
         return record
 
-    def pending_reason(self, row: StoredTask, reasons: dict[str, str | None] | None = None) -> str | None:
+    def pending_reason(self, row: StoredTask, reasons: dict[str, str | None] | None = None,
+                       ctx: ReasonContext | None = None) -> str | None:
         """Why a queued task waits. ``reasons`` caches the fleet-wide part per requirement for a listing:
         with a thousand agents it is the costly part, and a page of tasks has few distinct shapes."""
         key = row.requirement
@@ -228,7 +230,7 @@ class Tasks:
         if wait > 0:
             return f"retry backoff: eligible again in {wait:.0f}s"
         if queued is not None:
-            return queue_reason(self.fleet, queued)
+            return queue_reason(self.fleet, queued, ctx)
         return "waiting for a fitting agent to have free GPUs"
 
     async def list(self, principal: Principal, *, state: str | tuple[str, ...] | None, user: str | None,
@@ -237,8 +239,9 @@ class Tasks:
         rows, total = await self.db.list_tasks(state=state, owner=owner, task_type=task_type,
                                                page=page, page_size=page_size)
         reasons: dict[str, str | None] = {}
-        return {"tasks": [self.record(r, reasons) for r in rows], "page": page, "page_size": page_size, "total": total,
-                "pages": (total + page_size - 1) // page_size}
+        ctx = ReasonContext.of(self.fleet) if any(r.state == "queued" for r in rows) else None  # once a page
+        return {"tasks": [self.record(r, reasons, ctx) for r in rows], "page": page, "page_size": page_size,
+                "total": total, "pages": (total + page_size - 1) // page_size}
 
     async def cancel(self, task_id: str, principal: Principal) -> dict[str, Any]:
         self._visible(await self.db.get_task(task_id), principal, task_id)
