@@ -124,3 +124,17 @@ async def test_with_teams_on_the_reason_speaks_of_the_teams(tmp_path: Path) -> N
         assert [t.id for t in listing] == [b1, a2] and listing[0].team == "blue"
         assert listing[1].reason == ("waiting: team red is above its share (usage 0.02 GPU-h, share 50 %); "
                                      "team blue is further below its")
+
+
+@pytest.mark.timeout(60)
+async def test_with_fair_share_off_the_queue_is_first_come_first_served(tmp_path: Path) -> None:
+    """No fair share and no GPU quota: one bucket per shape (a claim is O(shapes) again), in order."""
+    settings = CoordinatorSettings(data_dir=tmp_path, fair_share=FairShareSettings(enabled=False))
+    async with coordinator_on(settings, ManualClock()) as st:
+        assert not st.fleet.queue.per_owner
+        a1, a2 = await submit_as(st, "alice", 2)
+        (b1,) = await submit_as(st, "bob", 1)
+        listing = st.queue_admin.listing(ADMIN, 10).tasks
+        assert [t.id for t in listing] == [a1, a2, b1]
+        assert listing[0].reason == "next: waiting for a fitting agent to have free GPUs"
+        assert listing[2].reason.startswith("waiting: behind earlier tasks with the same needs")

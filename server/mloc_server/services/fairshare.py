@@ -243,7 +243,9 @@ def queue_reason(fleet: Fleet, task: QueuedTask, ctx: ReasonContext | None = Non
     if block:
         return f"waiting: {block}"
     owner = task.meta.owner
-    if queue.head_of(task.bucket) is not task:
+    if queue.head_of(queue.bucket_of(task)) is not task:
+        if not queue.per_owner:
+            return "waiting: behind earlier tasks with the same needs (by priority class, priority, then submission)"
         return (f"waiting: behind other tasks of {owner} with the same needs (an owner's own tasks go by "
                 "priority class, priority, then submission)")
     ctx = ReasonContext.of(fleet) if ctx is None else ctx

@@ -72,14 +72,14 @@ class QueuedTask:
     def make(cls, task_id: str, req: Requirement, meta: TaskMeta, queued_at: float, not_before: float = 0.0):
         return cls((-meta.class_priority, -meta.priority, queued_at, task_id), task_id, req, meta, not_before)
 
-    @property
-    def bucket(self) -> BucketKey:
-        return (self.req, self.meta.owner, self.meta.team)
 
 
 class TaskQueue:
     def __init__(self, policy: SharePolicy | None = None) -> None:
         self.policy = policy  # fair share and quotas; None: plain (class, priority, queued time) order
+        # one bucket per (requirement, owner) only where owners are told apart: fair share ranks them, a
+        # GPU quota skips some; otherwise one per requirement, and a claim stays O(shapes)
+        self.per_owner = policy is not None and (policy.shares.settings.enabled or policy.quotas.any_gpu_cap)
         self._buckets: dict[BucketKey, list[QueuedTask]] = {}
         self._live: dict[str, QueuedTask] = {}
         self._delayed: list[tuple[float, str]] = []
@@ -92,6 +92,9 @@ class TaskQueue:
     def queued(self, key: tuple[str, str]) -> int:
         """Tasks queued (backoff included) for a user or team: for ``max_queued``."""
         return self._counts[key]
+
+    def bucket_of(self, task: QueuedTask) -> BucketKey:
+        return (task.req, task.meta.owner, task.meta.team) if self.per_owner else (task.req, "", "")
 
     def _count(self, task: QueuedTask, n: int) -> None:
         self._counts[("user", task.meta.owner)] += n
@@ -120,7 +123,7 @@ class TaskQueue:
         if task.not_before > now:
             heapq.heappush(self._delayed, (task.not_before, task.id))
             return False
-        heapq.heappush(self._buckets.setdefault(task.bucket, []), task)
+        heapq.heappush(self._buckets.setdefault(self.bucket_of(task), []), task)
         return True
 
     def remove(self, task_id: str) -> bool:
@@ -137,7 +140,7 @@ class TaskQueue:
             _, task_id = heapq.heappop(self._delayed)
             task = self._live.get(task_id)
             if task is not None and task.not_before <= now:
-                heapq.heappush(self._buckets.setdefault(task.bucket, []), task)
+                heapq.heappush(self._buckets.setdefault(self.bucket_of(task), []), task)
                 due.append(task)
         return due
 
@@ -189,7 +192,7 @@ class TaskQueue:
             if best is None:
                 break
             head, gpus = best
-            heapq.heappop(self._buckets[head.bucket])
+            heapq.heappop(self._buckets[self.bucket_of(head)])
             self.remove(head.id)
             if self.policy is not None:
                 self.policy.note(pending, head.meta.owner, head.meta.team, len(gpus))

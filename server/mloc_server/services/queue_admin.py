@@ -38,7 +38,7 @@ def simulated_order(fleet: Fleet, limit: int) -> tuple[list[QueuedTask], list[Qu
     pending: Pending = {}
     teams_on = policy is not None and policy.shares.settings.teams_on
     lanes: dict[BucketKey, list[QueuedTask]] = {
-        h.bucket: queue.bucket_tasks(h.bucket)[::-1] for h in queue.heads()}  # popped from the end
+        queue.bucket_of(h): queue.bucket_tasks(queue.bucket_of(h))[::-1] for h in queue.heads()}  # popped from the end
     versions: Counter[tuple[str, str]] = Counter()  # ("user", owner) / ("team", team) -> charges so far
 
     def stamp(task: QueuedTask) -> tuple[int, int]:
@@ -50,7 +50,8 @@ def simulated_order(fleet: Fleet, limit: int) -> tuple[list[QueuedTask], list[Qu
 
     heap = [entry(b) for b in lanes]
     heapq.heapify(heap)
-    capped = {b for b in lanes if policy is not None and policy.quotas.has_gpu_cap(b[1], b[2])}
+    capped = {b for b, lane in lanes.items()
+              if policy is not None and policy.quotas.has_gpu_cap(lane[-1].meta.owner, lane[-1].meta.team)}
     order: list[QueuedTask] = []
     held: list[QueuedTask] = []
     while heap and len(order) < limit:

@@ -35,6 +35,11 @@ class Quotas:
             return self.settings.users.get(name, self.settings.default)
         return self.settings.teams.get(name)
 
+    @property
+    def any_gpu_cap(self) -> bool:
+        s = self.settings
+        return any(q.max_gpus is not None for q in (s.default, *s.users.values(), *s.teams.values()))
+
     def has_gpu_cap(self, owner: str, team: str) -> bool:
         return any((q := self.limits(k)) is not None and q.max_gpus is not None for k in owner_keys(owner, team))
 
