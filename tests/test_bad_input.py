@@ -272,7 +272,7 @@ def test_idempotency_key_reuse(target: Target) -> None:
     refused(other, 409, "different task body", field="Idempotency-Key")
 
 
-WRONG_METHODS = [("PUT", "/api/v1/tasks", "POST"), ("PATCH", "/api/v1/tasks/{task}", "GET"),
+WRONG_METHODS = [("PUT", "/api/v1/tasks", "POST"), ("PUT", "/api/v1/tasks/{task}", "GET"),
                  ("GET", "/api/v1/agents/poll", "POST"), ("DELETE", "/health", "GET"),
                  ("POST", "/api/v1/openapi.json", "GET"), ("GET", "/api/v1/leases/{task}/heartbeat", "POST")]
 

@@ -247,6 +247,31 @@ class StoreContract:
         assert window.total_tasks == 1 and [u.user for u in window.users] == ["bob"]
         assert (await store.usage(None, T0 + 500, None, now=T0)).total_tasks == 0
 
+    async def test_attempt_usage_lists_open_and_recent_attempts_with_owner_and_team(self, store: Store) -> None:
+        """Fair share rebuilds decayed usage from these at start (services/recovery.py)."""
+        await self.insert(store, new_task("t1"), NewTask(**{**vars(new_task("t2", owner="bob")), "team": "red"}))
+        e1 = await self.claim(store, "t1", now=T0 + 10, gpus=(0, 1))
+        await store.write(lambda tx: tx.finish_task("t1", e1, "succeeded", T0 + 100))
+        await self.claim(store, "t2", now=T0 + 20)
+        rows = sorted(await store.attempt_usage(T0), key=lambda a: a.owner)
+        assert [(a.owner, a.team, a.gpu_count, a.started_at, a.ended_at) for a in rows] == [
+            ("ann", None, 2, T0 + 10, T0 + 100), ("bob", "red", 1, T0 + 20, None)]
+        assert [a.owner for a in await store.attempt_usage(T0 + 100)] == ["bob"]  # ended at or before: left out
+        assert (await store.get_task("t2")).team == "red"  # type: ignore[union-attr]
+
+    async def test_a_priority_change_is_kept_in_the_spec_of_a_queued_or_running_task_only(self, store: Store) -> None:
+        await self.insert(store, new_task("t1"), new_task("t2"))
+        assert await store.write(lambda tx: tx.set_priority("t1", "high", None, T0 + 1)) is True
+        row = await store.get_task("t1")
+        assert row is not None and json.loads(row.spec)["priority_class"] == "high" and row.priority == 0
+        epoch = await self.claim(store, "t2")
+        assert await store.write(lambda tx: tx.set_priority("t2", None, 7, T0 + 20)) is True
+        row = await store.get_task("t2")
+        assert row is not None and json.loads(row.spec) == {"taskType": "command", "priority": 7} and row.priority == 7
+        await store.write(lambda tx: tx.finish_task("t2", epoch, "succeeded", T0 + 30))
+        assert await store.write(lambda tx: tx.set_priority("t2", "low", None, T0 + 40)) is False
+        assert await store.write(lambda tx: tx.set_priority("ghost", "low", None, T0 + 40)) is False
+
     # -- agents ---------------------------------------------------------------------------------
 
     async def test_an_agent_round_trips_and_a_re_registration_keeps_its_identity(self, store: Store) -> None:
@@ -290,6 +315,11 @@ class StoreContract:
         assert await store.write(lambda tx: tx.revoke_token("old")) is True
         assert await store.write(lambda tx: tx.revoke_token("ghost")) is False
         assert (await store.token_by_hash("hash-old")).revoked is True  # type: ignore[union-attr]
+
+    async def test_a_user_tokens_team_round_trips(self, store: Store) -> None:
+        await store.write(lambda tx: [tx.insert_token(token("t", team="red")),
+                                      tx.insert_token(token("n", created_at=T0 + 1))])
+        assert [(t.id, t.team) for t in await store.list_tokens()] == [("t", "red"), ("n", None)]
 
     async def test_only_valid_user_tokens_are_active(self, store: Store) -> None:
         await store.write(lambda tx: [

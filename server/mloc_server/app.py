@@ -14,6 +14,7 @@ from mloc_server.api import artifacts as artifacts_api
 from mloc_server.api import metrics as metrics_api
 from mloc_server.api import openapi as openapi_api
 from mloc_server.api import pages as pages_api
+from mloc_server.api import queue as queue_api
 from mloc_server.api import secrets as secrets_api
 from mloc_server.api import system as system_api
 from mloc_server.api import tasks as tasks_api
@@ -24,10 +25,13 @@ from mloc_server.clock import Clock, SystemClock
 from mloc_server.services.agents import Agents
 from mloc_server.services.artifacts import Artifacts
 from mloc_server.services.auth import Auth
+from mloc_server.services.fairshare import FairShare, SharePolicy
 from mloc_server.services.fleet import Fleet
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.logs import Logs
 from mloc_server.services.polling import Polling
+from mloc_server.services.queue_admin import QueueAdmin
+from mloc_server.services.quotas import Quotas
 from mloc_server.services.reaper import Reaper
 from mloc_server.services.recovery import load_state
 from mloc_server.services.registration import Registration
@@ -61,6 +65,7 @@ def create_app(settings: CoordinatorSettings, clock: Clock | None = None) -> web
     app.add_routes(artifacts_api.routes)
     app.add_routes(system_api.routes)
     app.add_routes(secrets_api.routes)
+    app.add_routes(queue_api.routes)
     app.add_routes(pages_api.routes)
     metrics_api.install(app)
     app.add_routes(openapi_api.routes)
@@ -84,7 +89,7 @@ async def open_state(settings: CoordinatorSettings, clock: Clock, resources: con
     resources.push_async_callback(store.close)
     auth = Auth(db, settings.loopback_admin, clock)
     await auth.load()
-    fleet = Fleet()
+    fleet = Fleet(SharePolicy(FairShare(settings.fair_share, clock), Quotas(settings.quotas)))
     leasing = Leasing(db, fleet, settings, clock, resume_url=store.download_url)
     await load_state(db, fleet, leasing, settings, clock)
     secrets = TaskSecrets(db, leasing, settings.data_dir / "secrets.key")
@@ -97,6 +102,7 @@ async def open_state(settings: CoordinatorSettings, clock: Clock, resources: con
         reaper=Reaper(db, fleet, leasing, settings, clock),
         artifacts=Artifacts(db, leasing, store, int(settings.max_artifact_gb * (1 << 30))), logs=Logs(db, leasing),
         secrets=secrets, artifact_store=store, started_at=clock.time(), clock=clock,
+        queue_admin=QueueAdmin(db, fleet, leasing, settings, clock),
     )
     resources.push_async_callback(_flush_quietly, st.reaper)  # runs before the database closes
     return st

@@ -81,9 +81,46 @@ class TaskRecord(BaseModel):
     lease: TaskLeaseView | None = Field(None, description="while running")
     agent: str | None = Field(None, description="the agent that ran the final attempt")
     last_checkpoint: CheckpointView | None = None
-    pending_reason: str | None = Field(None, description="while queued: why it has not started")
+    pending_reason: str | None = Field(None, description="while queued: why it has not started, or that it is next "
+                                                         "(fair share, quotas: docs/fairshare.md)")
+    team: str | None = Field(None, description="the submitting token's team")
     warnings: list[str] | None = Field(None, description="on submit: accepted, but worth knowing")
     attempt_history: list[AttemptView] | None = Field(None, description="on GET of one task")
+
+
+class QueueEntry(BaseModel):
+    """One queued task at its place in the queue."""
+
+    position: int = Field(description="1-based place in the order picks would take the queue in now")
+    id: str
+    user: str
+    team: str | None
+    priority_class: str
+    priority: int
+    gpus: int
+    task_type: str
+    queued_at: float
+    reason: str = Field(description="why it is next, or what goes first (e.g. 'next: alice is below their share')")
+
+
+class QueueListing(BaseModel):
+    tasks: list[QueueEntry] = Field(description="in order; a user sees their own tasks only, at their places")
+    total: int = Field(description="tasks queued in all")
+
+
+class PriorityChange(BaseModel):
+    """An admin's change of a queued or running task's priority."""
+
+    priority_class: str | None = Field(None, min_length=1, max_length=64)
+    priority: int | None = Field(None, ge=-1000, le=1000)
+
+
+class PriorityChanged(BaseModel):
+    id: str
+    state: str
+    priority_class: str | None
+    priority: int | None
+    preemptible: bool | None = None
 
 
 class TaskPage(BaseModel):
@@ -218,6 +255,7 @@ class TokenCreated(BaseModel):
     kind: Literal["user", "join"]
     user: str
     role: Literal["user", "admin"]
+    team: str | None = None
 
 
 class TokenInfo(BaseModel):
@@ -231,12 +269,13 @@ class TokenInfo(BaseModel):
     uses: int | None
     revoked: int = Field(description="1 when revoked, else 0")
     note: str | None
+    team: str | None = None
 
     @classmethod
     def of(cls, t: StoredToken) -> TokenInfo:
         """Everything but the secret's hash."""
         return cls(id=t.id, kind=t.kind, user=t.user, role=t.role, created_at=t.created_at, expires_at=t.expires_at,
-                   max_uses=t.max_uses, uses=t.uses, revoked=int(t.revoked), note=t.note)
+                   max_uses=t.max_uses, uses=t.uses, revoked=int(t.revoked), note=t.note, team=t.team)
 
 
 class TokenList(BaseModel):

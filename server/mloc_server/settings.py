@@ -26,6 +26,59 @@ DEFAULT_PRIORITY_CLASSES: dict[str, PriorityClass] = {
 }
 
 
+class FairShareSettings(BaseModel):
+    """Fair share between users, and teams when weights for teams are given (docs/fairshare.md).
+
+    Usage is GPU-hours decayed with a half-life (Slurm's fair-share); an owner's share is its weight
+    over the weights of the owners with work queued or running. Missing names weigh 1.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    users: dict[str, float] = Field(default_factory=dict)
+    teams: dict[str, float] = Field(default_factory=dict)
+    # order by team first, then by user within it: on when teams are given weights
+    by_team: bool | None = None
+    half_life_s: float = Field(86400.0, gt=0)
+    # a running lease counts as if it had already run this long more: two owners' running counts
+    # balance at once, before their decayed usage has had time to differ
+    running_charge_s: float = Field(600.0, ge=0)
+    # what a running task that asks for no GPU counts as, in GPUs
+    no_gpu_charge: float = Field(0.1, ge=0)
+
+    @model_validator(mode="after")
+    def _weights_positive(self) -> FairShareSettings:
+        for kind, weights in (("users", self.users), ("teams", self.teams)):
+            bad = [n for n, w in weights.items() if not w > 0]
+            if bad:
+                raise ValueError(f"fair_share.{kind}.{bad[0]}: a weight must be above 0")
+        return self
+
+    @property
+    def teams_on(self) -> bool:
+        return bool(self.teams) if self.by_team is None else self.by_team
+
+
+class Quota(BaseModel):
+    """Limits of one user or team; None: no limit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_gpus: int | None = Field(None, ge=0)  # GPUs held by running tasks at once
+    max_queued: int | None = Field(None, ge=0)  # tasks queued at once
+
+
+class QuotaSettings(BaseModel):
+    """Per-user and per-team quotas; ``default`` applies to a user with no entry of its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default: Quota = Field(default_factory=Quota)
+    users: dict[str, Quota] = Field(default_factory=dict)
+    teams: dict[str, Quota] = Field(default_factory=dict)
+
+
 class CoordinatorSettings(MlocSettings):
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535)
@@ -75,6 +128,8 @@ class CoordinatorSettings(MlocSettings):
     preempt_grace_s: float = Field(120.0, ge=0, le=86400)
     preempt_min_runtime_s: float = Field(300.0, ge=0, le=86400)
     preempt_max_per_hour: int = Field(2, ge=0, le=1000)
+    fair_share: FairShareSettings = Field(default_factory=FairShareSettings)
+    quotas: QuotaSettings = Field(default_factory=QuotaSettings)
 
     redis_url: str | None = None  # from the old design: warned about, never used
 

@@ -15,6 +15,7 @@ from mloc_server.services.fleet import Fleet
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.logs import Logs
 from mloc_server.services.polling import Polling
+from mloc_server.services.queue_admin import QueueAdmin
 from mloc_server.services.reaper import Reaper
 from mloc_server.services.registration import Registration
 from mloc_server.services.secrets import TaskSecrets
@@ -41,6 +42,7 @@ class AppState:
     artifact_store: ArtifactStore  # blobs (local disk or S3); services.artifacts.Artifacts is the logic
     started_at: float
     clock: Clock  # every service reads the time from it (tests pass a ManualClock)
+    queue_admin: QueueAdmin  # the queue's listing with reasons, priority changes
 
 
 STATE = web.AppKey("mloc_state", AppState)

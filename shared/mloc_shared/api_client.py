@@ -36,6 +36,9 @@ class ApiClient:
              headers: dict[str, str] | None = None) -> Any:
         return self._check(self._http.post(path, json=json, content=content, headers=headers))
 
+    def patch(self, path: str, *, json: Any = None) -> Any:
+        return self._check(self._http.patch(path, json=json))
+
     def delete(self, path: str) -> Any:
         return self._check(self._http.delete(path))
 

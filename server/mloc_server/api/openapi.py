@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from mloc_server import schemas as s
+from mloc_server.api.queue import MAX_LISTED
 from mloc_server.api.system import DrainRequest, TokenCreate
 from mloc_server.api.tasks import MAX_BULK, STATES
 from mloc_server.services.overview import AGENT_STATES
@@ -90,7 +91,7 @@ OPERATIONS: tuple[Op, ...] = (
        "user", {201: {"application/json": {"oneOf": [{"$ref": REF.format(model="TaskRecord")},
                                                       {"$ref": REF.format(model="BulkAccepted")}]}},
                 200: s.TaskRecord},
-       body=SUBMIT_CONTENT, errors=(403, 409),
+       body=SUBMIT_CONTENT, errors=(403, 409, 429),
        params=(Param("Idempotency-Key", "header", {"type": "string", "minLength": 1, "maxLength": 200,
                                                    "pattern": "^[ -~]+$"},
                      "a retried submit with the same key and body returns the first task (200), not a new one"),)),
@@ -107,6 +108,11 @@ OPERATIONS: tuple[Op, ...] = (
     Op("DELETE", "/api/v1/tasks/{task_id}", "Cancel a task", "user", {200: s.TaskCancelled}, errors=(404, 409)),
     Op("POST", "/api/v1/tasks/{task_id}/cancel", "Cancel a task", "user", {200: s.TaskCancelled},
        errors=(404, 409)),
+    Op("PATCH", "/api/v1/tasks/{task_id}", "Change a queued or running task's priority class or priority "
+       "(a queued one moves in the queue at once)", "admin", {200: s.PriorityChanged}, body=s.PriorityChange,
+       errors=(404, 409)),
+    Op("GET", "/api/v1/queue", "The queue in the order picks take it, each task with why it is next or waits",
+       "user", {200: s.QueueListing}, params=(Param("limit", "query", _int(1, MAX_LISTED)),), errors=(422,)),
     Op("GET", "/api/v1/tasks/{task_id}/logs",
        "A task's log chunks (cursor paging); follow=1 streams text, Accept: text/event-stream streams SSE", "user",
        {200: {"application/json": {"$ref": REF.format(model="LogPage")}, "text/plain": TEXT,
@@ -189,13 +195,15 @@ ERROR_TEXT = {400: "the body cannot be read (not JSON/YAML, a one-line YAML from
               404: "no such object", 409: "a state conflict (finished task, reused key, lost lease)",
               413: "the body is over the size limit", 422: "a field, parameter or header is wrong: `field` names it",
               426: "the agent's protocol version does not match",
-              429: "too many refused attempts from this address: wait the Retry-After seconds",
+              429: "too many refused attempts from this address, or a quota (max_queued) is full: wait the "
+                   "Retry-After seconds",
               503: "the database or object store failed"}
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     s.ErrorEnvelope, s.TaskRecord, s.BulkAccepted, s.TaskPage, s.TaskCancelled, s.LogPage, s.ArtifactList,
     s.BlobStored, s.Health, s.WorkerList, s.Worker, s.Stats, s.TokenCreated, s.TokenList, s.TokenRevoked,
     s.CompletionState, s.LogsAccepted, s.UploadCommitted, p.RegisterResponse, p.PollResponse, p.CompletionResults,
-    p.HeartbeatResponse, p.UploadPlan, p.SourcesResponse, p.SecretsResponse, s.Overview,
+    p.HeartbeatResponse, p.UploadPlan, p.SourcesResponse, p.SecretsResponse, s.Overview, s.QueueListing,
+    s.PriorityChanged,
 )
 
 

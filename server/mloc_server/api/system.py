@@ -118,6 +118,7 @@ class TokenCreate(BaseModel):
     ttl_s: float | None = Field(None, gt=0, allow_inf_nan=False)
     max_uses: int | None = Field(None, ge=1, le=10**9)
     note: str = Field("", max_length=200)
+    team: str = Field("", max_length=100, description="user tokens: the team its tasks count against")
 
 
 @routes.post("/api/v1/tokens")
@@ -127,8 +128,10 @@ async def create_token(request: web.Request) -> web.Response:
     if req.kind == "user" and not req.user:
         raise ValidationFailed("a user token needs a user name", field="user")
     token_id, secret = await state(request).auth.create_token(
-        req.kind, user=req.user, role=req.role, ttl_s=req.ttl_s, max_uses=req.max_uses, note=req.note)
-    return ok(TokenCreated(id=token_id, token=secret, kind=req.kind, user=req.user, role=req.role), status=201)
+        req.kind, user=req.user, role=req.role, ttl_s=req.ttl_s, max_uses=req.max_uses, note=req.note,
+        team=req.team if req.kind == "user" else "")
+    return ok(TokenCreated(id=token_id, token=secret, kind=req.kind, user=req.user, role=req.role,
+                           team=req.team or None), status=201)
 
 
 @routes.get("/api/v1/tokens")

@@ -45,6 +45,7 @@ def same_hash(a: str, b: str) -> bool:
 class Principal:
     user: str
     role: str  # admin | user
+    team: str = ""  # the token's team: its tasks count against it (fair share, quotas)
 
     @property
     def is_admin(self) -> bool:
@@ -71,7 +72,8 @@ class Auth:
         """Cache the valid user tokens: checking a request's token is a dict lookup, not a query. The
         cache keeps each token's expiry, checked on every use (a load is not awaited to expire one)."""
         tokens = await self.db.active_user_tokens(self.clock.time())
-        self._users = {t.token_hash: _UserToken(Principal(t.user, t.role), t.expires_at) for t in tokens}
+        self._users = {t.token_hash: _UserToken(Principal(t.user, t.role, t.team or ""), t.expires_at)
+                       for t in tokens}
 
     @staticmethod
     def bearer(header: str | None) -> str | None:
@@ -104,7 +106,7 @@ class Auth:
 
     async def create_token(
         self, kind: str, *, user: str = "", role: str = "user", ttl_s: float | None = None,
-        max_uses: int | None = None, note: str = "", secret: str | None = None,
+        max_uses: int | None = None, note: str = "", secret: str | None = None, team: str = "",
     ) -> tuple[str, str]:
         """Create a user or join token; returns (token id, secret). Only the hash is stored."""
         if kind not in ("user", "join"):
@@ -117,10 +119,11 @@ class Auth:
         token = StoredToken(
             id=token_id, kind=kind, token_hash=hash_secret(secret), user=user, role=role, created_at=now,
             expires_at=now + ttl_s if ttl_s else None, max_uses=max_uses, uses=0, revoked=False, note=note,
+            team=team or None,
         )
         await self.db.write(lambda tx: tx.insert_token(token))
         if kind == "user":
-            self._users[token.token_hash] = _UserToken(Principal(user, role), token.expires_at)
+            self._users[token.token_hash] = _UserToken(Principal(user, role, team), token.expires_at)
         return token_id, secret
 
     async def tokens(self) -> TokenList:

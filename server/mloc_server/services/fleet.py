@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mloc_shared.protocol import GpuStat, Inventory, Lease, PreemptNotice
 
 from mloc_server.services.queue import QueuedTask, TaskMeta, TaskQueue
 from mloc_server.services.scheduler import AgentView, Requirement, pick_gpus
 from mloc_server.services.waiting import WaitingPolls
+
+if TYPE_CHECKING:
+    from mloc_server.services.fairshare import SharePolicy
 
 # event counts kept in memory since start (api/metrics.py exports them)
 COUNTERS = ("leases_granted", "handoffs", "leases_expired", "tasks_finished", "polls", "heartbeats",
@@ -113,8 +116,9 @@ class Fleet:
     (leasing, the long poll, registration, the reaper) are handed the same one explicitly.
     """
 
-    def __init__(self) -> None:
-        self.queue = TaskQueue()
+    def __init__(self, policy: SharePolicy | None = None) -> None:
+        self.policy = policy  # fair share and quotas (services/fairshare.py): counts every lease
+        self.queue = TaskQueue(policy)
         self.agents: dict[str, AgentState] = {}
         self.by_credential: dict[str, AgentState] = {}
         self.by_name: dict[str, AgentState] = {}
@@ -162,17 +166,23 @@ class Fleet:
 
     def add_lease(self, agent: AgentState | None, lease: LeaseState) -> None:
         """Track a lease, and hold its GPUs on ``agent`` (None: an agent no longer registered)."""
+        if self.policy is not None and lease.task_id not in self.leases:
+            self.policy.started(lease.meta.owner, lease.meta.team, len(lease.gpus))
         self.leases[lease.task_id] = lease
         if agent is not None:
             agent.leases[lease.task_id] = lease
 
     def drop_lease(self, lease: LeaseState, *, freed: bool = False) -> None:
         """Forget a lease; ``freed`` tells the agent's held poll that it can take one more task."""
-        self.leases.pop(lease.task_id, None)
+        capped = False
+        if self.leases.pop(lease.task_id, None) is not None and self.policy is not None:
+            capped = self.policy.stopped(lease.meta.owner, lease.meta.team, len(lease.gpus))
         agent = self.agents.get(lease.agent_id)
         if agent is not None and agent.leases.pop(lease.task_id, None) is not None and freed:
             agent.freed_since_poll += 1
             agent.wake("slot")
+        if capped:  # the owner was perhaps at a GPU quota: its queued tasks may fit idle agents now
+            self.wake_for_queued()
 
     def enqueue(self, task: QueuedTask, now: float) -> None:
         if self.queue.add(task, now):

@@ -17,7 +17,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from mloc_shared.errors import Conflict, LeaseLost, MlocError, NotFound
 from mloc_shared.protocol import (
@@ -293,6 +293,10 @@ class Leasing:
             lease.cancel_requested = True
             self.fleet.wake_agent(lease.agent_id, "cancel")
             return "cancelling"
+        await self.raise_not_active(task_id)
+
+    async def raise_not_active(self, task_id: str) -> NoReturn:
+        """A change that needs a queued or running task found neither: 404, or 409 saying its state."""
         row = await self._db.get_task(task_id)
         if row is None:
             raise NotFound(f"no task {task_id}")

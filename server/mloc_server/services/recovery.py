@@ -29,7 +29,8 @@ async def load_state(db: Store, fleet: Fleet, leasing: Leasing, settings: Coordi
     for row in await db.active_tasks():
         spec = json.loads(row.spec)
         req = Requirement.from_json(row.requirement)
-        meta = TaskMeta.from_spec(spec, row.owner, settings.priority_classes, settings.default_priority_class)
+        meta = TaskMeta.from_spec(spec, row.owner, settings.priority_classes, settings.default_priority_class,
+                                  team=row.team or "")
         if row.state == "queued":
             fleet.queue.add(QueuedTask.make(row.id, req, meta, row.queued_at, row.not_before), now)
             continue
@@ -42,5 +43,17 @@ async def load_state(db: Store, fleet: Fleet, leasing: Leasing, settings: Coordi
         )
         lease.offer = leasing.offer_for(lease, row.task_type, spec, row.last_checkpoint)
         fleet.add_lease(fleet.agents.get(lease.agent_id), lease)
+    await _load_usage(db, fleet, clock)
     log.info("loaded %d agents, %d queued tasks, %d live leases (grace %.0fs)",
              len(fleet.agents), len(fleet.queue), len(fleet.leases), grace)
+
+
+async def _load_usage(db: Store, fleet: Fleet, clock: Clock) -> None:
+    """Fair share's decayed usage, from the attempts of the last ten half-lives (older ones weigh
+    under 0.1 %). Live leases were added above and count from now on; their past is added here."""
+    if fleet.policy is None:
+        return
+    shares = fleet.policy.shares
+    now = clock.time()
+    for a in await db.attempt_usage(now - 10 * shares.settings.half_life_s):
+        shares.add_past(a.owner, a.team or "", a.gpu_count, a.started_at, a.ended_at or now)

@@ -7,7 +7,10 @@ import difflib
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from mloc_shared.errors import Forbidden, NotFound, ValidationFailed
@@ -17,10 +20,12 @@ from mloc_shared.taskspec import BUILTIN_TASK_TYPES, TaskSpec
 from mloc_server.clock import Clock
 from mloc_server.services import handoff
 from mloc_server.services.auth import Principal
+from mloc_server.services.fairshare import ReasonContext, queue_reason
 from mloc_server.services.fleet import Fleet
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.preemption import Preempter
 from mloc_server.services.queue import QueuedTask, TaskMeta
+from mloc_server.services.quotas import owner_keys
 from mloc_server.services.scheduler import Requirement, unplaceable_reason
 from mloc_server.services.secrets import TaskSecrets, split_secrets
 from mloc_server.store import Store, StoreTx
@@ -39,12 +44,29 @@ class Tasks:
     leasing: Leasing
     secrets: TaskSecrets
     clock: Clock
+    # submits between their max_queued check and their enqueue, per ("user"|"team", name)
+    _inflight: Counter[tuple[str, str]] = field(default_factory=Counter, init=False)
+
+    @contextmanager
+    def _queued_quota(self, adding: Counter[tuple[str, str]]) -> Iterator[None]:
+        """Refuse a submit over max_queued (429); hold its count while it is being written."""
+        policy = self.fleet.policy
+        if policy is not None:
+            for (owner, team), n in adding.items():
+                policy.quotas.check_queued(owner, team, n,
+                                           lambda key: self.fleet.queue.queued(key) + self._inflight[key])
+        keys = Counter({k: n for (owner, team), n in adding.items() for k in owner_keys(owner, team)})
+        self._inflight.update(keys)
+        try:
+            yield
+        finally:
+            self._inflight.subtract(keys)
 
     @property
     def preempter(self) -> Preempter:
         return Preempter(self.fleet, self.leasing.settings, self.clock)
 
-    def _meta(self, wire: dict[str, Any], owner: str) -> TaskMeta:
+    def _meta(self, wire: dict[str, Any], owner: str, team: str = "") -> TaskMeta:
         """The task's scheduling facts; an unknown priority class is refused (422) naming the classes."""
         s = self.leasing.settings
         name = wire.get("priority_class")
@@ -52,7 +74,7 @@ class Tasks:
             raise ValidationFailed(
                 f"priority_class {name!r} is not a class of this coordinator; use one of: "
                 f"{', '.join(sorted(s.priority_classes))}", field="priority_class")
-        return TaskMeta.from_spec(wire, owner, s.priority_classes, s.default_priority_class)
+        return TaskMeta.from_spec(wire, owner, s.priority_classes, s.default_priority_class, team=team)
 
     async def submit(
         self, spec: TaskSpec, principal: Principal, idempotency_key: str | None = None
@@ -63,6 +85,7 @@ class Tasks:
             if not principal.is_admin:
                 raise Forbidden(f"you cannot submit tasks as user {spec.user!r}", field="user")
             owner = spec.user
+        team = principal.team if owner == principal.user else ""
         wire, secret_values = split_secrets(spec.wire())
         sealed = self.secrets.seal(secret_values) if secret_values else None
         body = json.dumps(wire, sort_keys=True)
@@ -73,9 +96,9 @@ class Tasks:
             priority=spec.priority, created_at=now, max_attempts=spec.retry.max_attempts,
             gpus_required=req.gpus, requirement=req.to_json(),
             idempotency_key=f"{owner}:{idempotency_key}" if idempotency_key else None,
-            body_hash=hashlib.sha256(body.encode()).hexdigest(),
+            body_hash=hashlib.sha256(body.encode()).hexdigest(), team=team,
         )
-        meta = self._meta(wire, owner)
+        meta = self._meta(wire, owner, team)
         hand = handoff.reserve(self.fleet, self.leasing, new.id, req, meta)  # an agent's poll is waiting: claim it now
 
         def write(tx: StoreTx) -> tuple[StoredTask, bool, list[Claimed]]:
@@ -88,7 +111,8 @@ class Tasks:
             return row, created, claimed
 
         try:
-            row, created, claimed = await self.db.write(write)
+            with self._queued_quota(Counter({(owner, team): 1})):
+                row, created, claimed = await self.db.write(write)
         except BaseException:
             if hand is not None:
                 hand.settle([])
@@ -130,12 +154,13 @@ class Tasks:
             if secret_values:
                 sealed[len(rows)] = self.secrets.seal(secret_values)
             owner = spec.user or principal.user
+            team = principal.team if owner == principal.user else ""
             rows.append(NewTask(
                 id=new_task_id(now), name=spec.display_name(), task_type=spec.task_type,
                 owner=owner, spec=json.dumps(wire, sort_keys=True), priority=spec.priority,
                 created_at=now, max_attempts=spec.retry.max_attempts, gpus_required=req.gpus,
-                requirement=req.to_json(), idempotency_key=None, body_hash=None))
-            shapes.append((req, self._meta(wire, owner)))
+                requirement=req.to_json(), idempotency_key=None, body_hash=None, team=team))
+            shapes.append((req, self._meta(wire, owner, team)))
 
         def write(tx: StoreTx) -> list[str]:
             ids = [tx.insert_task(r)[0] for r in rows]
@@ -143,7 +168,8 @@ class Tasks:
                 self.secrets.insert(tx, ids[i], blob, now)
             return ids
 
-        ids = await self.db.write(write)
+        with self._queued_quota(Counter((m.owner, m.team) for _, m in shapes)):
+            ids = await self.db.write(write)
         for i in sealed:
             self.secrets.stored(ids[i])
         for task_id, (req, meta) in zip(ids, shapes, strict=True):
@@ -172,7 +198,8 @@ class Tasks:
     def _agent_name(self, agent_id: str | None) -> str | None:
         return self.fleet.agent_name(agent_id) if agent_id else agent_id
 
-    def record(self, row: StoredTask, reasons: dict[str, str | None] | None = None) -> dict[str, Any]:
+    def record(self, row: StoredTask, reasons: dict[str, str | None] | None = None,
+               ctx: ReasonContext | None = None) -> dict[str, Any]:
         """The public view of a task row, merged with live lease state (progress, cancel)."""
         task_id = row.id
         lease = self.fleet.leases.get(task_id)
@@ -189,6 +216,8 @@ class Tasks:
             "resources": json.loads(row.requirement),
             "spec": json.loads(row.spec),
         }
+        if row.team:
+            record["team"] = row.team
         if row.state == "running":
             record["lease"] = {
                 "agent": self._agent_name(row.agent_id), "agent_id": row.agent_id, "epoch": row.epoch,
@@ -202,10 +231,11 @@ class Tasks:
             ck = json.loads(row.last_checkpoint)
             record["last_checkpoint"] = {"name": ck["name"], "step": ck.get("step")}
         if row.state == "queued":
-            record["pending_reason"] = self.pending_reason(row, reasons)
+            record["pending_reason"] = self.pending_reason(row, reasons, ctx)
         return record
 
-    def pending_reason(self, row: StoredTask, reasons: dict[str, str | None] | None = None) -> str | None:
+    def pending_reason(self, row: StoredTask, reasons: dict[str, str | None] | None = None,
+                       ctx: ReasonContext | None = None) -> str | None:
         """Why a queued task waits. ``reasons`` caches the fleet-wide part per requirement for a listing:
         with a thousand agents it is the costly part, and a page of tasks has few distinct shapes."""
         key = row.requirement
@@ -224,6 +254,8 @@ class Tasks:
         wait = queued.not_before - self.clock.time() if queued is not None else 0.0
         if wait > 0:
             return f"retry backoff: eligible again in {wait:.0f}s"
+        if queued is not None:
+            return queue_reason(self.fleet, queued, ctx)
         return "waiting for a fitting agent to have free GPUs"
 
     async def list(self, principal: Principal, *, state: str | tuple[str, ...] | None, user: str | None,
@@ -232,8 +264,9 @@ class Tasks:
         rows, total = await self.db.list_tasks(state=state, owner=owner, task_type=task_type,
                                                page=page, page_size=page_size)
         reasons: dict[str, str | None] = {}
-        return {"tasks": [self.record(r, reasons) for r in rows], "page": page, "page_size": page_size, "total": total,
-                "pages": (total + page_size - 1) // page_size}
+        ctx = ReasonContext.of(self.fleet) if any(r.state == "queued" for r in rows) else None  # once a page
+        return {"tasks": [self.record(r, reasons, ctx) for r in rows], "page": page, "page_size": page_size,
+                "total": total, "pages": (total + page_size - 1) // page_size}
 
     async def cancel(self, task_id: str, principal: Principal) -> dict[str, Any]:
         self._visible(await self.db.get_task(task_id), principal, task_id)

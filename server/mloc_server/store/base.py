@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from mloc_server.store.records import (
+    AttemptUsage,
     Claim,
     Claimed,
     FinishedTask,
@@ -75,6 +76,11 @@ class StoreTx(ABC):
     @abstractmethod
     def request_cancel(self, task_id: str, now: float) -> bool:
         """Mark a running task for cancelling (its agent stops it); False when it is not running."""
+
+    @abstractmethod
+    def set_priority(self, task_id: str, priority_class: str | None, priority: int | None, now: float) -> bool:
+        """An admin's change of a queued or running task's priority class and/or priority (None: unchanged),
+        kept in its spec; False when the task is not queued or running."""
 
     @abstractmethod
     def save_progress(self, items: Iterable[tuple[str, int, dict[str, Any]]]) -> None:
@@ -198,6 +204,10 @@ class Store(ABC):
     @abstractmethod
     async def count_tasks_by_state(self, owner: str | None = None) -> dict[str, int]:
         """How many tasks are in each state (an owner's only, when given); absent states are left out."""
+
+    @abstractmethod
+    async def attempt_usage(self, after: float) -> list[AttemptUsage]:
+        """Attempts still open or ended after ``after``, with their task's owner and team (fair share)."""
 
     @abstractmethod
     async def finished_since(self, after: float, limit: int = 10_000) -> list[FinishedTask]:

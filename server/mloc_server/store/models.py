@@ -42,6 +42,7 @@ class TaskRow(SQLModel, table=True):
     body_hash: str | None = None
     last_checkpoint: str | None = None
     preemptions: int | None = None  # attempts that ended preempted (they do not count as failed ones)
+    team: str | None = None  # the submitting token's team (fair share and quotas)
 
 
 class AttemptRow(SQLModel, table=True):
@@ -135,6 +136,7 @@ class TokenRow(SQLModel, table=True):
     uses: int = 0
     revoked: bool = False
     note: str = ""
+    team: str | None = None  # user tokens: the team its tasks count against (fair share, quotas)
 
 
 class TaskSecretRow(SQLModel, table=True):

@@ -46,6 +46,7 @@ class StoredTask(BaseModel):
     idempotency_key: str | None
     last_checkpoint: str | None = Field(description="JSON: name, step, size, storage_key")
     preemptions: int | None = Field(None, description="attempts that ended preempted (not failed ones)")
+    team: str | None = None
 
 
 class StoredAttempt(BaseModel):
@@ -77,6 +78,7 @@ class NewTask:
     requirement: str
     idempotency_key: str | None
     body_hash: str | None
+    team: str | None = None
 
 
 @dataclass
@@ -98,6 +100,16 @@ class Claimed:
     spec: str
     last_checkpoint: str | None
     started_at: float
+
+
+class AttemptUsage(BaseModel):
+    """What one attempt held, for fair share's decayed usage (rebuilt at start)."""
+
+    owner: str
+    team: str | None
+    gpu_count: int
+    started_at: float
+    ended_at: float | None
 
 
 class FinishedTask(BaseModel):
@@ -139,6 +151,7 @@ class StoredToken(BaseModel):
     uses: int
     revoked: bool
     note: str
+    team: str | None = None
 
 
 class PendingUpload(BaseModel):

@@ -50,6 +50,9 @@ class SqliteTx(StoreTx):
     def request_cancel(self, task_id: str, now: float) -> bool:
         return repo.request_cancel(self.con, task_id, now)
 
+    def set_priority(self, task_id: str, priority_class: str | None, priority: int | None, now: float) -> bool:
+        return repo.set_priority(self.con, task_id, priority_class, priority, now)
+
     def save_progress(self, items: Iterable[tuple[str, int, dict[str, Any]]]) -> None:
         repo.save_progress(self.con, items)
 
@@ -138,6 +141,9 @@ class SqliteStore(Store):
 
     async def count_tasks_by_state(self, owner: str | None = None) -> dict[str, int]:
         return await repo.count_tasks_by_state(self.database, owner)
+
+    async def attempt_usage(self, after: float) -> list[rec.AttemptUsage]:
+        return await repo.attempt_usage(self.database, after)
 
     async def finished_since(self, after: float, limit: int = 10_000) -> list[rec.FinishedTask]:
         return await repo.finished_since(self.database, after, limit)

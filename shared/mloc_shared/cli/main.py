@@ -176,6 +176,32 @@ def list_tasks(
     console.print(f"page {data['page']}/{max(1, data['pages'])}, {data['total']} task(s)")
 
 
+@app.command("queue")
+def queue(limit: int = typer.Option(200, help="how many places to show"), config: Path | None = ConfigOpt) -> None:
+    """The queue in the order tasks will start, each with why it is next or waits."""
+    data = _call(_client(config).get, "/api/v1/queue", limit=limit)
+    table = Table("#", "id", "user", "class", "prio", "GPUs", "waiting", "reason")
+    now = time.time()
+    for t in data["tasks"]:
+        who = t["user"] + (f" ({t['team']})" if t.get("team") else "")
+        table.add_row(str(t["position"]), t["id"], who, t["priority_class"], str(t["priority"]), str(t["gpus"]),
+                      f"{now - t['queued_at']:.0f}s", t["reason"])
+    console.print(table)
+    console.print(f"{data['total']} task(s) queued")
+
+
+@app.command()
+def priority(task_id: str, priority_class: str = typer.Argument(..., metavar="CLASS", help="e.g. low, normal, high"),
+             value: int | None = typer.Option(None, "--priority", help="also set the numeric priority"),
+             config: Path | None = ConfigOpt) -> None:
+    """Change a queued or running task's priority class (admin): a queued one moves in the queue at once."""
+    body = {"priority_class": priority_class, **({"priority": value} if value is not None else {})}
+    data = _call(_client(config).patch, f"/api/v1/tasks/{task_id}", json=body)
+    extra = "" if data.get("preemptible") is None else f", preemptible: {'yes' if data['preemptible'] else 'no'}"
+    console.print(f"task {task_id} ({data['state']}): class {data['priority_class']}, priority {data['priority']}"
+                  + extra)
+
+
 @app.command()
 def show(task_id: str, config: Path | None = ConfigOpt) -> None:
     """Show one task as JSON."""
@@ -294,9 +320,11 @@ def token_create(user: str = typer.Option("", help="user name (user tokens)"),
                  join: bool = typer.Option(False, "--join", help="an agent join token instead"),
                  ttl: float | None = typer.Option(None, help="expires after this many seconds"),
                  max_uses: int | None = typer.Option(None, help="join tokens: how many registrations"),
+                 team: str = typer.Option("", help="user tokens: the team its tasks count against (fair share)"),
                  config: Path | None = ConfigOpt) -> None:
     """Create a token; its secret is shown once."""
-    body = {"kind": "join" if join else "user", "user": user, "role": role, "ttl_s": ttl, "max_uses": max_uses}
+    body = {"kind": "join" if join else "user", "user": user, "role": role, "ttl_s": ttl, "max_uses": max_uses,
+            "team": team}
     data = _call(_client(config).post, "/api/v1/tokens", json=body)
     console.print(f"id {data['id']}  token {data['token']}")
 
@@ -304,9 +332,10 @@ def token_create(user: str = typer.Option("", help="user name (user tokens)"),
 @token_app.command("list")
 def token_list(config: Path | None = ConfigOpt) -> None:
     data = _call(_client(config).get, "/api/v1/tokens")
-    table = Table("id", "kind", "user", "role", "uses", "expires", "revoked")
+    table = Table("id", "kind", "user", "team", "role", "uses", "expires", "revoked")
     for t in data["tokens"]:
-        table.add_row(t["id"], t["kind"], t["user"], t["role"], f"{t['uses']}/{t['max_uses'] or '∞'}",
+        table.add_row(t["id"], t["kind"], t["user"], t.get("team") or "", t["role"],
+                      f"{t['uses']}/{t['max_uses'] or '∞'}",
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(t["expires_at"])) if t["expires_at"] else "",
                       "yes" if t["revoked"] else "")
     console.print(table)

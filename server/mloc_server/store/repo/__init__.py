@@ -23,7 +23,7 @@ from mloc_server.store.repo.fleet import (
 )
 from mloc_server.store.repo.logs import insert_logs, task_logs
 from mloc_server.store.repo.secrets import delete_secrets, insert_secrets, secrets_ciphertext, tasks_with_secrets
-from mloc_server.store.repo.stats import count_tasks_by_state, finished_since, usage
+from mloc_server.store.repo.stats import attempt_usage, count_tasks_by_state, finished_since, usage
 from mloc_server.store.repo.tasks import (
     TASK_COLUMNS,
     active_tasks,
@@ -37,6 +37,7 @@ from mloc_server.store.repo.tasks import (
     requeue_task,
     save_progress,
     set_checkpoint,
+    set_priority,
     task_attempts,
     task_row,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "active_user_tokens",
     "all_agents",
     "artifact",
+    "attempt_usage",
     "cancel_queued",
     "claim_tasks",
     "commit_upload",
@@ -75,6 +77,7 @@ __all__ = [
     "secrets_ciphertext",
     "set_agent_state",
     "set_checkpoint",
+    "set_priority",
     "task_artifacts",
     "task_attempts",
     "task_logs",

@@ -50,9 +50,10 @@ async def all_agents(db: Database) -> list[StoredAgent]:
 
 def insert_token(con: sqlite3.Connection, t: StoredToken) -> None:
     con.execute(
-        "INSERT INTO tokens(id, kind, token_hash, user, role, created_at, expires_at, max_uses, uses, revoked, note) "
-        "VALUES(?,?,?,?,?,?,?,?,0,0,?)",
-        (t.id, t.kind, t.token_hash, t.user, t.role, t.created_at, t.expires_at, t.max_uses, t.note),
+        "INSERT INTO tokens(id, kind, token_hash, user, role, created_at, expires_at, max_uses, uses, revoked, note, "
+        "team) "
+        "VALUES(?,?,?,?,?,?,?,?,0,0,?,?)",
+        (t.id, t.kind, t.token_hash, t.user, t.role, t.created_at, t.expires_at, t.max_uses, t.note, t.team or None),
     )
 
 

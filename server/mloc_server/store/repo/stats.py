@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mloc_server.store.database import Database
-from mloc_server.store.records import FinishedTask, Usage, UserUsage
+from mloc_server.store.records import AttemptUsage, FinishedTask, Usage, UserUsage
 
 
 async def count_tasks_by_state(db: Database, owner: str | None = None) -> dict[str, int]:
@@ -12,6 +12,14 @@ async def count_tasks_by_state(db: Database, owner: str | None = None) -> dict[s
     else:
         rows = await db.read("SELECT state, COUNT(*) AS n FROM tasks WHERE owner=? GROUP BY state", (owner,))
     return {r["state"]: r["n"] for r in rows}
+
+
+async def attempt_usage(db: Database, after: float) -> list[AttemptUsage]:
+    """Attempts running now or ended after ``after``, with their task's owner and team."""
+    rows = await db.read(
+        "SELECT t.owner, t.team, a.gpu_count, a.started_at, a.ended_at FROM attempts a "
+        "JOIN tasks t ON t.id = a.task_id WHERE a.ended_at IS NULL OR a.ended_at > ?", (after,))
+    return [AttemptUsage.model_validate(dict(r)) for r in rows]
 
 
 async def finished_since(db: Database, after: float, limit: int = 10_000) -> list[FinishedTask]:

@@ -16,7 +16,7 @@ TASK_COLUMNS = (
     "id, name, task_type, owner, spec, state, priority, created_at, updated_at, queued_at, started_at, "
     "finished_at, attempts, max_attempts, not_before, gpus_required, requirement, agent_id, epoch, "
     "lease_gpus, claim_id, progress, result, error, exit_code, cancel_requested, idempotency_key, "
-    "last_checkpoint, preemptions"
+    "last_checkpoint, preemptions, team"
 )
 
 def insert_task(con: sqlite3.Connection, t: NewTask) -> tuple[str, bool]:
@@ -39,11 +39,12 @@ def insert_task(con: sqlite3.Connection, t: NewTask) -> tuple[str, bool]:
     con.execute(
         "INSERT INTO tasks(id, name, task_type, owner, spec, state, priority, created_at, updated_at, "
         "queued_at, attempts, max_attempts, not_before, gpus_required, requirement, epoch, lease_gpus, "
-        "cancel_requested, idempotency_key, body_hash) "
-        "VALUES(?,?,?,?,?,'queued',?,?,?,?,0,?,0,?,?,0,'[]',0,?,?)",
+        "cancel_requested, idempotency_key, body_hash, team) "
+        "VALUES(?,?,?,?,?,'queued',?,?,?,?,0,?,0,?,?,0,'[]',0,?,?,?)",
         (
             t.id, t.name, t.task_type, t.owner, t.spec, t.priority, t.created_at, t.created_at,
             t.created_at, t.max_attempts, t.gpus_required, t.requirement, t.idempotency_key, t.body_hash,
+            t.team or None,
         ),
     )
     return t.id, True
@@ -161,6 +162,22 @@ def request_cancel(con: sqlite3.Connection, task_id: str, now: float) -> bool:
         "UPDATE tasks SET cancel_requested=1, updated_at=? WHERE id=? AND state='running'", (now, task_id)
     )
     return cur.rowcount == 1
+
+def set_priority(con: sqlite3.Connection, task_id: str, priority_class: str | None, priority: int | None,
+                 now: float) -> bool:
+    """Change a queued or running task's priority class and/or priority (in its spec, where recovery
+    reads them); False when the task is not queued or running."""
+    row = con.execute("SELECT spec FROM tasks WHERE id=? AND state IN ('queued', 'running')", (task_id,)).fetchone()
+    if row is None:
+        return False
+    spec = json.loads(row["spec"])
+    if priority_class is not None:
+        spec["priority_class"] = priority_class
+    if priority is not None:
+        spec["priority"] = priority
+    con.execute("UPDATE tasks SET spec=?, priority=COALESCE(?, priority), updated_at=? WHERE id=?",
+                (json.dumps(spec, sort_keys=True), priority, now, task_id))
+    return True
 
 def save_progress(con: sqlite3.Connection, items: Iterable[tuple[str, int, dict[str, Any]]]) -> None:
     con.executemany(

@@ -1,0 +1,31 @@
+"""The queue's API: its order with reasons (GET /api/v1/queue) and an admin's priority change
+(PATCH /api/v1/tasks/{id}); the logic is services/queue_admin.py."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from mloc_shared.errors import Forbidden
+
+from mloc_server.api.common import int_query, ok, read_model, state, user
+from mloc_server.schemas import PriorityChange
+
+routes = web.RouteTableDef()
+MAX_LISTED = 5000
+
+
+@routes.get("/api/v1/queue")
+async def queue(request: web.Request) -> web.Response:
+    limit = int_query(request, "limit", 200, 1, MAX_LISTED)
+    return ok(state(request).queue_admin.listing(user(request), limit))
+
+
+@routes.patch("/api/v1/tasks/{task_id}")
+async def change_priority(request: web.Request) -> web.Response:
+    principal = user(request)
+    if not principal.is_admin:
+        raise Forbidden("changing a task's priority class needs an admin token (role admin); "
+                        f"user {principal.user!r} has role {principal.role}")
+    change = await read_model(request, PriorityChange)
+    st = state(request)
+    return ok(await st.queue_admin.set_priority(request.match_info["task_id"], change.priority_class,
+                                                change.priority))
