@@ -140,10 +140,16 @@ class TaskQueue:
         """The best ready task that fits ``agent``, with the GPUs it would get (one head per requirement)."""
         heads = sorted(h for h in (self._head(r) for r in list(self._buckets)) if h is not None)
         for head in heads:
+            if head.req.nodes > 1:  # a gang is leased to several agents at once (services/gangs.py)
+                continue
             gpus = pick_gpus(head.req, agent)
             if gpus is not None:
                 return head, gpus
         return None
+
+    def gangs(self, now: float) -> list[QueuedTask]:
+        """The ready tasks that span several agents, best first (services/gangs.py schedules them)."""
+        return sorted(t for t in self._live.values() if t.req.nodes > 1 and t.not_before <= now)
 
     def requirements(self) -> list[Requirement]:
         return [r for r in list(self._buckets) if self._head(r) is not None]

@@ -41,6 +41,8 @@ class Reaper:
                 lease.timed_out = True
                 lease.cancel_requested = True
                 fleet.wake_agent(lease.agent_id, "cancel")
+        if self.leasing.gangs is not None:
+            await self.leasing.gangs.tick()
         for task in fleet.queue.promote_due(now):
             fleet.wake_for(task.req)
         await self.flush()

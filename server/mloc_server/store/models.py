@@ -41,6 +41,8 @@ class TaskRow(SQLModel, table=True):
     idempotency_key: str | None = Field(default=None, unique=True)
     body_hash: str | None = None
     last_checkpoint: str | None = None
+    # a gang's members (JSON: [{"agent_id", "gpus"}] by node rank, "network"), while it runs on several agents
+    gang: str | None = None
 
 
 class AttemptRow(SQLModel, table=True):
@@ -57,6 +59,7 @@ class AttemptRow(SQLModel, table=True):
     ended_at: float | None = None
     outcome: str | None = None
     error: str | None = None
+    members: str | None = None  # a gang's attempt: JSON list of agent ids, by node rank
 
 
 class AgentRow(SQLModel, table=True):
@@ -73,6 +76,8 @@ class AgentRow(SQLModel, table=True):
     version: str = ""
     registered_at: float
     last_seen: float
+    network: str | None = None  # the network it declared (gangs); None: the address its polls come from
+    addresses: str | None = None  # JSON list of its LAN addresses
 
 
 class LogRow(SQLModel, table=True):
