@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from mloc_shared.errors import LeaseLost, MlocError
-from mloc_shared.protocol import HeartbeatRequest, Lease, Progress
+from mloc_shared.protocol import HeartbeatRequest, Lease, Progress, RendezvousPoint
 
 from mloc_agent.client import CoordinatorClient
 from mloc_agent.retries import Backoff, retryable
@@ -23,10 +23,11 @@ from mloc_agent.retries import Backoff, retryable
 async def keep_lease(
     client: CoordinatorClient, lease: Lease, interval_s: float, *, finished: asyncio.Event,
     progress: Callable[[], Progress | None], on_cancel: Callable[[], None], on_fence: Callable[[str], None],
+    rendezvous: Callable[[], RendezvousPoint | None] = lambda: None,
 ) -> None:
     """Renew ``lease`` until cancelled (once the run's outcome is acknowledged) or until it is gone:
     then ``on_fence`` gets the reason and this returns. ``on_cancel`` is called when the coordinator
-    asks for the task to stop."""
+    asks for the task to stop. ``rendezvous``: what a gang's node rank 0 publishes (docs/gangs.md)."""
     ttl = lease.ttl_s
     last_ok_sent = time.monotonic()
     # a renewal must land within the TTL, so failed ones are retried about every second, not backed off far
@@ -47,7 +48,7 @@ async def keep_lease(
         sent = time.monotonic()
         try:
             resp = await client.heartbeat(
-                lease.task_id, HeartbeatRequest(epoch=lease.epoch, progress=progress()),
+                lease.task_id, HeartbeatRequest(epoch=lease.epoch, progress=progress(), rendezvous=rendezvous()),
                 timeout=max(0.1, min(max(1.0, min(interval_s, 10.0)), left())))
             last_ok_sent, ttl = sent, resp.ttl_s
             retry.reset()
