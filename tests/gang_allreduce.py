@@ -33,8 +33,9 @@ def main() -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     start = 0
     resume = os.environ.get("MLOC_RESUME_DIR")
-    if resume and (Path(resume) / "state.json").exists():
-        start = json.loads((Path(resume) / "state.json").read_text())["step"]
+    saved = next(Path(resume).rglob("state.json"), None) if resume else None
+    if saved is not None:
+        start = json.loads(saved.read_text())["step"]
         print(f"[gang] rank={rank} resumed_from_step={start}", flush=True)
     total = 0.0
     for step in range(start + 1, args.steps + 1):

@@ -32,7 +32,7 @@ from mloc_shared.protocol import (
     RendezvousPoint,
 )
 
-from tests.test_leasing_clock import ADMIN, clock_of, coordinator_on, settle, submit, task, within
+from tests.test_leasing_clock import ADMIN, clock_of, coordinator_on, settle, submit, task
 
 pytestmark = pytest.mark.timeout(20)
 

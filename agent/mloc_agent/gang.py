@@ -8,8 +8,10 @@ members' ranks talk to each other on their LAN, every agent only outbound to the
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import ipaddress
 import socket
+import struct
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -35,6 +37,28 @@ def lan_addresses(lan_address: str | None, coordinator_url: str) -> list[str]:
     except (OSError, IndexError):
         return []
     return [address] if not ipaddress.ip_address(address).is_unspecified else []
+
+
+def interface_of(address: str) -> str | None:
+    """The network interface that holds ``address`` (None if none here does)."""
+    siocgifaddr = 0x8915
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(s.fileno(), siocgifaddr, struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue
+            if socket.inet_ntoa(packed[20:24]) == address:
+                return name
+    return None
+
+
+def transport_env(address: str) -> dict[str, str]:
+    """Make gloo and NCCL use the interface of the LAN address: left alone, they pick the address the
+    box's hostname resolves to, which is often loopback (127.0.1.1 on Debian), and the peers then
+    dial themselves."""
+    name = interface_of(address)
+    return {"GLOO_SOCKET_IFNAME": name, "NCCL_SOCKET_IFNAME": name} if name else {}
 
 
 def free_port(address: str) -> int:

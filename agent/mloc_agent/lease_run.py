@@ -22,7 +22,7 @@ from mloc_shared.protocol import Completion, Lease, Progress, RendezvousPoint
 
 from mloc_agent.client import CoordinatorClient
 from mloc_agent.completions import CompletionReporter
-from mloc_agent.gang import free_port, lan_addresses, publish, wait_for_rank0
+from mloc_agent.gang import free_port, lan_addresses, publish, transport_env, wait_for_rank0
 from mloc_agent.heartbeat import keep_lease
 from mloc_agent.launch import Rendezvous, launch_env
 from mloc_agent.log_streamer import LogStreamer
@@ -80,6 +80,7 @@ class LeaseRun:
         self.logs = LogStreamer(self.client, lease.task_id, lease.epoch, deps.settings.log_flush_s)
         self._uploads: list[asyncio.Task[Any]] = []
         self.rendezvous: RendezvousPoint | None = None  # a gang's node rank 0: where its ranks listen
+        self.gang_env: dict[str, str] = {}  # a gang member's transport settings (gang.transport_env)
 
     # -- control from the agent -------------------------------------------------------------
 
@@ -176,6 +177,7 @@ class LeaseRun:
                                              "python_path": list(self.deps.host_python_path)}))
             direct = host_argv(settings.runtimes.get(lease.task_type, sys.executable))
         env.update(launch_env(max(1, len(lease.gpus)), await self._rendezvous()))
+        env.update({k: v for k, v in self.gang_env.items() if k not in (lease.spec.get("env") or {})})
         env.update(TaskEnv(
             task_id=lease.task_id, attempt=lease.attempt, gpus=lease.gpus, workdir=self.workdir,
             output_dir=output_dir, checkpoint_dir=ckpt_dir, agent_data_dir=settings.data_dir, resume_dir=resume_dir,
@@ -231,8 +233,9 @@ class LeaseRun:
         gang, settings = self.lease.gang, self.deps.settings
         if gang is None or gang.nodes <= 1:
             return Rendezvous()
+        address = (lan_addresses(settings.lan_address, settings.coordinator_url) or ["127.0.0.1"])[0]
+        self.gang_env = transport_env(address)
         if gang.node_rank == 0:  # pick a free port on our LAN address and publish it
-            address = (lan_addresses(settings.lan_address, settings.coordinator_url) or ["127.0.0.1"])[0]
             self.rendezvous = RendezvousPoint(master_addr=address, master_port=free_port(address))
             await publish(self.client, self.lease, self.rendezvous)
             point: RendezvousPoint | None = self.rendezvous
