@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=0)
     parser.add_argument("--step-s", type=float, default=0.0)
     args = parser.parse_args()
+    print(f"[gang] rank={os.environ.get('RANK')} started_at={time.time():.6f}", flush=True)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     start = 0

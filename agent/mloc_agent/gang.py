@@ -19,7 +19,7 @@ from mloc_shared.protocol import HeartbeatRequest, Lease, RendezvousPoint
 
 from mloc_agent.client import CoordinatorClient
 
-WAIT_POLL_S = 0.5  # how often a waiting member asks (each ask renews its lease as well)
+WAIT_POLL_S = 0.2  # how often a waiting member asks (each ask renews its lease as well)
 
 
 def lan_addresses(lan_address: str | None, coordinator_url: str) -> list[str]:
