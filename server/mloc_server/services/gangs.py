@@ -105,10 +105,13 @@ class Gangs:
 
     def _start(self, agent: AgentState, free: int) -> Forming | None:
         """The gang this agent's network should form now, if any (see the module's policy)."""
+        candidates = self.fleet.queue.gangs(self.clock.time())
+        if not candidates:  # every poll passes here: no cost without gangs
+            return None
         view, mono = agent.view(free), self.clock.monotonic()
         single = self.fleet.queue.first_fitting(view)
         busy = {f.task.id for f in self.forming.values()}
-        for qt in self.fleet.queue.gangs(self.clock.time()):
+        for qt in candidates:
             paused = self.paused.get(qt.id)
             if qt.id in busy or (paused is not None and paused[0] > mono):
                 continue

@@ -69,6 +69,7 @@ class TaskQueue:
         self._buckets: dict[Requirement, list[QueuedTask]] = {}
         self._live: dict[str, QueuedTask] = {}
         self._delayed: list[tuple[float, str]] = []
+        self._gang_ids: set[str] = set()  # tasks on several agents: scanned by every poll, so kept apart
 
     def __len__(self) -> int:
         return len(self._live)
@@ -82,6 +83,8 @@ class TaskQueue:
     def add(self, task: QueuedTask, now: float) -> bool:
         """Queue a task; returns True when it is runnable now (so waiting agents should wake)."""
         self._live[task.id] = task
+        if task.req.nodes > 1:
+            self._gang_ids.add(task.id)
         if task.not_before > now:
             heapq.heappush(self._delayed, (task.not_before, task.id))
             return False
@@ -90,6 +93,7 @@ class TaskQueue:
 
     def remove(self, task_id: str) -> bool:
         """Forget a task (cancelled, claimed). Heap entries are dropped lazily."""
+        self._gang_ids.discard(task_id)
         return self._live.pop(task_id, None) is not None
 
     def promote_due(self, now: float) -> list[QueuedTask]:
@@ -149,7 +153,7 @@ class TaskQueue:
 
     def gangs(self, now: float) -> list[QueuedTask]:
         """The ready tasks that span several agents, best first (services/gangs.py schedules them)."""
-        return sorted(t for t in self._live.values() if t.req.nodes > 1 and t.not_before <= now)
+        return sorted(t for t in (self._live.get(i) for i in self._gang_ids) if t is not None and t.not_before <= now)
 
     def requirements(self) -> list[Requirement]:
         return [r for r in list(self._buckets) if self._head(r) is not None]
