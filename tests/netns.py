@@ -10,6 +10,9 @@ network here, so it is never used):
 
 R masquerades the LAN and drops new connections from the coordinator side into it, like a home
 or lab NAT: the coordinator can never open a connection to the agent.
+
+``LanNet`` puts several agent namespaces on one LAN instead (a bridge in R: 198.51.100.66, .67, …),
+behind the same NAT: two boxes of a gang reach each other, and the coordinator reaches neither.
 """
 
 from __future__ import annotations
@@ -64,10 +67,20 @@ class NatNet:
         return f"ma{self.tag}"
 
     def up(self) -> NatNet:
-        c, r, a, t = self.coord_ns, self.router_ns, self.agent_ns, self.tag
-        for ns in (c, r, a):
+        c, r = self.coord_ns, self.router_ns
+        for ns in (c, r, *self.agent_namespaces()):
             sh("ip", "netns", "add", ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
+        self._wan()
+        self._lan()
+        self._nat()
+        return self
+
+    def agent_namespaces(self) -> list[str]:
+        return [self.agent_ns]
+
+    def _wan(self) -> None:
+        c, r, t = self.coord_ns, self.router_ns, self.tag
         sh("ip", "-n", c, "link", "add", "br0", "type", "bridge")
         sh("ip", "-n", c, "addr", "add", f"{COORD_IP}{WAN}", "dev", "br0")
         sh("ip", "-n", c, "link", "set", "br0", "up")
@@ -81,6 +94,9 @@ class NatNet:
         sh("ip", "-n", c, "link", "set", "rc0", "master", "br0", "up")
         sh("ip", "-n", r, "addr", "add", f"{ROUTER_WAN_IP}{WAN}", "dev", "wan0")
         sh("ip", "-n", r, "link", "set", "wan0", "up")
+
+    def _lan(self) -> None:
+        r, a = self.router_ns, self.agent_ns
         # router LAN side <-> agent LAN
         sh("ip", "-n", r, "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns", a)
         sh("ip", "-n", r, "addr", "add", f"{LAN_GW_IP}{WAN}", "dev", "lan0")
@@ -88,13 +104,15 @@ class NatNet:
         sh("ip", "-n", a, "addr", "add", f"{AGENT_IP}{WAN}", "dev", "eth0")
         sh("ip", "-n", a, "link", "set", "eth0", "up")
         sh("ip", "-n", a, "route", "add", "default", "via", LAN_GW_IP)
+
+    def _nat(self) -> None:
+        r = self.router_ns
         sh("ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         ipt = ["ip", "netns", "exec", r, "iptables"]
         sh(*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", LAN_NET, "-o", "wan0", "-j", "MASQUERADE")
         sh(*ipt, "-A", "FORWARD", "-i", "wan0", "-o", "lan0", "-m", "state", "--state", "ESTABLISHED,RELATED",
            "-j", "ACCEPT")
         sh(*ipt, "-A", "FORWARD", "-i", "wan0", "-o", "lan0", "-j", "DROP")
-        return self
 
     def exec_prefix(self, ns: str) -> list[str]:
         return ["ip", "netns", "exec", ns]
@@ -106,5 +124,30 @@ class NatNet:
 
     def down(self) -> None:
         subprocess.run(["ip", "link", "del", f"th{self.tag}"], capture_output=True)
-        for ns in (self.agent_ns, self.router_ns, self.coord_ns):
+        for ns in (*self.agent_namespaces(), self.router_ns, self.coord_ns):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@dataclass
+class LanNet(NatNet):
+    """``count`` agent namespaces on one LAN (a bridge ``lan0`` in the router's namespace), behind the NAT."""
+
+    count: int = 2
+
+    def agent_namespaces(self) -> list[str]:
+        return [f"ma{self.tag}{i}" for i in range(self.count)]
+
+    def agent_ip(self, i: int) -> str:
+        return f"198.51.100.{66 + i}"
+
+    def _lan(self) -> None:
+        r = self.router_ns
+        sh("ip", "-n", r, "link", "add", "lan0", "type", "bridge")
+        sh("ip", "-n", r, "addr", "add", f"{LAN_GW_IP}{WAN}", "dev", "lan0")
+        sh("ip", "-n", r, "link", "set", "lan0", "up")
+        for i, ns in enumerate(self.agent_namespaces()):
+            sh("ip", "-n", r, "link", "add", f"lp{i}", "type", "veth", "peer", "name", "eth0", "netns", ns)
+            sh("ip", "-n", r, "link", "set", f"lp{i}", "master", "lan0", "up")
+            sh("ip", "-n", ns, "addr", "add", f"{self.agent_ip(i)}{WAN}", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            sh("ip", "-n", ns, "route", "add", "default", "via", LAN_GW_IP)

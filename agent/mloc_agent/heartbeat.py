@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from mloc_shared.errors import LeaseLost, MlocError
-from mloc_shared.protocol import HeartbeatRequest, Lease, PreemptNotice, Progress
+from mloc_shared.protocol import HeartbeatRequest, Lease, PreemptNotice, Progress, RendezvousPoint
 
 from mloc_agent.client import CoordinatorClient
 from mloc_agent.retries import Backoff, retryable
@@ -24,10 +24,12 @@ async def keep_lease(
     client: CoordinatorClient, lease: Lease, interval_s: float, *, finished: asyncio.Event,
     progress: Callable[[], Progress | None], on_cancel: Callable[[], None], on_fence: Callable[[str], None],
     on_preempt: Callable[[PreemptNotice], None] = lambda notice: None,
+    rendezvous: Callable[[], RendezvousPoint | None] = lambda: None,
 ) -> None:
     """Renew ``lease`` until cancelled (once the run's outcome is acknowledged) or until it is gone:
     then ``on_fence`` gets the reason and this returns. ``on_cancel`` is called when the coordinator
-    asks for the task to stop, ``on_preempt`` when it asks it to checkpoint and stop."""
+    asks for the task to stop, ``on_preempt`` when it asks it to checkpoint and stop. ``rendezvous``:
+    what a gang's node rank 0 publishes (docs/gangs.md)."""
     ttl = lease.ttl_s
     last_ok_sent = time.monotonic()
     # a renewal must land within the TTL, so failed ones are retried about every second, not backed off far
@@ -48,7 +50,7 @@ async def keep_lease(
         sent = time.monotonic()
         try:
             resp = await client.heartbeat(
-                lease.task_id, HeartbeatRequest(epoch=lease.epoch, progress=progress()),
+                lease.task_id, HeartbeatRequest(epoch=lease.epoch, progress=progress(), rendezvous=rendezvous()),
                 timeout=max(0.1, min(max(1.0, min(interval_s, 10.0)), left())))
             last_ok_sent, ttl = sent, resp.ttl_s
             retry.reset()

@@ -20,12 +20,13 @@ from typing import Any
 
 from mloc_shared.env_policy import refused_variable
 from mloc_shared.errors import LeaseLost
-from mloc_shared.protocol import Completion, Lease, PreemptNotice, Progress
+from mloc_shared.protocol import Completion, Lease, PreemptNotice, Progress, RendezvousPoint
 
 from mloc_agent.client import CoordinatorClient
 from mloc_agent.completions import CompletionReporter
+from mloc_agent.gang import free_port, lan_addresses, publish, transport_env, wait_for_rank0
 from mloc_agent.heartbeat import keep_lease
-from mloc_agent.launch import Rendezvous
+from mloc_agent.launch import Rendezvous, launch_env
 from mloc_agent.log_streamer import LogStreamer
 from mloc_agent.modules.registry import load
 from mloc_agent.runner import LineSplitter, TaskProcess
@@ -89,6 +90,8 @@ class LeaseRun:
         self.checkpoints_on_preempt = False
         self.preempt_ack: Preempted | None = None
         self.preempt_stopped = False
+        self.rendezvous: RendezvousPoint | None = None  # a gang's node rank 0: where its ranks listen
+        self.gang_env: dict[str, str] = {}  # a gang member's transport settings (gang.transport_env)
 
     # -- control from the agent -------------------------------------------------------------
 
@@ -157,8 +160,8 @@ class LeaseRun:
     async def run(self) -> None:
         heartbeats = asyncio.create_task(keep_lease(
             self.client, self.lease, self.deps.heartbeat_s, finished=self.done, progress=lambda: self.progress,
-            on_cancel=self._on_cancel_requested, on_fence=self._on_lease_gone, on_preempt=self._on_preempt),
-            name=f"hb-{self.task_id}")
+            on_cancel=self._on_cancel_requested, on_fence=self._on_lease_gone, on_preempt=self._on_preempt,
+            rendezvous=lambda: self.rendezvous), name=f"hb-{self.task_id}")
         self.logs.start()
         completion: Completion | None = None
         try:
@@ -225,6 +228,8 @@ class LeaseRun:
             task_file.write_text(json.dumps({"spec": lease.spec, "module": module_ref,
                                              "python_path": list(self.deps.host_python_path)}))
             direct = host_argv(settings.runtimes.get(lease.task_type, sys.executable))
+        env.update(launch_env(max(1, len(lease.gpus)), await self._rendezvous()))
+        env.update({k: v for k, v in self.gang_env.items() if k not in (lease.spec.get("env") or {})})
         env.update(TaskEnv(
             task_id=lease.task_id, attempt=lease.attempt, gpus=lease.gpus, workdir=self.workdir,
             output_dir=output_dir, checkpoint_dir=ckpt_dir, agent_data_dir=settings.data_dir, resume_dir=resume_dir,
@@ -307,7 +312,32 @@ class LeaseRun:
     async def _rendezvous(self) -> Rendezvous:
         """Where this lease's ranks meet the others': one node, unless the lease is a gang member
         (then rank 0's MASTER_ADDR:PORT, relayed by the coordinator)."""
-        return Rendezvous()
+        gang, settings = self.lease.gang, self.deps.settings
+        if gang is None or gang.nodes <= 1:
+            return Rendezvous()
+        address = (lan_addresses(settings.lan_address, settings.coordinator_url) or ["127.0.0.1"])[0]
+        self.gang_env = transport_env(address)
+        if gang.node_rank == 0:  # pick a free port on our LAN address and publish it
+            self.rendezvous = RendezvousPoint(master_addr=address, master_port=free_port(address))
+            await publish(self.client, self.lease, self.rendezvous)
+            point: RendezvousPoint | None = self.rendezvous
+            self.logs.write("system", f"[mloc] node rank 0 of {gang.nodes} (network {gang.network}): ranks meet at "
+                                      f"{address}:{self.rendezvous.master_port}\n")
+        else:
+            self.logs.write("system", f"[mloc] node rank {gang.node_rank} of {gang.nodes}: waiting for the gang's "
+                                      f"rank 0 (agent {gang.members[0]}) to publish its rendezvous\n")
+            try:
+                point = await wait_for_rank0(self.client, self.lease,
+                                             lambda: self.cancel_reason is not None or self.fenced is not None)
+            except LeaseLost as exc:
+                await self.fence(f"lease lost while waiting for the gang's rank 0: {exc.message}")
+                raise
+            if point is not None:
+                self.logs.write("system", f"[mloc] rank 0 is at {point.master_addr}:{point.master_port}\n")
+        if point is None:  # stopped while waiting: the task starts and is stopped at once
+            return Rendezvous(nnodes=gang.nodes, node_rank=gang.node_rank)
+        return Rendezvous(nnodes=gang.nodes, node_rank=gang.node_rank, master_addr=point.master_addr,
+                          master_port=point.master_port)
 
     def _on_channel_line(self, line: bytes) -> None:
         """A progress, checkpoint or artifact message from the task process (task_contract.decode)."""
@@ -325,6 +355,8 @@ class LeaseRun:
             self._upload_soon(message)
 
     def _upload_soon(self, message: CheckpointSaved | ArtifactAdded) -> None:
+        if self.lease.gang is not None and self.lease.gang.node_rank > 0:
+            return  # a gang's node rank 0 uploads its checkpoints and outputs
         path = Path(message.path)
         if not path.is_absolute():
             path = self.workdir / path
@@ -348,6 +380,8 @@ class LeaseRun:
     async def _finish_uploads(self, output_dir: Path) -> None:
         if self._uploads:
             await asyncio.gather(*self._uploads, return_exceptions=True)
+        if self.lease.gang is not None and self.lease.gang.node_rank > 0:
+            return  # a gang's node rank 0 uploads the outputs
         if not any(os.scandir(output_dir)):  # the common case, checked without a recursive walk
             return
         for path in sorted(p for p in output_dir.rglob("*") if p.is_file()):

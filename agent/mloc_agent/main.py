@@ -24,6 +24,7 @@ from mloc_shared.version import __version__
 from mloc_agent import inventory
 from mloc_agent.client import CoordinatorClient
 from mloc_agent.completions import CompletionReporter
+from mloc_agent.gang import lan_addresses
 from mloc_agent.lease_run import LeaseDeps, LeaseRun
 from mloc_agent.modules import registry
 from mloc_agent.retries import Backoff, retryable, retryable_registration
@@ -84,6 +85,8 @@ class Agent:
         req = RegisterRequest(
             agent_version=__version__, name=self.settings.agent_name, labels=self.settings.agent_labels,
             inventory=self.inventory, task_types=sorted(self.modules), max_tasks=self.max_tasks,
+            network=self.settings.network or self.settings.agent_labels.get("network"),
+            addresses=lan_addresses(self.settings.lan_address, self.settings.coordinator_url),
         )
         state = self._load_state()
         backoff = Backoff(0.5, 30.0)

@@ -43,6 +43,10 @@ class AgentSettings(MlocSettings):
     log_flush_s: float = Field(0.5, gt=0)
     allow_private_urls: bool = False  # task URLs may reach loopback, link-local and private addresses
     task_path_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)  # besides datasets/, models/
+    # gangs (docs/gangs.md): which agents reach each other (unset: the label ``network``, else the address
+    # the coordinator sees this agent's polls come from), and the LAN address its ranks listen on
+    network: str | None = None
+    lan_address: str | None = None
 
     @field_validator("agent_labels", mode="before")
     @classmethod

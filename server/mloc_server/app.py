@@ -27,6 +27,7 @@ from mloc_server.services.artifacts import Artifacts
 from mloc_server.services.auth import Auth
 from mloc_server.services.fairshare import FairShare, SharePolicy
 from mloc_server.services.fleet import Fleet
+from mloc_server.services.gangs import Gangs
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.logs import Logs
 from mloc_server.services.polling import Polling
@@ -91,6 +92,7 @@ async def open_state(settings: CoordinatorSettings, clock: Clock, resources: con
     await auth.load()
     fleet = Fleet(SharePolicy(FairShare(settings.fair_share, clock), Quotas(settings.quotas)))
     leasing = Leasing(db, fleet, settings, clock, resume_url=store.download_url)
+    Gangs(db, fleet, leasing, settings, clock)  # sets itself on leasing (tasks on several agents)
     await load_state(db, fleet, leasing, settings, clock)
     secrets = TaskSecrets(db, leasing, settings.data_dir / "secrets.key")
     await secrets.load()

@@ -97,6 +97,9 @@ class CoordinatorSettings(MlocSettings):
     heartbeat_s: float = Field(10.0, gt=0, le=600)
     lease_ttl_s: float = Field(45.0, gt=0, le=3600)
     restart_grace_s: float = Field(60.0, ge=0, le=3600)
+    # how long a forming gang may hold the agents it reserved before it lets them go (docs/gangs.md);
+    # each window that ends unfilled doubles the next one, up to 16 times this
+    gang_reserve_s: float = Field(120.0, gt=0, le=86400)
 
     # opt-in (single-user hosts): token-less requests from 127.0.0.1/::1 with no proxy header act as admin
     loopback_admin: bool = False

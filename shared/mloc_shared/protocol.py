@@ -77,6 +77,10 @@ class RegisterRequest(WireModel):
     inventory: Inventory
     task_types: list[str]
     max_tasks: int = Field(1, ge=1, le=1024)
+    # which agents can reach each other (a gang uses one network; docs/gangs.md): MLOC_NETWORK, or None
+    # for the address the coordinator sees the agent's polls come from (boxes behind one NAT share it)
+    network: str | None = Field(None, max_length=200)
+    addresses: list[str] = Field(default_factory=list, max_length=64)  # its LAN IPv4 addresses
 
 
 class RegisterResponse(WireModel):
@@ -150,6 +154,22 @@ class Checkpoint(WireModel):
     size: int | None = None
 
 
+class GangInfo(WireModel):
+    """A lease that is one member of a gang (``resources.nodes`` > 1): its place among the others."""
+
+    nodes: int
+    node_rank: int
+    members: list[str]  # agent names, by node rank
+    network: str
+
+
+class RendezvousPoint(WireModel):
+    """Where a gang's ranks meet: node rank 0's LAN address and the free port it picked."""
+
+    master_addr: str = Field(min_length=1, max_length=255)
+    master_port: int = Field(ge=1, le=65535)
+
+
 class Lease(WireModel):
     task_id: str
     epoch: int
@@ -160,6 +180,7 @@ class Lease(WireModel):
     ttl_s: float
     resume: Checkpoint | None = None
     owner: str | None = None  # the task's user: what an agent keeps between tasks (RAG collections) is theirs
+    gang: GangInfo | None = None  # set when the task spans several agents
 
 
 class PreemptNotice(WireModel):
@@ -195,12 +216,14 @@ class Progress(WireModel):
 class HeartbeatRequest(WireModel):
     epoch: int
     progress: Progress | None = None
+    rendezvous: RendezvousPoint | None = None  # a gang's node rank 0 publishes where its ranks meet
 
 
 class HeartbeatResponse(WireModel):
     cancel: bool = False
     ttl_s: float
     preempt: PreemptNotice | None = None
+    rendezvous: RendezvousPoint | None = None  # every gang member, once rank 0 has published it
 
 
 class LogChunk(WireModel):

@@ -26,6 +26,7 @@ def agent_from_row(row: StoredAgent) -> AgentState:
         task_types=frozenset(row.task_types), max_tasks=row.max_tasks, state=row.state, version=row.version,
         registered_at=row.registered_at, last_seen=row.last_seen,
         credential_used=row.last_seen > row.registered_at,  # it polled (or re-registered) since it registered
+        network=row.network, addresses=list(row.addresses),
     )
 
 
@@ -34,6 +35,7 @@ def stored_agent(agent: AgentState) -> StoredAgent:
         id=agent.id, name=agent.name, credential_hash=agent.credential_hash, labels=agent.labels,
         inventory=agent.inventory, task_types=sorted(agent.task_types), max_tasks=agent.max_tasks,
         state=agent.state, version=agent.version, registered_at=agent.registered_at, last_seen=agent.last_seen,
+        network=agent.network, addresses=list(agent.addresses),
     )
 
 
@@ -58,6 +60,8 @@ class Agents:
             state=existing.state if existing else "active", version=req.agent_version,
             registered_at=existing.registered_at if existing else now, last_seen=now,
             credential_used=existing is not None,  # re-registered by its credential or an admin: a real one
+            network=req.network, addresses=list(req.addresses),
+            address=existing.address if existing else None,
         )
         return agent, credential
 

@@ -47,6 +47,8 @@ class LeaseState:
     delivered: bool = True  # False while a handed-off offer waits for a poll reply to carry it
     preempt: PreemptNotice | None = None  # asked to checkpoint and stop (services/preemption.py, a drain)
     preempt_sent: bool = False  # a poll reply carried it (heartbeat replies carry it until the end)
+    nodes: int = 1  # a gang's member leases (services/gangs.py): how many, and this one's node rank
+    node_rank: int = 0
 
 
 @dataclass
@@ -63,6 +65,8 @@ class AgentState:
     registered_at: float = 0.0
     last_seen: float = 0.0
     address: str | None = None  # where its last poll came from (behind NAT: the NAT's address)
+    network: str | None = None  # the network it declared (gangs); None: ``address`` stands for it
+    addresses: list[str] = field(default_factory=list)  # its LAN addresses, as it reported them
     self_draining: bool = False  # the agent itself is shutting down (SIGTERM)
     leases: dict[str, LeaseState] = field(default_factory=dict)
     waiter: asyncio.Future[str] | None = None
@@ -103,6 +107,11 @@ class AgentState:
     def wake(self, reason: str) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(reason)
+
+    @property
+    def network_name(self) -> str:
+        """Which agents can reach each other: the declared network, else the address polls come from."""
+        return self.network or self.address or "unknown"
 
     def connected(self, hold_s: float, now: float) -> bool:
         return now - self.last_seen < hold_s + 30

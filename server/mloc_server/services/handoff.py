@@ -53,6 +53,8 @@ class Handoff:
 def reserve(fleet: Fleet, leasing: Leasing, task_id: str, req: Requirement, meta: TaskMeta) -> Handoff | None:
     """Pick a held poll for a task about to be inserted, and reserve its GPUs; None when there is
     no such poll (the task is queued as usual)."""
+    if req.nodes > 1:  # a gang is leased to all its agents together (services/gangs.py)
+        return None
     if fleet.queue.blocked_meta(meta, req) is not None:
         return None  # its owner is at a GPU quota: it waits in the queue, which says why
     for agent in fleet.waiting.pop_fitting(lambda view: pick_gpus(req, view) is not None):

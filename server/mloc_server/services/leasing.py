@@ -17,7 +17,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from mloc_shared.errors import Conflict, LeaseLost, MlocError, NotFound
 from mloc_shared.protocol import (
@@ -38,6 +38,9 @@ from mloc_server.services.scheduler import Requirement
 from mloc_server.settings import CoordinatorSettings
 from mloc_server.store import Store, StoreTx
 from mloc_server.store.records import Claim, Claimed
+
+if TYPE_CHECKING:  # gangs.py builds on this module
+    from mloc_server.services.gangs import Gangs
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +66,16 @@ class Leasing:
         self.resume_url = resume_url
         # called with (task_id, state) once a task reaches a final state (secrets, log followers)
         self.on_task_final: list[Callable[[str, str], None]] = []
+        self.gangs: Gangs | None = None  # tasks on several agents (services/gangs.py sets itself here)
 
     # -- claim --------------------------------------------------------------------------------
 
     async def claim(self, agent: AgentState, free: int, poll_id: str) -> list[Lease]:
         """Take up to ``free`` queued tasks that fit the agent, in one commit; their offers."""
+        if self.gangs is not None:  # a gang forming in its network reserves it first
+            offers, free = await self.gangs.claim(agent, free, poll_id)
+            if offers or free <= 0:
+                return offers
         picks = self.fleet.queue.pick(agent.view(free), free)
         if not picks:
             return []
@@ -126,6 +134,8 @@ class Leasing:
 
     def own_lease(self, agent: AgentState, task_id: str, epoch: int) -> LeaseState:
         lease = self.fleet.leases.get(task_id)
+        if lease is None or lease.agent_id != agent.id:
+            lease = agent.leases.get(task_id)  # a gang member's own lease (services/gangs.py)
         if lease is None or lease.agent_id != agent.id or lease.epoch != epoch or lease.epoch < 0:
             raise LeaseLost(
                 f"task {task_id} is not leased to agent {agent.name} at epoch {epoch}",
@@ -143,7 +153,8 @@ class Leasing:
         if req.progress is not None:
             lease.progress = req.progress.model_dump(exclude_none=True)
             lease.progress_dirty = True
-        return HeartbeatResponse(cancel=lease.cancel_requested, ttl_s=self.settings.lease_ttl_s, preempt=lease.preempt)
+        return HeartbeatResponse(cancel=lease.cancel_requested, ttl_s=self.settings.lease_ttl_s, preempt=lease.preempt,
+                                 rendezvous=self.gangs.heartbeat(lease, req) if self.gangs is not None else None)
 
     async def complete(self, agent: AgentState, task_id: str, c: Completion) -> str:
         """Record a task's end; a retried completion that already committed answers the same."""
@@ -160,6 +171,9 @@ class Leasing:
         outcomes: list[str | MlocError | None] = [None] * len(items)
         batch: list[tuple[int, LeaseState, Completion, str, str | None]] = []
         for i, (task_id, c) in enumerate(items):
+            if self.gangs is not None and (member := await self.gangs.completion(agent, task_id, c)) is not None:
+                outcomes[i] = member  # a gang member's outcome (node rank 0's is the task's, below)
+                continue
             lease = self.fleet.leases.get(task_id)
             if lease is None or lease.agent_id != agent.id or lease.epoch != c.epoch or lease.closing:
                 outcomes[i] = await self._late_completion(agent, task_id, c)
@@ -213,6 +227,8 @@ class Leasing:
 
     async def expire(self, lease: LeaseState, reason: str, *, lost: bool = True) -> str | None:
         """Give up a lease: queue the task again after a backoff, or fail it when out of attempts."""
+        if self.gangs is not None and self.gangs.gang_of(lease) is not None:  # every member at once
+            return await self.gangs.expire(lease, reason, lost=lost)
         if lease.closing:
             return None
         lease.closing = True

@@ -36,7 +36,8 @@ class Logs:
 
     async def append(self, agent: AgentState, task_id: str, batch: LogBatch) -> None:
         lease = self.leasing.own_lease(agent, task_id, batch.epoch)
-        chunks = [(c.seq, c.stream, c.data) for c in batch.chunks]
+        # a gang's members number their chunks each from 0: interleaved, so that none overwrites another's
+        chunks = [(c.seq * lease.nodes + lease.node_rank, c.stream, c.data) for c in batch.chunks]
         now = time.time()
         await self.db.write(lambda tx: tx.insert_logs(task_id, lease.attempt, chunks, now))
         self._wake(task_id)

@@ -83,6 +83,7 @@ class TaskQueue:
         self._buckets: dict[BucketKey, list[QueuedTask]] = {}
         self._live: dict[str, QueuedTask] = {}
         self._delayed: list[tuple[float, str]] = []
+        self._gang_ids: set[str] = set()  # tasks on several agents: scanned by every poll, so kept apart
         self._counts: Counter[tuple[str, str]] = Counter()  # queued tasks per ("user"|"team", name)
 
     def active_keys(self) -> list[tuple[str, str]]:
@@ -120,6 +121,8 @@ class TaskQueue:
             self._count(old, -1)
         self._live[task.id] = task
         self._count(task, 1)
+        if task.req.nodes > 1:
+            self._gang_ids.add(task.id)
         if task.not_before > now:
             heapq.heappush(self._delayed, (task.not_before, task.id))
             return False
@@ -128,6 +131,7 @@ class TaskQueue:
 
     def remove(self, task_id: str) -> bool:
         """Forget a task (cancelled, claimed). Heap entries are dropped lazily."""
+        self._gang_ids.discard(task_id)
         task = self._live.pop(task_id, None)
         if task is not None:
             self._count(task, -1)
@@ -218,10 +222,16 @@ class TaskQueue:
             head = heapq.heappop(keyed)[2]
             if self.blocked(head, pending) is not None:
                 continue  # its owner is at a GPU quota: the next owner's task may start
+            if head.req.nodes > 1:  # a gang is leased to several agents at once (services/gangs.py)
+                continue
             gpus = pick_gpus(head.req, agent)
             if gpus is not None:
                 return head, gpus
         return None
+
+    def gangs(self, now: float) -> list[QueuedTask]:
+        """The ready tasks that span several agents, best first (services/gangs.py schedules them)."""
+        return sorted(t for t in (self._live.get(i) for i in self._gang_ids) if t is not None and t.not_before <= now)
 
     def requirements(self) -> list[Requirement]:
         return list(dict.fromkeys(h.req for h in self.heads()))

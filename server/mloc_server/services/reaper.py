@@ -42,6 +42,8 @@ class Reaper:
                 lease.timed_out = True
                 lease.cancel_requested = True
                 fleet.wake_agent(lease.agent_id, "cancel")
+        if self.leasing.gangs is not None:
+            await self.leasing.gangs.tick()
         for task in fleet.queue.promote_due(now):
             fleet.wake_for(task.req)
         Preempter(fleet, self.settings, self.clock).check()  # a task past its min runtime may now be preempted

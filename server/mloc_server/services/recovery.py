@@ -43,6 +43,8 @@ async def load_state(db: Store, fleet: Fleet, leasing: Leasing, settings: Coordi
         )
         lease.offer = leasing.offer_for(lease, row.task_type, spec, row.last_checkpoint)
         fleet.add_lease(fleet.agents.get(lease.agent_id), lease)
+        if row.gang and leasing.gangs is not None:  # a task on several agents: every member's lease
+            leasing.gangs.restore(lease, row.gang, row.task_type, spec, row.last_checkpoint)
     await _load_usage(db, fleet, clock)
     log.info("loaded %d agents, %d queued tasks, %d live leases (grace %.0fs)",
              len(fleet.agents), len(fleet.queue), len(fleet.leases), grace)

@@ -28,6 +28,7 @@ class Requirement:
     gpu_models: tuple[str, ...] = ()
     min_compute_capability: float | None = None
     labels: tuple[tuple[str, str], ...] = ()
+    nodes: int = 1  # agents leased together (a gang, services/gangs.py); the fields above are per agent
     # how gpu_memory_gb was derived when the spec did not give it (shown on the task, not matched on)
     gpu_memory_rule: str | None = field(default=None, compare=False)
 
@@ -42,6 +43,7 @@ class Requirement:
             gpu_models=tuple(m.lower() for m in r.gpu_models),
             min_compute_capability=r.min_compute_capability,
             labels=tuple(sorted(r.labels.items())),
+            nodes=r.nodes,
             gpu_memory_rule=estimate.rule if estimate is not None else None,
         )
 
@@ -54,6 +56,7 @@ class Requirement:
                 "gpu_models": list(self.gpu_models),
                 "min_compute_capability": self.min_compute_capability,
                 "labels": dict(self.labels),
+                **({"nodes": self.nodes} if self.nodes > 1 else {}),
                 **({"gpu_memory_rule": self.gpu_memory_rule} if self.gpu_memory_rule else {}),
             }
         )
@@ -68,6 +71,7 @@ class Requirement:
             gpu_models=tuple(d.get("gpu_models") or ()),
             min_compute_capability=d.get("min_compute_capability"),
             labels=tuple(sorted((d.get("labels") or {}).items())),
+            nodes=int(d.get("nodes", 1)),
             gpu_memory_rule=d.get("gpu_memory_rule"),
         )
 
@@ -81,6 +85,8 @@ class Requirement:
             parts.append(f"compute capability ≥{self.min_compute_capability:g}")
         if self.labels:
             parts.append("labels " + ",".join(f"{k}={v}" for k, v in self.labels))
+        if self.nodes > 1:
+            parts.append(f"on each of {self.nodes} agents in one network")
         return ", ".join(parts)
 
 

@@ -188,7 +188,8 @@ class Tasks:
         record["attempt_history"] = [
             {"attempt": a.attempt, "epoch": a.epoch, "agent": self._agent_name(a.agent_id),
              "gpus": json.loads(a.gpus), "started_at": a.started_at, "ended_at": a.ended_at,
-             "outcome": a.outcome or ("running" if a.ended_at is None else None), "error": a.error}
+             "outcome": a.outcome or ("running" if a.ended_at is None else None), "error": a.error,
+             **({"members": [self._agent_name(m) for m in json.loads(a.members)]} if a.members else {})}
             for a in await self.db.task_attempts(task_id)
         ]
         # what retry.max_attempts counts: preempted attempts are not among them
@@ -254,6 +255,9 @@ class Tasks:
         wait = queued.not_before - self.clock.time() if queued is not None else 0.0
         if wait > 0:
             return f"retry backoff: eligible again in {wait:.0f}s"
+        req = Requirement.from_json(key)
+        if req.nodes > 1 and self.leasing.gangs is not None:
+            return self.leasing.gangs.pending_reason(row.id, req)
         if queued is not None:
             return queue_reason(self.fleet, queued, ctx)
         return "waiting for a fitting agent to have free GPUs"

@@ -22,6 +22,7 @@ from mloc_server.store.records import (
     Claim,
     Claimed,
     FinishedTask,
+    GangMember,
     NewTask,
     PendingUpload,
     StoredAgent,
@@ -54,6 +55,13 @@ class StoreTx(ABC):
     def claim_tasks(self, agent_id: str, claims: Sequence[Claim], claim_id: str, now: float) -> list[Claimed]:
         """Lease each task still queued to ``agent_id``: bump its epoch and attempt, open an attempt.
         Tasks no longer queued (cancelled meanwhile) are left out of the answer."""
+
+    @abstractmethod
+    def claim_gang(self, task_id: str, members: Sequence[GangMember], network: str, claim_id: str,
+                   now: float) -> Claimed | None:
+        """Lease a queued task to several agents at once (a gang: ``members[i]`` is node
+        rank i): one compare-and-set, one epoch, one attempt naming every member; None if it is no
+        longer queued. Node rank 0's agent is the task's ``agent_id``, the members are in ``gang``."""
 
     @abstractmethod
     def finish_task(self, task_id: str, epoch: int, state: str, now: float, *, result: dict[str, Any] | None = None,

@@ -43,6 +43,8 @@ class TaskRow(SQLModel, table=True):
     last_checkpoint: str | None = None
     preemptions: int | None = None  # attempts that ended preempted (they do not count as failed ones)
     team: str | None = None  # the submitting token's team (fair share and quotas)
+    # a gang's members (JSON: [{"agent_id", "gpus"}] by node rank, "network"), while it runs on several agents
+    gang: str | None = None
 
 
 class AttemptRow(SQLModel, table=True):
@@ -59,6 +61,7 @@ class AttemptRow(SQLModel, table=True):
     ended_at: float | None = None
     outcome: str | None = None
     error: str | None = None
+    members: str | None = None  # a gang's attempt: JSON list of agent ids, by node rank
 
 
 class AgentRow(SQLModel, table=True):
@@ -75,6 +78,8 @@ class AgentRow(SQLModel, table=True):
     version: str = ""
     registered_at: float
     last_seen: float
+    network: str | None = None  # the network it declared (gangs); None: the address its polls come from
+    addresses: str | None = None  # JSON list of its LAN addresses
 
 
 class LogRow(SQLModel, table=True):

@@ -47,6 +47,7 @@ class StoredTask(BaseModel):
     last_checkpoint: str | None = Field(description="JSON: name, step, size, storage_key")
     preemptions: int | None = Field(None, description="attempts that ended preempted (not failed ones)")
     team: str | None = None
+    gang: str | None = Field(None, description="JSON: a running gang's members by node rank and network")
 
 
 class StoredAttempt(BaseModel):
@@ -60,6 +61,7 @@ class StoredAttempt(BaseModel):
     ended_at: float | None
     outcome: str | None
     error: str | None
+    members: str | None = Field(None, description="JSON list of a gang attempt's agent ids, by node rank")
 
 
 @dataclass
@@ -86,6 +88,14 @@ class Claim:
     """Ask for a queued task on these GPUs (compare-and-set: lost if it is no longer queued)."""
 
     task_id: str
+    gpus: tuple[int, ...]
+
+
+@dataclass
+class GangMember:
+    """One agent of a gang's claim (node rank = its place in the list) and the GPUs it gives."""
+
+    agent_id: str
     gpus: tuple[int, ...]
 
 
@@ -135,6 +145,8 @@ class StoredAgent(BaseModel):
     version: str
     registered_at: float
     last_seen: float
+    network: str | None = None
+    addresses: list[str] = Field(default_factory=list)
 
 
 class StoredToken(BaseModel):

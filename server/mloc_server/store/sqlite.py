@@ -34,6 +34,10 @@ class SqliteTx(StoreTx):
     def claim_tasks(self, agent_id: str, claims: Sequence[rec.Claim], claim_id: str, now: float) -> list[rec.Claimed]:
         return repo.claim_tasks(self.con, agent_id, claims, claim_id, now)
 
+    def claim_gang(self, task_id: str, members: Sequence[rec.GangMember], network: str, claim_id: str,
+                   now: float) -> rec.Claimed | None:
+        return repo.claim_gang(self.con, task_id, members, network, claim_id, now)
+
     def finish_task(self, task_id: str, epoch: int, state: str, now: float, *, result: dict[str, Any] | None = None,
                     error: str | None = None, exit_code: int | None = None,
                     progress: dict[str, Any] | None = None) -> bool:

@@ -15,12 +15,14 @@ from mloc_server.store.records import StoredAgent, StoredToken
 def save_agent(con: sqlite3.Connection, a: StoredAgent) -> None:
     con.execute(
         "INSERT INTO agents(id, name, credential_hash, labels, inventory, task_types, max_tasks, state, "
-        "version, registered_at, last_seen) VALUES(?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+        "version, registered_at, last_seen, network, addresses) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?) "
+        "ON CONFLICT(id) DO UPDATE SET "
         "credential_hash=excluded.credential_hash, labels=excluded.labels, inventory=excluded.inventory, "
         "task_types=excluded.task_types, max_tasks=excluded.max_tasks, version=excluded.version, "
-        "last_seen=excluded.last_seen",
+        "last_seen=excluded.last_seen, network=excluded.network, addresses=excluded.addresses",
         (a.id, a.name, a.credential_hash, json.dumps(a.labels), a.inventory.model_dump_json(),
-         json.dumps(sorted(a.task_types)), a.max_tasks, a.state, a.version, a.registered_at, a.last_seen),
+         json.dumps(sorted(a.task_types)), a.max_tasks, a.state, a.version, a.registered_at, a.last_seen,
+         a.network, json.dumps(a.addresses)),
     )
 
 
@@ -42,7 +44,7 @@ async def all_agents(db: Database) -> list[StoredAgent]:
             id=r["id"], name=r["name"], credential_hash=r["credential_hash"], labels=json.loads(r["labels"]),
             inventory=Inventory.model_validate_json(r["inventory"]), task_types=json.loads(r["task_types"]),
             max_tasks=r["max_tasks"], state=r["state"], version=r["version"], registered_at=r["registered_at"],
-            last_seen=r["last_seen"],
+            last_seen=r["last_seen"], network=r["network"], addresses=json.loads(r["addresses"] or "[]"),
         )
         for r in await db.read("SELECT * FROM agents")
     ]

@@ -10,13 +10,13 @@ from typing import Any
 from mloc_shared.errors import Conflict
 
 from mloc_server.store.database import Database
-from mloc_server.store.records import Claim, Claimed, NewTask
+from mloc_server.store.records import Claim, Claimed, GangMember, NewTask
 
 TASK_COLUMNS = (
     "id, name, task_type, owner, spec, state, priority, created_at, updated_at, queued_at, started_at, "
     "finished_at, attempts, max_attempts, not_before, gpus_required, requirement, agent_id, epoch, "
     "lease_gpus, claim_id, progress, result, error, exit_code, cancel_requested, idempotency_key, "
-    "last_checkpoint, preemptions, team"
+    "last_checkpoint, preemptions, team, gang"
 )
 
 def insert_task(con: sqlite3.Connection, t: NewTask) -> tuple[str, bool]:
@@ -77,6 +77,30 @@ def claim_tasks(
                     row["last_checkpoint"], now)
         )
     return out
+
+def claim_gang(
+    con: sqlite3.Connection, task_id: str, members: Sequence[GangMember], network: str, claim_id: str, now: float
+) -> Claimed | None:
+    """Lease a queued task to several agents at once (a gang; ``members[i]`` is node rank i): one
+    compare-and-set, one epoch, one attempt that names every member. Node rank 0's agent is the task's
+    ``agent_id``; all of them are in ``gang``. None if it is no longer queued."""
+    gang = json.dumps({"network": network, "members": [{"agent_id": m.agent_id, "gpus": list(m.gpus)}
+                                                        for m in members]})
+    row = con.execute(
+        "UPDATE tasks SET state='running', agent_id=?, epoch=epoch+1, attempts=attempts+1, lease_gpus=?, "
+        "claim_id=?, started_at=COALESCE(started_at, ?), updated_at=?, error=NULL, gang=? "
+        "WHERE id=? AND state='queued' RETURNING epoch, attempts, task_type, spec, last_checkpoint",
+        (members[0].agent_id, json.dumps(list(members[0].gpus)), claim_id, now, now, gang, task_id),
+    ).fetchone()
+    if row is None:
+        return None
+    con.execute(
+        "INSERT INTO attempts(task_id, attempt, epoch, agent_id, gpus, gpu_count, started_at, members) "
+        "VALUES(?,?,?,?,?,?,?,?)",
+        (task_id, row["attempts"], row["epoch"], members[0].agent_id, json.dumps(list(members[0].gpus)),
+         sum(len(m.gpus) for m in members), now, json.dumps([m.agent_id for m in members])),
+    )
+    return Claimed(task_id, row["epoch"], row["attempts"], row["task_type"], row["spec"], row["last_checkpoint"], now)
 
 def finish_task(
     con: sqlite3.Connection,
@@ -214,7 +238,7 @@ async def list_tasks(
 
 async def task_attempts(db: Database, task_id: str) -> list[sqlite3.Row]:
     return await db.read(
-        "SELECT attempt, epoch, agent_id, gpus, started_at, ended_at, outcome, error FROM attempts "
+        "SELECT attempt, epoch, agent_id, gpus, started_at, ended_at, outcome, error, members FROM attempts "
         "WHERE task_id=? ORDER BY attempt",
         (task_id,),
     )
