@@ -18,12 +18,21 @@ from typing import Any
 
 from mloc_shared.env_policy import refused_variable
 from mloc_shared.errors import LeaseLost
+from mloc_shared.hyperparams import STALLED, stall_timeout
 from mloc_shared.protocol import Completion, Lease, Progress
 
 from mloc_agent.client import CoordinatorClient
 from mloc_agent.completions import CompletionReporter
 from mloc_agent.heartbeat import keep_lease
-from mloc_agent.launch import Rendezvous
+from mloc_agent.launch import (
+    PREFIX_VARIABLE,
+    RANK_PREFIX,
+    RankChannel,
+    Rendezvous,
+    launch_env,
+    plan_launch,
+    torchrun_argv,
+)
 from mloc_agent.log_streamer import LogStreamer
 from mloc_agent.modules.registry import load
 from mloc_agent.runner import LineSplitter, TaskProcess
@@ -40,6 +49,7 @@ from mloc_agent.task_contract import (
 from mloc_agent.task_secrets import fetch_secrets
 from mloc_agent.uploads import fetch_checkpoint, upload
 from mloc_agent.warden import Warden
+from mloc_agent.watchdog import StallWatchdog
 from mloc_agent.workdirs import Janitor, make_dirs
 
 log = logging.getLogger(__name__)
@@ -78,6 +88,9 @@ class LeaseRun:
         self.workdir = deps.settings.data_dir / "work" / f"{lease.task_id}-{lease.attempt}"
         self.logs = LogStreamer(self.client, lease.task_id, lease.epoch, deps.settings.log_flush_s)
         self._uploads: list[asyncio.Task[Any]] = []
+        timeout = stall_timeout(lease.task_type, lease.spec.get("hyperparameters"))
+        self.watchdog = StallWatchdog(timeout) if timeout else None
+        self.stalled: str | None = None  # the watchdog's one-line error once it stopped the task
 
     # -- control from the agent -------------------------------------------------------------
 
@@ -172,6 +185,17 @@ class LeaseRun:
             task_file.write_text(json.dumps({"spec": lease.spec, "module": module_ref,
                                              "python_path": list(self.deps.host_python_path)}))
             direct = host_argv(settings.runtimes.get(lease.task_type, sys.executable))
+        rdzv = await self._rendezvous()
+        plan = plan_launch(lease.task_type, lease.spec, lease.gpus, rdzv, hosted=task_file is not None)
+        env.update(launch_env(plan.nproc_per_node, rdzv))
+        if plan.torchrun:  # docs/distributed.md: one rank per leased GPU, rank-prefixed output
+            direct = torchrun_argv(direct[0], direct, plan.nproc_per_node, rdzv, f"{lease.task_id}-{lease.attempt}",
+                                   self.workdir / "ranks")
+            env[PREFIX_VARIABLE] = RANK_PREFIX
+        ranks = RankChannel(self.workdir / "ranks.fifo", LineSplitter(self._on_channel_line).feed) \
+            if plan.many_ranks else None
+        if ranks is not None:
+            env.update(ranks.env())
         env.update(TaskEnv(
             task_id=lease.task_id, attempt=lease.attempt, gpus=lease.gpus, workdir=self.workdir,
             output_dir=output_dir, checkpoint_dir=ckpt_dir, agent_data_dir=settings.data_dir, resume_dir=resume_dir,
@@ -181,12 +205,18 @@ class LeaseRun:
             path_roots=tuple(settings.task_read_roots),
         ).to_env())  # last: a spec's env cannot change what the agent tells the task
         channel = LineSplitter(self._on_channel_line)
-        self.proc = TaskProcess.start(direct, env, self.workdir, self.deps.warden, self.logs.feed, channel.feed)
+        self.proc = TaskProcess.start(direct, env, self.workdir, self.deps.warden, self.logs.feed, channel.feed,
+                                      leaves_group=plan.many_ranks)
         self.started.set()
         if self.cancel_reason is not None or self.fenced is not None:
             await self.proc.stop(settings.cancel_grace_s)
+        watcher = asyncio.create_task(self.watchdog.watch(self._stall)) if self.watchdog is not None else None
         code = await self.proc.wait()
+        if watcher is not None:
+            watcher.cancel()
         self.proc.reap_group()
+        if ranks is not None:
+            await ranks.close(PIPE_DRAIN_S)
         try:  # a grandchild that left the process group may hold the pipes open: do not wait for it forever
             await asyncio.wait_for(self.proc.output_closed(), PIPE_DRAIN_S)
         except TimeoutError:
@@ -204,6 +234,9 @@ class LeaseRun:
                 outcome = json.loads(result_file.read_text())
         result = outcome.get("result") if isinstance(outcome.get("result"), dict) else {}
         result = {"exit_code": code, **(result or {})}
+        if self.stalled is not None and self.cancel_reason is None:  # requeued like a lost box (leasing.py)
+            return Completion(epoch=lease.epoch, outcome="failed", exit_code=code, result=result, error=self.stalled,
+                              error_code=STALLED, retryable=True)
         if self.cancel_reason is not None:
             return Completion(epoch=lease.epoch, outcome="cancelled", exit_code=code, result=result,
                               error=self.cancel_reason)
@@ -221,6 +254,13 @@ class LeaseRun:
         return Completion(epoch=lease.epoch, outcome="failed", exit_code=code, result=result,
                           error=f"{error}\n{tail}" if tail else error)
 
+    async def _stall(self, message: str) -> None:
+        """The watchdog saw no step change for stall_timeout_s: stop every rank, report it as a stall."""
+        if self.proc is not None and self.cancel_reason is None and self.fenced is None:
+            self.stalled = message
+            self.logs.write("system", f"[mloc] {message}\n")
+            await self.proc.stop(self.deps.settings.cancel_grace_s)
+
     async def _rendezvous(self) -> Rendezvous:
         """Where this lease's ranks meet the others': one node, unless the lease is a gang member
         (then rank 0's MASTER_ADDR:PORT, relayed by the coordinator)."""
@@ -232,6 +272,8 @@ class LeaseRun:
         if isinstance(message, ProgressReport):
             with contextlib.suppress(ValueError):  # masked like logs: it reaches heartbeats, listings, the db
                 self.progress = Progress.model_validate(self.logs.redactor.mask_value(message.fields))
+                if self.watchdog is not None:
+                    self.watchdog.observe(self.progress.step)
                 if self.progress.step is not None and self.progress.total:
                     self.progress.percent = round(100.0 * self.progress.step / self.progress.total, 2)
         elif message is not None:

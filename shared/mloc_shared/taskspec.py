@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from mloc_shared.distributed import Distributed
+from mloc_shared.distributed import Distributed, problem
 from mloc_shared.env_policy import refused_variable
 from mloc_shared.hyperparams import check_dataset, check_hyperparameters
 from mloc_shared.task_types import BUILTIN_TASK_TYPES as BUILTIN_TASK_TYPES  # re-exported for the coordinator
@@ -158,6 +158,16 @@ class TaskSpec(SpecModel):
                 raise ValueError(f"secret {key} must be {SECRET_MIN}..{SECRET_MAX} characters long")
         _refuse_code_running_names(info, secrets)
         return secrets
+
+    @field_validator("distributed")
+    @classmethod
+    def _distributed_fits(cls, block: Distributed | None, info: ValidationInfo) -> Distributed | None:
+        """distributed.py's rules: an impossible combination names its field (distributed.fsdp)."""
+        found = problem(block, info.data["task_type"]) if block is not None and "task_type" in info.data else None
+        if found is not None:
+            field, message = found
+            raise FieldError(field, message) if field else ValueError(message)
+        return block
 
     @model_validator(mode="after")
     def _command_only_for_command_tasks(self) -> TaskSpec:
