@@ -23,6 +23,14 @@ from mloc_shared.protocol import Completion, Lease, Progress
 
 from mloc_agent.client import CoordinatorClient
 from mloc_agent.completions import CompletionReporter
+from mloc_agent.containers import (
+    ContainerRuntime,
+    ContainerSpec,
+    ImageUnavailable,
+    container_name,
+    inside_gpus,
+    task_user,
+)
 from mloc_agent.heartbeat import keep_lease
 from mloc_agent.launch import (
     PREFIX_VARIABLE,
@@ -39,6 +47,9 @@ from mloc_agent.runner import LineSplitter, TaskProcess
 from mloc_agent.settings import AgentSettings
 from mloc_agent.sources import fetch_sources
 from mloc_agent.task_contract import (
+    AGENT_INSTANCE,
+    PROGRESS,
+    RANK_CHANNEL,
     ArtifactAdded,
     CheckpointSaved,
     ProgressReport,
@@ -71,6 +82,13 @@ class LeaseDeps:
     completions: CompletionReporter
     heartbeat_s: float
     spawn: Callable[[Coroutine[Any, Any, None]], None]  # runs a coroutine in the background
+    containers: ContainerRuntime | None = None  # runs image: tasks (None: this agent takes none)
+
+
+@dataclass(frozen=True)
+class RunningContainer:
+    runtime: ContainerRuntime
+    name: str
 
 
 class LeaseRun:
@@ -90,6 +108,7 @@ class LeaseRun:
         self._uploads: list[asyncio.Task[Any]] = []
         timeout = stall_timeout(lease.task_type, lease.spec.get("hyperparameters"))
         self.watchdog = StallWatchdog(timeout) if timeout else None
+        self.container: RunningContainer | None = None  # an image: task's container, once it is started
         self.stalled: str | None = None  # the watchdog's one-line error once it stopped the task
 
     # -- control from the agent -------------------------------------------------------------
@@ -98,16 +117,56 @@ class LeaseRun:
         if self.cancel_reason is None and self.fenced is None:
             self.cancel_reason = reason
             self.logs.write("system", f"[mloc] {reason}: stopping the task\n")
-            if self.proc is not None:
-                await self.proc.stop(self.deps.settings.cancel_grace_s)
+            await self._stop_process()
 
     async def fence(self, reason: str) -> None:
         """Stop the task without reporting: the lease is no longer ours."""
         if self.fenced is None:
             self.fenced = reason
             log.warning("task %s: %s; stopping it", self.task_id, reason)
-            if self.proc is not None:
-                await self.proc.stop(self.deps.settings.cancel_grace_s)
+            await self._stop_process()
+
+    async def _stop_process(self) -> None:
+        """SIGTERM, SIGKILL after the grace; an image: task's container is stopped by name as well."""
+        grace = self.deps.settings.cancel_grace_s
+        stops = [self.proc.stop(grace)] if self.proc is not None else []
+        if self.container is not None:
+            stops.append(self.container.runtime.stop(self.container.name, grace))
+        await asyncio.gather(*stops)
+
+    # -- image: tasks (containers.py) ----------------------------------------------------------
+
+    async def _pull(self, image: str) -> None:
+        runtime = self.deps.containers
+        if runtime is None:  # the coordinator gives image: tasks only to agents with a runtime
+            raise ImageUnavailable(f"this agent has no container runtime for image {image} (MLOC_CONTAINER_RUNTIME)")
+        self.progress = Progress(message=f"pulling image {image}")
+        policy = self.lease.spec.get("image_pull_policy") or "missing"
+        if await runtime.ensure_image(image, policy, lambda line: self.logs.write("system", line)):
+            self.logs.write("system", f"[mloc] pulled image {image}\n")
+
+    def _containerize(self, image: str, argv: list[str], env: dict[str, str],
+                      own: set[str]) -> tuple[list[str], dict[str, str]]:
+        """The task's command inside its image: the container gets the task's variables (the spec's,
+        its secrets, the MLOC_* ones) but none of the agent's own environment."""
+        runtime = self.deps.containers
+        assert runtime is not None  # checked by _pull
+        inside = {k: v for k, v in env.items() if k not in self.deps.task_env or k in own}
+        # the channel is the FIFO in the mounted work dir (RankChannel): what a shell writes to inside,
+        # where the client's /dev/fd/N is not
+        fixed = {PROGRESS: inside[RANK_CHANNEL]}
+        inside.pop(PROGRESS, None)
+        inside["CUDA_VISIBLE_DEVICES"] = inside_gpus(self.lease.gpus)
+        inside[AGENT_INSTANCE] = self.deps.warden.instance  # the warden's mark, inside too
+        settings = self.deps.settings
+        read_only = tuple(p for p in settings.task_read_roots if p.is_dir())
+        spec = ContainerSpec(name=container_name(self.task_id, self.lease.attempt), image=image, argv=argv,
+                             env=inside, workdir=self.workdir, task_id=self.task_id, agent=self.deps.warden.instance,
+                             gpus=list(self.lease.gpus), declared_gpus=settings.declared_gpus is not None,
+                             read_only=read_only, user=task_user(), fixed_env=fixed)
+        self.container = RunningContainer(runtime, spec.name)
+        self.logs.write("system", f"[mloc] running in image {image} ({runtime.kind}, container {spec.name})\n")
+        return runtime.run_argv(spec), runtime.client_env(spec, os.environ)
 
     def _on_cancel_requested(self) -> None:
         if self.cancel_reason is None and not self.done.is_set():
@@ -179,12 +238,19 @@ class LeaseRun:
         module_cls = load(module_ref)
         result_file = self.workdir / "result.json"
         task_file = None
+        image = lease.spec.get("image")
+        if image:
+            try:
+                await self._pull(image)
+            except ImageUnavailable as exc:
+                return Completion(epoch=lease.epoch, outcome="failed", error=str(exc), error_code="image_unavailable")
         direct = module_cls.direct_argv(lease.spec)
         if direct is None:
             task_file = self.workdir / "task.json"
             task_file.write_text(json.dumps({"spec": lease.spec, "module": module_ref,
                                              "python_path": list(self.deps.host_python_path)}))
-            direct = host_argv(settings.runtimes.get(lease.task_type, sys.executable))
+            # in an image (containers.py), its own python3 hosts the module: mloc-agent must be installed there
+            direct = host_argv("python3" if image else settings.runtimes.get(lease.task_type, sys.executable))
         rdzv = await self._rendezvous()
         plan = plan_launch(lease.task_type, lease.spec, lease.gpus, rdzv, hosted=task_file is not None)
         env.update(launch_env(plan.nproc_per_node, rdzv))
@@ -193,7 +259,7 @@ class LeaseRun:
                                    self.workdir / "ranks")
             env[PREFIX_VARIABLE] = RANK_PREFIX
         ranks = RankChannel(self.workdir / "ranks.fifo", LineSplitter(self._on_channel_line).feed) \
-            if plan.many_ranks else None
+            if plan.many_ranks or image else None
         if ranks is not None:
             env.update(ranks.env())
         env.update(TaskEnv(
@@ -204,9 +270,12 @@ class LeaseRun:
             allow_private_urls=settings.allow_private_urls, coordinator_url=settings.coordinator_url,
             path_roots=tuple(settings.task_read_roots),
         ).to_env())  # last: a spec's env cannot change what the agent tells the task
+        if image:
+            own = set(lease.spec.get("env") or {}) | set(secret_env)
+            direct, env = self._containerize(image, direct, env, own)
         channel = LineSplitter(self._on_channel_line)
         self.proc = TaskProcess.start(direct, env, self.workdir, self.deps.warden, self.logs.feed, channel.feed,
-                                      leaves_group=plan.many_ranks)
+                                      leaves_group=plan.many_ranks or bool(image))
         self.started.set()
         if self.cancel_reason is not None or self.fenced is not None:
             await self.proc.stop(settings.cancel_grace_s)
@@ -215,6 +284,8 @@ class LeaseRun:
         if watcher is not None:
             watcher.cancel()
         self.proc.reap_group()
+        if self.container is not None:  # gone with --rm already, unless its client was killed
+            await self.container.runtime.stop(self.container.name, 0)
         if ranks is not None:
             await ranks.close(PIPE_DRAIN_S)
         try:  # a grandchild that left the process group may hold the pipes open: do not wait for it forever

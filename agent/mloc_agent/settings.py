@@ -40,6 +40,10 @@ class AgentSettings(MlocSettings):
     log_flush_s: float = Field(0.5, gt=0)
     allow_private_urls: bool = False  # task URLs may reach loopback, link-local and private addresses
     task_path_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)  # besides datasets/, models/
+    # image: tasks (containers.py): the runtime whose CLI runs them; None: this agent takes none
+    container_runtime: Literal["podman", "docker"] | None = None
+    container_pids_limit: int = Field(8192, ge=64)
+    container_args: Annotated[list[str], NoDecode] = Field(default_factory=list)  # e.g. --memory=64g --cpus=16
 
     @field_validator("agent_labels", mode="before")
     @classmethod
@@ -51,6 +55,13 @@ class AgentSettings(MlocSettings):
     def _types(cls, value: Any) -> list[str]:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
+        return list(value or [])
+
+    @field_validator("container_args", mode="before")
+    @classmethod
+    def _container_args(cls, value: Any) -> list[str]:
+        if isinstance(value, str):
+            return value.split()
         return list(value or [])
 
     @field_validator("task_path_roots", mode="before")
