@@ -104,3 +104,29 @@ def test_an_agent_without_a_runtime_never_takes_an_image_task(coordinator: Coord
     assert coordinator.wait_state(plain["id"], "succeeded", timeout=30)["state"] == "succeeded"
     record = coordinator.task(task["id"])
     assert record["state"] == "queued" and "container runtime" in (record.get("pending_reason") or ""), record
+
+
+def test_an_sft_task_runs_in_an_image_with_mloc_agent_installed(coordinator: Coordinator, image_agent: Agent,
+                                                                container_images: dict[str, str]) -> None:
+    """The ML task types need mloc-agent in the image: the agent image is one (docs/containers.md)."""
+    pytest.importorskip("trl", reason="the ML training stack is not installed (make venv-ml)")
+    from mloc_agent.tiny import build_tiny_lm
+
+    model = build_tiny_lm(image_agent.data_dir / "models" / "tiny")  # models/ is mounted read-only
+    rows = [{"messages": [{"role": "user", "content": f"what is {i} plus {i}?"},
+                          {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]} for i in range(8)]
+    task = coordinator.submit({
+        "taskType": "sft", "image": container_images["agent"],
+        "model": {"source": {"type": "local", "identifier": str(model)}, "adapter": {"type": "lora", "r": 8}},
+        "dataset": {"format": "chat", "rows": rows},
+        "hyperparameters": {"max_steps": 4, "per_device_train_batch_size": 4, "max_length": 64, "logging_steps": 1,
+                            "save_steps": 2},
+        "resources": {"gpus": 0}, "env": {"HF_HUB_OFFLINE": "1"}})
+    done = coordinator.wait_state(task["id"], {"succeeded", "failed"}, timeout=240)
+    out = coordinator.logs(task["id"])
+    assert done["state"] == "succeeded", out[-3000:]
+    assert f"running in image {container_images['agent']}" in out
+    assert "uploaded checkpoint checkpoints/step-2.tar" in out  # the channel, from inside the image
+    assert done["result"]["global_step"] == 4 and done["result"]["checkpoint_steps"] == [2, 4]
+    names = {a["name"] for a in coordinator.http.get(f"/api/v1/tasks/{task['id']}/artifacts").json()["artifacts"]}
+    assert "adapter/adapter_model.safetensors" in names

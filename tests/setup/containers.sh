@@ -53,8 +53,9 @@ if [ -n "$links" ] && [ -d "$links" ]; then
   fi
 fi
 
-build() {  # tag, containerfile
-  podman build --quiet --format docker --build-arg BASE="$BASE" "${build_args[@]}" -f "$2" -t "$1" . >/dev/null
+build() {  # tag, containerfile (podman warns about each build argument left unset: not news here)
+  podman build --quiet --format docker --build-arg BASE="$BASE" "${build_args[@]}" -f "$2" -t "$1" . \
+    2> >(grep -v 'missing "PIP_' >&2) >/dev/null
 }
 build localhost/mloc-coordinator:test deploy/containers/coordinator.Containerfile
 step "2/4 coordinator image"
