@@ -24,7 +24,14 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+from mloc_agent.task_contract import AGENT_INSTANCE, PROGRESS, RANK_CHANNEL
+
+if TYPE_CHECKING:
+    from mloc_shared.protocol import Lease
+
+    from mloc_agent.settings import AgentSettings
 
 log = logging.getLogger(__name__)
 
@@ -187,3 +194,21 @@ def inside_gpus(gpus: Sequence[int]) -> str:
 def task_user() -> str:
     """Run as the agent's own user, so what the task writes in the work folder stays the agent's."""
     return f"{os.getuid()}:{os.getgid()}"
+
+
+def task_container(image: str, argv: list[str], env: Mapping[str, str], own: set[str], agent_env: Mapping[str, str],
+                   lease: Lease, workdir: Path, instance: str, settings: AgentSettings) -> ContainerSpec:
+    """One lease's container. It gets the task's variables (the spec's and its secrets, named in
+    ``own``, and the MLOC_* ones) but none of the agent's own environment (``agent_env``)."""
+    inside = {k: v for k, v in env.items() if k not in agent_env or k in own}
+    # the channel is the FIFO in the mounted work dir (launch.RankChannel): what a shell writes to inside,
+    # where the client's /dev/fd/N is not
+    fixed = {PROGRESS: inside[RANK_CHANNEL]}
+    inside.pop(PROGRESS, None)
+    inside["CUDA_VISIBLE_DEVICES"] = inside_gpus(lease.gpus)
+    inside[AGENT_INSTANCE] = instance  # the warden's mark, inside too
+    read_only = tuple(p for p in settings.task_read_roots if p.is_dir())
+    return ContainerSpec(name=container_name(lease.task_id, lease.attempt), image=image, argv=argv, env=inside,
+                         workdir=workdir, task_id=lease.task_id, agent=instance, gpus=list(lease.gpus),
+                         declared_gpus=settings.declared_gpus is not None, read_only=read_only, user=task_user(),
+                         fixed_env=fixed)

@@ -23,14 +23,7 @@ from mloc_shared.protocol import Completion, Lease, Progress
 
 from mloc_agent.client import CoordinatorClient
 from mloc_agent.completions import CompletionReporter
-from mloc_agent.containers import (
-    ContainerRuntime,
-    ContainerSpec,
-    ImageUnavailable,
-    container_name,
-    inside_gpus,
-    task_user,
-)
+from mloc_agent.containers import ContainerRuntime, ImageUnavailable, task_container
 from mloc_agent.heartbeat import keep_lease
 from mloc_agent.launch import (
     PREFIX_VARIABLE,
@@ -47,9 +40,6 @@ from mloc_agent.runner import LineSplitter, TaskProcess
 from mloc_agent.settings import AgentSettings
 from mloc_agent.sources import fetch_sources
 from mloc_agent.task_contract import (
-    AGENT_INSTANCE,
-    PROGRESS,
-    RANK_CHANNEL,
     ArtifactAdded,
     CheckpointSaved,
     ProgressReport,
@@ -147,23 +137,11 @@ class LeaseRun:
 
     def _containerize(self, image: str, argv: list[str], env: dict[str, str],
                       own: set[str]) -> tuple[list[str], dict[str, str]]:
-        """The task's command inside its image: the container gets the task's variables (the spec's,
-        its secrets, the MLOC_* ones) but none of the agent's own environment."""
+        """The task's command inside its image (containers.task_container): its argv and the client's env."""
         runtime = self.deps.containers
         assert runtime is not None  # checked by _pull
-        inside = {k: v for k, v in env.items() if k not in self.deps.task_env or k in own}
-        # the channel is the FIFO in the mounted work dir (RankChannel): what a shell writes to inside,
-        # where the client's /dev/fd/N is not
-        fixed = {PROGRESS: inside[RANK_CHANNEL]}
-        inside.pop(PROGRESS, None)
-        inside["CUDA_VISIBLE_DEVICES"] = inside_gpus(self.lease.gpus)
-        inside[AGENT_INSTANCE] = self.deps.warden.instance  # the warden's mark, inside too
-        settings = self.deps.settings
-        read_only = tuple(p for p in settings.task_read_roots if p.is_dir())
-        spec = ContainerSpec(name=container_name(self.task_id, self.lease.attempt), image=image, argv=argv,
-                             env=inside, workdir=self.workdir, task_id=self.task_id, agent=self.deps.warden.instance,
-                             gpus=list(self.lease.gpus), declared_gpus=settings.declared_gpus is not None,
-                             read_only=read_only, user=task_user(), fixed_env=fixed)
+        spec = task_container(image, argv, env, own, self.deps.task_env, self.lease, self.workdir,
+                              self.deps.warden.instance, self.deps.settings)
         self.container = RunningContainer(runtime, spec.name)
         self.logs.write("system", f"[mloc] running in image {image} ({runtime.kind}, container {spec.name})\n")
         return runtime.run_argv(spec), runtime.client_env(spec, os.environ)
