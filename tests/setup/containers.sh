@@ -55,7 +55,7 @@ fi
 
 build() {  # tag, containerfile (podman warns about each build argument left unset: not news here)
   podman build --quiet --format docker --build-arg BASE="$BASE" "${build_args[@]}" -f "$2" -t "$1" . \
-    2> >(grep -v 'missing "PIP_' >&2) >/dev/null
+    2> >(grep -v 'build argument. Try adding' >&2) >/dev/null
 }
 build localhost/mloc-coordinator:test deploy/containers/coordinator.Containerfile
 step "2/4 coordinator image"
