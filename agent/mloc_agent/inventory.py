@@ -93,7 +93,7 @@ def gpu_stats() -> list[GpuStat] | None:
             pynvml.nvmlShutdown()
 
 
-def collect(settings: AgentSettings) -> Inventory:
+def collect(settings: AgentSettings, images: list[str] | None = None) -> Inventory:
     if settings.declared_gpus is not None:
         gpus, source, error = declared(settings.declared_gpus, settings.agent_name), "declared", None
     else:
@@ -105,4 +105,5 @@ def collect(settings: AgentSettings) -> Inventory:
         hostname=socket.gethostname(), gpus=gpus, gpu_source=source, nvml_error=error,
         cpu_count=os.cpu_count() or 1, memory_mb=_memory_mb(), disk_free_mb=disk.free // (1 << 20),
         platform=f"{platform.system()} {platform.machine()} python{platform.python_version()}",
+        container_runtime=settings.container_runtime if images is not None else None, images=images or [],
     )

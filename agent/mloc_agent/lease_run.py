@@ -20,13 +20,23 @@ from typing import Any
 
 from mloc_shared.env_policy import refused_variable
 from mloc_shared.errors import LeaseLost
+from mloc_shared.hyperparams import STALLED, stall_timeout
 from mloc_shared.protocol import Completion, Lease, PreemptNotice, Progress, RendezvousPoint
 
 from mloc_agent.client import CoordinatorClient
 from mloc_agent.completions import CompletionReporter
+from mloc_agent.containers import ContainerRuntime, ImageUnavailable, task_container
 from mloc_agent.gang import free_port, lan_addresses, publish, transport_env, wait_for_rank0
 from mloc_agent.heartbeat import keep_lease
-from mloc_agent.launch import Rendezvous, launch_env
+from mloc_agent.launch import (
+    PREFIX_VARIABLE,
+    RANK_PREFIX,
+    RankChannel,
+    Rendezvous,
+    launch_env,
+    plan_launch,
+    torchrun_argv,
+)
 from mloc_agent.log_streamer import LogStreamer
 from mloc_agent.modules.registry import load
 from mloc_agent.runner import LineSplitter, TaskProcess
@@ -45,6 +55,7 @@ from mloc_agent.task_contract import (
 from mloc_agent.task_secrets import fetch_secrets
 from mloc_agent.uploads import fetch_checkpoint, upload
 from mloc_agent.warden import Warden
+from mloc_agent.watchdog import StallWatchdog
 from mloc_agent.workdirs import Janitor, make_dirs
 
 log = logging.getLogger(__name__)
@@ -66,6 +77,13 @@ class LeaseDeps:
     completions: CompletionReporter
     heartbeat_s: float
     spawn: Callable[[Coroutine[Any, Any, None]], None]  # runs a coroutine in the background
+    containers: ContainerRuntime | None = None  # runs image: tasks (None: this agent takes none)
+
+
+@dataclass(frozen=True)
+class RunningContainer:
+    runtime: ContainerRuntime
+    name: str
 
 
 class LeaseRun:
@@ -92,6 +110,10 @@ class LeaseRun:
         self.preempt_stopped = False
         self.rendezvous: RendezvousPoint | None = None  # a gang's node rank 0: where its ranks listen
         self.gang_env: dict[str, str] = {}  # a gang member's transport settings (gang.transport_env)
+        timeout = stall_timeout(lease.task_type, lease.spec.get("hyperparameters"))
+        self.watchdog = StallWatchdog(timeout) if timeout else None
+        self.container: RunningContainer | None = None  # an image: task's container, once it is started
+        self.stalled: str | None = None  # the watchdog's one-line error once it stopped the task
 
     # -- control from the agent -------------------------------------------------------------
 
@@ -99,16 +121,44 @@ class LeaseRun:
         if self.cancel_reason is None and self.fenced is None:
             self.cancel_reason = reason
             self.logs.write("system", f"[mloc] {reason}: stopping the task\n")
-            if self.proc is not None:
-                await self.proc.stop(self.deps.settings.cancel_grace_s)
+            await self._stop_process()
 
     async def fence(self, reason: str) -> None:
         """Stop the task without reporting: the lease is no longer ours."""
         if self.fenced is None:
             self.fenced = reason
             log.warning("task %s: %s; stopping it", self.task_id, reason)
-            if self.proc is not None:
-                await self.proc.stop(self.deps.settings.cancel_grace_s)
+            await self._stop_process()
+
+    async def _stop_process(self) -> None:
+        """SIGTERM, SIGKILL after the grace; an image: task's container is stopped by name as well."""
+        grace = self.deps.settings.cancel_grace_s
+        stops = [self.proc.stop(grace)] if self.proc is not None else []
+        if self.container is not None:
+            stops.append(self.container.runtime.stop(self.container.name, grace))
+        await asyncio.gather(*stops)
+
+    # -- image: tasks (containers.py) ----------------------------------------------------------
+
+    async def _pull(self, image: str) -> None:
+        runtime = self.deps.containers
+        if runtime is None:  # the coordinator gives image: tasks only to agents with a runtime
+            raise ImageUnavailable(f"this agent has no container runtime for image {image} (MLOC_CONTAINER_RUNTIME)")
+        self.progress = Progress(message=f"pulling image {image}")
+        policy = self.lease.spec.get("image_pull_policy") or "missing"
+        if await runtime.ensure_image(image, policy, lambda line: self.logs.write("system", line)):
+            self.logs.write("system", f"[mloc] pulled image {image}\n")
+
+    def _containerize(self, image: str, argv: list[str], env: dict[str, str],
+                      own: set[str]) -> tuple[list[str], dict[str, str]]:
+        """The task's command inside its image (containers.task_container): its argv and the client's env."""
+        runtime = self.deps.containers
+        assert runtime is not None  # checked by _pull
+        spec = task_container(image, argv, env, own, self.deps.task_env, self.lease, self.workdir,
+                              self.deps.warden.instance, self.deps.settings)
+        self.container = RunningContainer(runtime, spec.name)
+        self.logs.write("system", f"[mloc] running in image {image} ({runtime.kind}, container {spec.name})\n")
+        return runtime.run_argv(spec), runtime.client_env(spec, os.environ)
 
     async def preempt(self, notice: PreemptNotice) -> None:
         """Checkpoint and stop (the coordinator wants the GPUs, or this agent stops with notice): the task
@@ -222,14 +272,31 @@ class LeaseRun:
             return Completion(epoch=lease.epoch, outcome="preempted", error=self.preempt_notice.reason or "preempted")
         result_file = self.workdir / "result.json"
         task_file = None
+        image = lease.spec.get("image")
+        if image:
+            try:
+                await self._pull(image)
+            except ImageUnavailable as exc:
+                return Completion(epoch=lease.epoch, outcome="failed", error=str(exc), error_code="image_unavailable")
         direct = module_cls.direct_argv(lease.spec)
         if direct is None:
             task_file = self.workdir / "task.json"
             task_file.write_text(json.dumps({"spec": lease.spec, "module": module_ref,
                                              "python_path": list(self.deps.host_python_path)}))
-            direct = host_argv(settings.runtimes.get(lease.task_type, sys.executable))
-        env.update(launch_env(max(1, len(lease.gpus)), await self._rendezvous()))
+            # in an image (containers.py), its own python3 hosts the module: mloc-agent must be installed there
+            direct = host_argv("python3" if image else settings.runtimes.get(lease.task_type, sys.executable))
+        rdzv = await self._rendezvous()
+        plan = plan_launch(lease.task_type, lease.spec, lease.gpus, rdzv, hosted=task_file is not None)
+        env.update(launch_env(plan.nproc_per_node, rdzv))
         env.update({k: v for k, v in self.gang_env.items() if k not in (lease.spec.get("env") or {})})
+        if plan.torchrun:  # docs/distributed.md: one rank per leased GPU, rank-prefixed output
+            direct = torchrun_argv(direct[0], direct, plan.nproc_per_node, rdzv, f"{lease.task_id}-{lease.attempt}",
+                                   self.workdir / "ranks")
+            env[PREFIX_VARIABLE] = RANK_PREFIX
+        ranks = RankChannel(self.workdir / "ranks.fifo", LineSplitter(self._on_channel_line).feed) \
+            if plan.many_ranks or image else None
+        if ranks is not None:
+            env.update(ranks.env())
         env.update(TaskEnv(
             task_id=lease.task_id, attempt=lease.attempt, gpus=lease.gpus, workdir=self.workdir,
             output_dir=output_dir, checkpoint_dir=ckpt_dir, agent_data_dir=settings.data_dir, resume_dir=resume_dir,
@@ -238,15 +305,26 @@ class LeaseRun:
             allow_private_urls=settings.allow_private_urls, coordinator_url=settings.coordinator_url,
             path_roots=tuple(settings.task_read_roots), preempt_file=self.workdir / "preempt",
         ).to_env())  # last: a spec's env cannot change what the agent tells the task
+        if image:
+            own = set(lease.spec.get("env") or {}) | set(secret_env)
+            direct, env = self._containerize(image, direct, env, own)
         channel = LineSplitter(self._on_channel_line)
-        self.proc = TaskProcess.start(direct, env, self.workdir, self.deps.warden, self.logs.feed, channel.feed)
+        self.proc = TaskProcess.start(direct, env, self.workdir, self.deps.warden, self.logs.feed, channel.feed,
+                                      leaves_group=plan.many_ranks or bool(image))
         self.started.set()
         if self.cancel_reason is not None or self.fenced is not None:
             await self.proc.stop(settings.cancel_grace_s)
         elif self.preempt_notice is not None:
             self.deps.spawn(self._deliver_preempt())
+        watcher = asyncio.create_task(self.watchdog.watch(self._stall)) if self.watchdog is not None else None
         code = await self.proc.wait()
+        if watcher is not None:
+            watcher.cancel()
         self.proc.reap_group()
+        if self.container is not None:  # gone with --rm already, unless its client was killed
+            await self.container.runtime.stop(self.container.name, 0)
+        if ranks is not None:
+            await ranks.close(PIPE_DRAIN_S)
         try:  # a grandchild that left the process group may hold the pipes open: do not wait for it forever
             await asyncio.wait_for(self.proc.output_closed(), PIPE_DRAIN_S)
         except TimeoutError:
@@ -264,6 +342,9 @@ class LeaseRun:
                 outcome = json.loads(result_file.read_text())
         result = outcome.get("result") if isinstance(outcome.get("result"), dict) else {}
         result = {"exit_code": code, **(result or {})}
+        if self.stalled is not None and self.cancel_reason is None:  # requeued like a lost box (leasing.py)
+            return Completion(epoch=lease.epoch, outcome="failed", exit_code=code, result=result, error=self.stalled,
+                              error_code=STALLED, retryable=True)
         if self.cancel_reason is not None:
             return Completion(epoch=lease.epoch, outcome="cancelled", exit_code=code, result=result,
                               error=self.cancel_reason)
@@ -309,6 +390,13 @@ class LeaseRun:
         step = self.progress.step if self.progress is not None and self.progress.step is not None else 0
         await self._upload(ckpt_dir, f"checkpoints/step-{step}.tar", "checkpoint", step)
 
+    async def _stall(self, message: str) -> None:
+        """The watchdog saw no step change for stall_timeout_s: stop every rank, report it as a stall."""
+        if self.proc is not None and self.cancel_reason is None and self.fenced is None:
+            self.stalled = message
+            self.logs.write("system", f"[mloc] {message}\n")
+            await self.proc.stop(self.deps.settings.cancel_grace_s)
+
     async def _rendezvous(self) -> Rendezvous:
         """Where this lease's ranks meet the others': one node, unless the lease is a gang member
         (then rank 0's MASTER_ADDR:PORT, relayed by the coordinator)."""
@@ -345,6 +433,8 @@ class LeaseRun:
         if isinstance(message, ProgressReport):
             with contextlib.suppress(ValueError):  # masked like logs: it reaches heartbeats, listings, the db
                 self.progress = Progress.model_validate(self.logs.redactor.mask_value(message.fields))
+                if self.watchdog is not None:
+                    self.watchdog.observe(self.progress.step)
                 if self.progress.step is not None and self.progress.total:
                     self.progress.percent = round(100.0 * self.progress.step / self.progress.total, 2)
         elif isinstance(message, Preempted):

@@ -24,6 +24,7 @@ from mloc_shared.version import __version__
 from mloc_agent import inventory
 from mloc_agent.client import CoordinatorClient
 from mloc_agent.completions import CompletionReporter
+from mloc_agent.containers import ContainerRuntime
 from mloc_agent.gang import lan_addresses
 from mloc_agent.lease_run import LeaseDeps, LeaseRun
 from mloc_agent.modules import registry
@@ -42,7 +43,9 @@ class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.client = CoordinatorClient(settings.coordinator_url, ca_bundle=settings.ca_bundle)
-        self.warden = Warden()
+        self.containers = ContainerRuntime.find(settings.container_runtime, settings.container_pids_limit,
+                                                settings.container_args)
+        self.warden = Warden(self.containers.binary if self.containers is not None else None)
         self.janitor = Janitor()
         self.task_env = base_env()
         self.host_python_path = tuple(host_python_path(self.task_env))  # once per agent, like task_env
@@ -54,7 +57,7 @@ class Agent:
         self.next_attempts: dict[str, Lease] = {}
         self.timings = Timings(poll_hold_s=25, heartbeat_s=10, lease_ttl_s=45)
         self.draining = False
-        self.inventory = inventory.collect(settings)
+        self.inventory = inventory.collect(settings, self.containers.images() if self.containers else None)
         self.max_tasks = settings.max_tasks or max(1, len(self.inventory.gpus))
         self._idle = asyncio.Event()
         self._repoll = asyncio.Event()  # set when the held poll no longer says the right thing
@@ -255,7 +258,7 @@ class Agent:
             client=self.client, settings=self.settings, modules=self.modules, task_env=self.task_env,
             host_python_path=self.host_python_path,
             warden=self.warden, janitor=self.janitor, completions=self.completions,
-            heartbeat_s=self.timings.heartbeat_s, spawn=self.spawn,
+            heartbeat_s=self.timings.heartbeat_s, spawn=self.spawn, containers=self.containers,
         )
 
     def _start(self, lease) -> LeaseRun:

@@ -47,6 +47,10 @@ class AgentSettings(MlocSettings):
     # the coordinator sees this agent's polls come from), and the LAN address its ranks listen on
     network: str | None = None
     lan_address: str | None = None
+    # image: tasks (containers.py): the runtime whose CLI runs them; None: this agent takes none
+    container_runtime: Literal["podman", "docker"] | None = None
+    container_pids_limit: int = Field(8192, ge=64)
+    container_args: Annotated[list[str], NoDecode] = Field(default_factory=list)  # e.g. --memory=64g --cpus=16
 
     @field_validator("agent_labels", mode="before")
     @classmethod
@@ -58,6 +62,13 @@ class AgentSettings(MlocSettings):
     def _types(cls, value: Any) -> list[str]:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
+        return list(value or [])
+
+    @field_validator("container_args", mode="before")
+    @classmethod
+    def _container_args(cls, value: Any) -> list[str]:
+        if isinstance(value, str):
+            return value.split()
         return list(value or [])
 
     @field_validator("task_path_roots", mode="before")

@@ -32,6 +32,9 @@ TASK_FILE = "MLOC_TASK_FILE"  # for task_host: the spec, the module to load, the
 RESULT_FILE = "MLOC_RESULT_FILE"  # from task_host: the module's result or error
 PROGRESS_FD = "MLOC_PROGRESS_FD"  # the channel's write end, as an fd number
 PROGRESS = "MLOC_PROGRESS"  # the same as a path: any shell can write to it (dash cannot redirect to fds > 9)
+# torchrun's ranks: torchrun closes inherited fds, so ranks write their messages to this FIFO (a path in the
+# work dir) instead of the pipe; only global rank 0 writes (RANK, set by torchrun)
+RANK_CHANNEL = "MLOC_RANK_CHANNEL"
 AGENT_INSTANCE = "MLOC_AGENT_INSTANCE"  # the warden's mark: inherited by everything the task starts
 TASK_OWNER = "MLOC_TASK_OWNER"  # the task's user: what the task keeps on the agent (RAG collections) is scoped to it
 ALLOW_PRIVATE_URLS = "MLOC_ALLOW_PRIVATE_URLS"  # "true": task URLs may reach loopback and private addresses
@@ -65,6 +68,8 @@ class TaskEnv:
     coordinator_url: str | None = None
     path_roots: tuple[Path, ...] = ()
     preempt_file: Path | None = None
+    rank_channel: Path | None = None  # launch.RankChannel adds it for torchrun tasks; read back here
+    rank: int = 0  # the global rank (torchrun's RANK); 0 outside torchrun
 
     def to_env(self) -> dict[str, str]:
         """The variables to lay over the task's base environment (unset fields are left out)."""
@@ -97,7 +102,9 @@ class TaskEnv:
             agent_data_dir=_path(env, AGENT_DATA_DIR), resume_dir=_path(env, RESUME_DIR),
             resume_step=int(env[RESUME_STEP]) if env.get(RESUME_STEP) else None,
             sources_dir=_path(env, SOURCES_DIR), task_file=_path(env, TASK_FILE), result_file=_path(env, RESULT_FILE),
-            progress_fd=int(env[PROGRESS_FD]) if env.get(PROGRESS_FD) else None, owner=env.get(TASK_OWNER) or None,
+            # a rank's PROGRESS_FD names an fd torchrun closed: it writes to the rank channel instead
+            progress_fd=int(env[PROGRESS_FD]) if env.get(PROGRESS_FD) and not env.get(RANK_CHANNEL) else None,
+            rank_channel=_path(env, RANK_CHANNEL), rank=int(env.get("RANK") or 0), owner=env.get(TASK_OWNER) or None,
             allow_private_urls=env.get(ALLOW_PRIVATE_URLS) == "true", coordinator_url=env.get(COORDINATOR_URL) or None,
             path_roots=tuple(Path(p) for p in env.get(TASK_PATH_ROOTS, "").split(os.pathsep) if p),
             preempt_file=_path(env, PREEMPT_FILE),

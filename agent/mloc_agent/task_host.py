@@ -8,6 +8,7 @@ to ``MLOC_RESULT_FILE``; a failure exits non-zero with the traceback on stderr.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -42,11 +43,13 @@ def main() -> int:
         traceback.print_exc()  # the task's logs keep the traceback; its error is one line (modules/errors.py)
         failure = failure_of(exc)
         print(f"[mloc] task failed ({failure.error_code}): {failure.error}", file=sys.stderr)
-        with open(env.result_file, "w") as fh:
+        # under torchrun every rank hosts the module: the first rank to fail tells why ("x": never overwritten)
+        with contextlib.suppress(FileExistsError), open(env.result_file, "x") as fh:
             json.dump(failure.as_result(), fh)
         return 1
-    with open(env.result_file, "w") as fh:
-        json.dump({"result": result}, fh, default=str)
+    if env.rank == 0:  # global rank 0 alone writes the result (docs/distributed.md)
+        with open(env.result_file, "w") as fh:
+            json.dump({"result": result}, fh, default=str)
     return 0
 
 

@@ -33,15 +33,17 @@ GRACE_S = 3.0
 class Warden:
     """Starts the warden process and keeps the pipe whose closing wakes it."""
 
-    def __init__(self) -> None:
+    def __init__(self, container_runtime: str | None = None) -> None:
         self.instance = uuid.uuid4().hex
+        self.container_runtime = container_runtime  # its binary: the warden removes this agent's containers
         self._proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         import asyncio
 
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mloc_agent.warden", self.instance, stdin=asyncio.subprocess.PIPE,
+            sys.executable, "-m", "mloc_agent.warden", self.instance,
+            *([self.container_runtime] if self.container_runtime else []), stdin=asyncio.subprocess.PIPE,
             start_new_session=True, env=base_env())  # none of the agent's MLOC_* settings: it needs none
 
     def mark(self, env: dict[str, str]) -> dict[str, str]:
@@ -107,6 +109,10 @@ def main() -> int:
         time.sleep(0.1)
         alive = _signal(alive, 0)
     _signal(alive | marked_groups(instance), signal.SIGKILL)
+    if len(sys.argv) > 2:  # image: tasks' containers (their processes may not be visible here: rootless)
+        from mloc_agent.containers import remove_labelled
+
+        remove_labelled(sys.argv[2], instance)
     return 0
 
 

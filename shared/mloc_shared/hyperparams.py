@@ -16,6 +16,14 @@ from pydantic_core import PydanticCustomError
 
 from mloc_shared.task_types import DATASET_TYPES
 
+# the stall watchdog (agent/mloc_agent/watchdog.py): a task whose reported step has not changed for this long is
+# stopped and retried from its checkpoint, like a task whose box was lost (error_code STALLED). 1,800 s is the
+# process group's own collective timeout: the watchdog acts no later than a hung NCCL/gloo call would.
+DEFAULT_STALL_TIMEOUT_S = 1800.0
+STALLED = "stalled"
+_STALL_FIELD = Field(DEFAULT_STALL_TIMEOUT_S, gt=0, le=30 * 86400,
+                     description="stop and retry the task when its step has not changed for this long")
+
 
 class Hyperparameters(BaseModel):
     """Strict: an unknown key is an error, so a misspelt setting never silently falls back to a default."""
@@ -48,6 +56,7 @@ class TrainingHyperparameters(Hyperparameters):
     gradient_checkpointing: bool = Field(True, description="trade ~20% speed for much less activation memory")
     merge_adapter: bool = Field(False, description="also write the base model with the adapter merged in")
     callbacks: list[str] = Field(default_factory=list, description="'package.module:Class' TrainerCallbacks to add")
+    stall_timeout_s: float | None = _STALL_FIELD
 
 
 class SFTHyperparameters(TrainingHyperparameters):
@@ -159,6 +168,7 @@ class PPOHyperparameters(Hyperparameters):
     query_dataset: str | None = Field(None, description="prompts: a path, URL or hub id (instead of a dataset)")
     max_length: int | None = Field(512, ge=8, description="prompt + response tokens; prompts are cut from the left")
     merge_adapter: bool = False
+    stall_timeout_s: float | None = _STALL_FIELD
 
     @model_validator(mode="after")
     def _batches_divide(self) -> PPOHyperparameters:
@@ -321,11 +331,28 @@ def _unknown_key_error(
     return ValidationError.from_exception_data(model.__name__, errors)
 
 
+class OpenHyperparameters(BaseModel):
+    """command and third-party task types: their modules check their own settings, except the agent's
+    own (the stall watchdog, off unless asked)."""
+
+    model_config = ConfigDict(extra="allow")
+    stall_timeout_s: float | None = Field(None, gt=0, le=30 * 86400)
+
+
+def stall_timeout(task_type: str, data: dict[str, Any] | None) -> float | None:
+    """The watchdog's timeout for a task (None: off): as asked, else the task type's default."""
+    model = HYPERPARAMETERS.get(task_type, OpenHyperparameters)
+    value = (data or {}).get("stall_timeout_s", model.model_fields["stall_timeout_s"].default
+                             if "stall_timeout_s" in model.model_fields else None)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else None
+
+
 def check_hyperparameters(task_type: str, data: dict[str, Any]) -> None:
     """Raise a ValidationError (locations relative to ``hyperparameters``) if ``data`` does not fit."""
     model = HYPERPARAMETERS.get(task_type)
     if model is None:
-        return  # command and third-party task types: their modules check their own settings
+        OpenHyperparameters.model_validate(data)
+        return
     error = _unknown_key_error(model, data, "hyperparameter", f" for taskType {task_type!r}")
     if error is not None:
         raise error

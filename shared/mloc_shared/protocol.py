@@ -59,6 +59,10 @@ class Inventory(WireModel):
     memory_mb: int = 0
     disk_free_mb: int | None = None
     platform: str = ""
+    # image: tasks: the container runtime this agent runs them with (None: it takes none), and the
+    # images it holds (placement prefers an agent that has a task's image)
+    container_runtime: str | None = None
+    images: list[str] = Field(default_factory=list, max_length=4096)
 
 
 class Timings(WireModel):

@@ -12,13 +12,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from mloc_shared.distributed import Distributed
+from mloc_shared.distributed import Distributed, problem
 from mloc_shared.env_policy import refused_variable
 from mloc_shared.hyperparams import check_dataset, check_hyperparameters
 from mloc_shared.task_types import BUILTIN_TASK_TYPES as BUILTIN_TASK_TYPES  # re-exported for the coordinator
 from mloc_shared.task_types import default_gpus
 
 _TASK_TYPE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+# an OCI image reference: [registry[:port]/]name[:tag][@digest]
+_IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._\-/:@]*$", re.IGNORECASE)
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_.\-/]{1,63}$")
 SECRET_MIN, SECRET_MAX = 4, 65536
 
@@ -111,6 +113,9 @@ class TaskSpec(SpecModel):
     secrets: dict[str, str] = Field(default_factory=dict, max_length=64)
     resources: Resources = Field(default_factory=Resources)
     distributed: Distributed | None = None
+    # run the task's process inside this container image (docs/containers.md); agents need a runtime
+    image: str | None = Field(None, min_length=1, max_length=512, json_schema_extra={"pattern": _IMAGE_RE.pattern})
+    image_pull_policy: Literal["always", "missing", "never"] | None = None
     # a class the coordinator's config names (priority, preemptible); None: the configured default
     priority_class: str | None = Field(None, min_length=1, max_length=64)
     priority: int = Field(0, ge=-1000, le=1000)
@@ -123,6 +128,13 @@ class TaskSpec(SpecModel):
     def _task_type_shape(cls, value: str) -> str:
         if not _TASK_TYPE_RE.match(value):
             raise ValueError("taskType must be lower-case letters, digits, '_', '.', '-' (e.g. 'sft')")
+        return value
+
+    @field_validator("image")
+    @classmethod
+    def _image_reference(cls, value: str | None) -> str | None:
+        if value is not None and (not _IMAGE_RE.match(value) or ".." in value or value.endswith((":", "/", "@"))):
+            raise ValueError("image must be an image reference like 'registry.example.com/team/trainer:1.2'")
         return value
 
     @field_validator("hyperparameters")
@@ -161,6 +173,16 @@ class TaskSpec(SpecModel):
         _refuse_code_running_names(info, secrets)
         return secrets
 
+    @field_validator("distributed")
+    @classmethod
+    def _distributed_fits(cls, block: Distributed | None, info: ValidationInfo) -> Distributed | None:
+        """distributed.py's rules: an impossible combination names its field (distributed.fsdp)."""
+        found = problem(block, info.data["task_type"]) if block is not None and "task_type" in info.data else None
+        if found is not None:
+            field, message = found
+            raise FieldError(field, message) if field else ValueError(message)
+        return block
+
     @model_validator(mode="after")
     def _command_only_for_command_tasks(self) -> TaskSpec:
         if self.task_type == "command":
@@ -171,6 +193,12 @@ class TaskSpec(SpecModel):
         if self.checkpoint_on_preempt is not None and self.task_type != "command":
             raise FieldError("checkpoint_on_preempt", "'checkpoint_on_preempt' is for taskType 'command' only "
                                                       "(training tasks always checkpoint when preempted)")
+        return self
+
+    @model_validator(mode="after")
+    def _pull_policy_needs_an_image(self) -> TaskSpec:
+        if self.image_pull_policy is not None and self.image is None:
+            raise FieldError("image_pull_policy", "image_pull_policy is only allowed with 'image'")
         return self
 
     def required_gpus(self) -> int:

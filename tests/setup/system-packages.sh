@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The system programs the test suite drives (network namespaces, NAT, WAN emulation, the browser,
-# systemd-analyze, loop-mounted disks). `make test` runs this before pytest:
+# systemd-analyze, loop-mounted disks, containers). `make test` runs this before pytest:
 #   - as root with apt-get: installs whatever is missing (Debian package names below);
 #   - otherwise: fails, naming the missing packages and the command that installs them.
 # A quiet skip would let a green run hide the partition, WAN and browser suites.
@@ -11,6 +11,10 @@ REQUIRED=(
   "ip:iproute2" "tc:iproute2" "iptables:iptables" "curl:curl" "pkill:procps"
   "chromium:chromium" "chromedriver:chromium-driver" "systemd-analyze:systemd"
   "mkfs.ext4:e2fsprogs" "e2fsck:e2fsprogs" "losetup:mount"
+  # containers (tests/containers/): podman with runc and netavark, --init's catatonit, and
+  # mmdebstrap to make the local base image (no registry can be reached)
+  "podman:podman" "runc:runc" "conmon:conmon" "catatonit:catatonit" "/usr/lib/podman/netavark:netavark"
+  "/usr/lib/podman/aardvark-dns:aardvark-dns" "mmdebstrap:mmdebstrap"
 )
 
 missing() {

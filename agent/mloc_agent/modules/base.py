@@ -36,6 +36,8 @@ class TaskContext:
     urls: UrlPolicy = field(default_factory=UrlPolicy)  # what task-named URLs may reach (strict outside an agent)
     paths: PathPolicy = field(default_factory=PathPolicy)  # what task-named paths may read (none outside an agent)
     channel_fd: int | None = None
+    channel_path: Path | None = None  # torchrun's ranks: the FIFO (task_contract.RANK_CHANNEL)
+    rank: int = 0  # global rank under torchrun: only rank 0 reports, so progress and checkpoints are sent once
     _channel: Any = field(default=None, repr=False)
 
     @classmethod
@@ -45,16 +47,18 @@ class TaskContext:
             task_id=env.task_id, attempt=env.attempt, spec=spec, gpus=env.gpus, workdir=env.workdir,
             output_dir=env.output_dir, checkpoint_dir=env.checkpoint_dir, resume_dir=env.resume_dir,
             resume_step=env.resume_step, sources_dir=env.sources_dir, owner=env.owner, channel_fd=env.progress_fd,
+            channel_path=env.rank_channel, rank=env.rank,
             urls=UrlPolicy(env.allow_private_urls, env.coordinator_url),
             paths=PathPolicy(env.path_roots, env.agent_data_dir),
         )
 
     def send(self, message: ChannelMessage) -> None:
-        """Write one message to the agent (no-op when run outside an agent)."""
-        if self.channel_fd is None:
+        """Write one message to the agent (no-op outside an agent, and on ranks other than 0)."""
+        if self.rank != 0 or (self.channel_fd is None and self.channel_path is None):
             return
         if self._channel is None:
-            self._channel = os.fdopen(self.channel_fd, "w", buffering=1)
+            self._channel = (os.fdopen(self.channel_fd, "w", buffering=1) if self.channel_fd is not None
+                             else open(self.channel_path, "w", buffering=1))  # noqa: SIM115 (kept open)
         self._channel.write(encode(message))
 
     def progress(self, update: dict[str, Any]) -> None:

@@ -81,6 +81,10 @@ class AgentState:
     # it made a call with its credential since it was registered: someone holds it (a join token may
     # then never take its name; before that, its registration's answer may just have been lost)
     credential_used: bool = False
+    image_set: frozenset[str] = field(default=frozenset(), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.image_set = frozenset(self.inventory.images)  # once: view() is on every poll's path
 
     @property
     def accepting(self) -> bool:
@@ -102,6 +106,8 @@ class AgentState:
             used_gpus=self.used_gpus(),
             free_slots=max(0, min(slots, slots if free_slots is None else free_slots)),
             accepting=self.accepting,
+            container_runtime=self.inventory.container_runtime,
+            images=self.image_set,
         )
 
     def wake(self, reason: str) -> None:
@@ -115,6 +121,14 @@ class AgentState:
 
     def connected(self, hold_s: float, now: float) -> bool:
         return now - self.last_seen < hold_s + 30
+
+
+def prefers(req: Requirement) -> Callable[[AgentState], bool] | None:
+    """Which waiting agents a task of this shape goes to first: one already holding its image."""
+    if req.image is None:
+        return None
+    image = req.image if ":" in req.image.rsplit("/", 1)[-1] else f"{req.image}:latest"
+    return lambda agent: image in agent.image_set
 
 
 class Fleet:
@@ -199,7 +213,7 @@ class Fleet:
 
     def wake_for(self, req: Requirement) -> None:
         """Wake one waiting agent that could take a task of this shape now (no thundering herd)."""
-        for agent in self.waiting.pop_fitting(lambda view: pick_gpus(req, view) is not None):
+        for agent in self.waiting.pop_fitting(lambda view: pick_gpus(req, view) is not None, prefers(req)):
             agent.wake("task")
             if agent.peer_alive():  # a hung-up poll claims nothing: wake another one
                 return

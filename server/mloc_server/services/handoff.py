@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mloc_server.services.fleet import AgentState, Fleet, LeaseState
+from mloc_server.services.fleet import AgentState, Fleet, LeaseState, prefers
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.queue import TaskMeta
 from mloc_server.services.scheduler import Requirement, pick_gpus
@@ -57,7 +57,7 @@ def reserve(fleet: Fleet, leasing: Leasing, task_id: str, req: Requirement, meta
         return None
     if fleet.queue.blocked_meta(meta, req) is not None:
         return None  # its owner is at a GPU quota: it waits in the queue, which says why
-    for agent in fleet.waiting.pop_fitting(lambda view: pick_gpus(req, view) is not None):
+    for agent in fleet.waiting.pop_fitting(lambda view: pick_gpus(req, view) is not None, prefers(req)):
         view = agent.view(agent.poll_free - agent.reserved)
         gpus = pick_gpus(req, view) if agent.peer_alive() and agent.poll_id else None
         if gpus is None or fleet.queue.first_fitting(view) is not None:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from mloc_shared.errors import Conflict, LeaseLost, MlocError, NotFound
+from mloc_shared.hyperparams import STALLED
 from mloc_shared.protocol import (
     FINAL_STATES,
     Checkpoint,
@@ -186,8 +187,10 @@ class Leasing:
             elif c.outcome == "preempted":  # checkpointed on request: queued again at once, not a failure
                 outcomes[i] = await self.release_preempted(lease, c.error or "preempted")
                 continue
-            # an input error (retryable False) fails at once: another attempt reads the same spec
-            elif c.outcome == "failed" and lease.meta.retry_on_failure and c.retryable is not False:
+            # an input error (retryable False) fails at once: another attempt reads the same spec; a stall (the
+            # agent's watchdog stopped a hung task) is retried like a lost box, whatever retry.on_failure says
+            elif c.outcome == "failed" and c.retryable is not False and (
+                    lease.meta.retry_on_failure or c.error_code == STALLED):
                 await self.expire(lease, f"failed: {c.error or 'exit code ' + str(c.exit_code)}", lost=False)
                 outcomes[i] = "queued"
                 continue

@@ -29,6 +29,7 @@ class Requirement:
     min_compute_capability: float | None = None
     labels: tuple[tuple[str, str], ...] = ()
     nodes: int = 1  # agents leased together (a gang, services/gangs.py); the fields above are per agent
+    image: str | None = None  # image: tasks need an agent with a container runtime (and prefer one holding it)
     # how gpu_memory_gb was derived when the spec did not give it (shown on the task, not matched on)
     gpu_memory_rule: str | None = field(default=None, compare=False)
 
@@ -44,6 +45,7 @@ class Requirement:
             min_compute_capability=r.min_compute_capability,
             labels=tuple(sorted(r.labels.items())),
             nodes=r.nodes,
+            image=spec.image,
             gpu_memory_rule=estimate.rule if estimate is not None else None,
         )
 
@@ -57,6 +59,7 @@ class Requirement:
                 "min_compute_capability": self.min_compute_capability,
                 "labels": dict(self.labels),
                 **({"nodes": self.nodes} if self.nodes > 1 else {}),
+                **({"image": self.image} if self.image else {}),
                 **({"gpu_memory_rule": self.gpu_memory_rule} if self.gpu_memory_rule else {}),
             }
         )
@@ -72,6 +75,7 @@ class Requirement:
             min_compute_capability=d.get("min_compute_capability"),
             labels=tuple(sorted((d.get("labels") or {}).items())),
             nodes=int(d.get("nodes", 1)),
+            image=d.get("image"),
             gpu_memory_rule=d.get("gpu_memory_rule"),
         )
 
@@ -87,6 +91,8 @@ class Requirement:
             parts.append("labels " + ",".join(f"{k}={v}" for k, v in self.labels))
         if self.nodes > 1:
             parts.append(f"on each of {self.nodes} agents in one network")
+        if self.image:
+            parts.append(f"image {self.image}")
         return ", ".join(parts)
 
 
@@ -101,6 +107,8 @@ class AgentView:
     used_gpus: set[int] = field(default_factory=set)
     free_slots: int = 1
     accepting: bool = True
+    container_runtime: str | None = None
+    images: frozenset[str] = frozenset()
 
 
 def gpu_fits(req: Requirement, gpu: Gpu) -> bool:
@@ -118,6 +126,8 @@ def static_mismatch(req: Requirement, agent: AgentView) -> str | None:
     for key, value in req.labels:
         if agent.labels.get(key) != value:
             return f"lacks label {key}={value}"
+    if req.image and not agent.container_runtime:
+        return "has no container runtime for image: tasks (MLOC_CONTAINER_RUNTIME)"
     fitting = [g for g in agent.gpus if gpu_fits(req, g)]
     if len(fitting) < req.gpus:
         if not agent.gpus:
@@ -148,7 +158,7 @@ def match_key(agent: AgentView) -> tuple[object, ...]:
     equal keys fit exactly the same requirements (so one check can stand for many agents)."""
     gpus = sorted((g.name.lower(), g.memory_total_mb, g.cc, g.index in agent.used_gpus) for g in agent.gpus)
     return (agent.accepting, agent.free_slots > 0, agent.task_types, tuple(sorted(agent.labels.items())),
-            tuple(gpus))
+            tuple(gpus), agent.container_runtime is not None)
 
 
 def unplaceable_reason(req: Requirement, agents: Iterable[AgentView]) -> str | None:

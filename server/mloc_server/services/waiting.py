@@ -51,10 +51,23 @@ class WaitingPolls:
         if not group:
             del self._groups[key]
 
-    def pop_fitting(self, fits: Callable[[AgentView], bool]) -> Iterator[AgentState]:
-        """Unpark and yield waiting agents that fit, longest-waiting group first; one check per group."""
-        for group in list(self._groups.values()):
-            if not group or not fits(next(iter(group.values())).view()):
+    def pop_fitting(self, fits: Callable[[AgentView], bool],
+                    prefer: Callable[[AgentState], bool] | None = None) -> Iterator[AgentState]:
+        """Unpark and yield waiting agents that fit, longest-waiting group first; one check per group.
+        ``prefer``: agents it picks (holding the task's image) come before the others that fit, a
+        preference only: the others still follow at once."""
+        if prefer is not None:
+            fitting = [g for g in list(self._groups.values()) if g and fits(next(iter(g.values())).view())]
+            for group in fitting:
+                for agent in [a for a in group.values() if prefer(a)]:
+                    if self._key_of.get(agent.id) is not None and group.get(agent.id) is agent:
+                        self._remove(agent.id)
+                        yield agent
+            groups = fitting
+        else:
+            groups = list(self._groups.values())
+        for group in groups:
+            if not group or (prefer is None and not fits(next(iter(group.values())).view())):
                 continue
             while group:  # one at a time: the caller usually stops at the first
                 agent = next(iter(group.values()))

@@ -12,6 +12,7 @@ from mloc_shared.hyperparams import TrainingHyperparameters, parse_hyperparamete
 from mloc_agent.modules.base import BaseModule, ProgressCallback
 from mloc_agent.modules.errors import TaskInputError
 from mloc_agent.modules.sources.models import resolve_model
+from mloc_agent.modules.training.strategies import TokenCounter, run_facts, strategy_args
 from mloc_agent.modules.training.trainer_common import (
     TRAINING_REQUIRES,
     DevicePlan,
@@ -91,9 +92,13 @@ class TrainingModule(BaseModule):
                      *user_callbacks(hp.callbacks)]
         default_lr = self.lr_full if adapter.get("type", "none") == "none" else self.lr_adapter
         args = training_args(hp, self.ctx, plan, default_lr=default_lr, revision=source.get("revision"))
+        args.update(strategy_args(spec, hp))  # ddp (nothing to add), fsdp or deepspeed: strategies.py
         job = TrainingJob(base, source.get("revision"), tokenizer, rows, data_spec, hp, args, plan, adapter, callbacks)
         trainer, info = self.build_trainer(job)
+        counter = TokenCounter()
+        counter.wrap(trainer)
         result = run_training(trainer, self.ctx, record)
+        result.update(run_facts(trainer, counter, result.get("train_runtime_s")))
         outputs = save_outputs(trainer, self.ctx, adapter=job.adapter_type != "none", merge=hp.merge_adapter,
                                base=base, plan=plan, auto_class=self.auto_class, revision=source.get("revision"),
                                load_kwargs=self.merge_load_kwargs)

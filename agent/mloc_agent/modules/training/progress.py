@@ -121,6 +121,8 @@ def make_progress_callback(ctx: TaskContext, progress: ProgressCallback | None, 
             self._update(state, force=True)
 
         def on_save(self, args, state, control, **kwargs):
+            if ctx.rank != 0:  # rank 0's copy is the one uploaded; every rank restores from it
+                return
             src = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if not src.is_dir():
                 log.warning("trainer reported a save but %s does not exist", src)

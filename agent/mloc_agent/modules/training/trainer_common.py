@@ -163,7 +163,9 @@ def save_outputs(trainer: Any, ctx: TaskContext, *, adapter: bool, merge: bool, 
 
     name = "adapter" if adapter else "model"
     target = ctx.output_dir / name
-    trainer.save_model(str(target))
+    trainer.save_model(str(target))  # every rank: FSDP and ZeRO-3 gather the shards; the main process writes
+    if ctx.rank != 0:  # global rank 0 alone writes outputs (the agent uploads that node's output folder)
+        return {name: name + "/"}
     for junk in ("training_args.bin", "README.md"):
         (target / junk).unlink(missing_ok=True)
     (ctx.output_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1, default=str))
