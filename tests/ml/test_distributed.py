@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import A100
 from tests.harness import Coordinator, wait_for
-from tests.ml.conftest import REPO, download_folder, run_to_end, train_spec
+from tests.ml.conftest import FINAL, REPO, download_folder, run_to_end, train_spec
 from tests.ml.test_training_modules import load_adapter, lora_weights_moved
 
 pytestmark = pytest.mark.ml
@@ -29,6 +29,12 @@ STEPS = 6
 # (accelerate shards each global batch across the ranks), summed in another order (float32 all-reduce);
 # measured here: under 1e-4
 LOSS_RTOL = 2e-3
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def equal_length_rows(model: Path, count: int = 24) -> list[dict[str, str]]:
@@ -95,13 +101,12 @@ def one_rank(coordinator: Coordinator, duo, tiny_lm: Path) -> tuple[list[dict[st
     return rows, done["result"]
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_gpus_train_two_ranks_with_the_one_rank_loss_curve(
-    coordinator: Coordinator, one_rank, tiny_lm: Path, tmp_path: Path, strategy: str
+    coordinator: Coordinator, one_rank, tiny_lm: Path, tmp_path: Path
 ) -> None:
     rows, single = one_rank
-    extra = {"distributed": {"strategy": strategy}} if strategy != "ddp" else {}
-    done = run_to_end(coordinator, spec_for(tiny_lm, rows, gpus=2, per_device=2, **extra), timeout=300)
+    strategy = "ddp"
+    done = run_to_end(coordinator, spec_for(tiny_lm, rows, gpus=2, per_device=2), timeout=300)
     result = done["result"]
     logs = coordinator.logs(done["id"])
     assert result["world_size"] == 2 and result["nodes"] == 1 and result["strategy"] == strategy, (result, logs[-3000:])
@@ -113,6 +118,16 @@ def test_two_gpus_train_two_ranks_with_the_one_rank_loss_curve(
     assert "[rank0]:" in logs and "[rank1]:" in logs
     adapter = load_adapter(tiny_lm, download_folder(coordinator, done["id"], "adapter", tmp_path))
     assert lora_weights_moved(adapter)
+
+
+@pytest.mark.skipif(torch_cuda(), reason="a CUDA box runs FSDP (the GPU kit's training phase checks it)")
+def test_fsdp_on_a_cpu_agent_is_refused_not_silently_replicated(coordinator: Coordinator, duo, tiny_lm: Path) -> None:
+    """accelerate applies FSDP on GPUs only; on CPU the ranks would train replicated copies under the name fsdp."""
+    spec = spec_for(tiny_lm, [{"text": "a row"}] * 8, gpus=2, per_device=2, distributed={"strategy": "fsdp"})
+    done = coordinator.wait_state(coordinator.submit(spec)["id"], FINAL, timeout=180)
+    assert done["state"] == "failed" and done["attempts"] == 1, done
+    assert done["error"].startswith("distributed.strategy fsdp needs CUDA GPUs"), done["error"]
+    assert "\n" not in done["error"]
 
 
 def task_pids(task_id: str) -> dict[int, bool]:

@@ -21,11 +21,14 @@ _WRAP = {"transformer_layer": "TRANSFORMER_BASED_WRAP", "size": "SIZE_BASED_WRAP
 _DISTRIBUTED_TYPE = {"FSDP": "fsdp", "DEEPSPEED": "deepspeed", "MULTI_CPU": "ddp", "MULTI_GPU": "ddp", "NO": "none"}
 
 
-def strategy_args(spec: dict[str, Any], hp: TrainingHyperparameters) -> dict[str, Any]:
+def strategy_args(spec: dict[str, Any], hp: TrainingHyperparameters, cuda: bool) -> dict[str, Any]:
     """TrainingArguments fields for the task's strategy (laid over trainer_common.training_args)."""
     block = Distributed.model_validate(spec.get("distributed") or {})
     strategy = block.resolved()
     if strategy == "fsdp":
+        if not cuda:  # accelerate 1.x applies its FSDP plugin on GPUs only: on CPU it silently runs DDP
+            raise TaskInputError("distributed.strategy fsdp needs CUDA GPUs (accelerate shards with FSDP on GPUs "
+                                 "only; on CPU it would silently replicate): use strategy ddp on a CPU agent")
         return fsdp_args(block.fsdp or FsdpSettings(), hp)
     if strategy == "deepspeed":
         import importlib.util
