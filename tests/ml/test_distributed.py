@@ -65,18 +65,17 @@ def close(a: list[float], b: list[float]) -> bool:
     return len(a) == len(b) == STEPS and all(abs(x - y) <= LOSS_RTOL * abs(y) for x, y in zip(a, b, strict=True))
 
 
-@pytest.fixture(scope="module")
-def agent_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """What the agents here run with: the tests' own code on their path (throttle.py), and, when the
-    checkout under test is not the installed one (a worktree), a runtime that hosts its modules: the
-    isolated task host (python -I) would import the installed mloc_agent otherwise."""
+def checkout_env(scratch: Path) -> dict[str, str]:
+    """What agents run with to test this checkout: its code and the tests' on their path (throttle.py),
+    and, when the checkout is not the installed one (a worktree), a runtime that hosts its modules: the
+    isolated task host (python -I) would import the installed mloc_agent otherwise. Also bench/distributed.py's."""
     path = os.pathsep.join(str(REPO / p) for p in ("shared", "server", "agent", "."))
     env = {"PYTHONPATH": path}
     probe = subprocess.run([sys.executable, "-I", "-c", "import mloc_agent; print(mloc_agent.__file__)"],
                            capture_output=True, text=True, check=True)
     if Path(probe.stdout.strip()).parent == REPO / "agent" / "mloc_agent":
         return env
-    wrapper = tmp_path_factory.mktemp("runtime") / "python"
+    wrapper = scratch / "python"
     wrapper.write_text(f"""#!/bin/sh
 # python -I without the isolation from PYTHONPATH: -s keeps the user site out
 export PYTHONPATH={path}
@@ -86,6 +85,11 @@ exec {sys.executable} "$@"
 """)
     wrapper.chmod(0o755)
     return {**env, "MLOC_RUNTIMES": json.dumps({"sft": str(wrapper)})}
+
+
+@pytest.fixture(scope="module")
+def agent_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return checkout_env(tmp_path_factory.mktemp("runtime"))
 
 
 @pytest.fixture
