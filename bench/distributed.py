@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--global-batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each rank")
     args = parser.parse_args(argv)
     from mloc_agent.tiny import build_tiny_lm
 
@@ -62,15 +64,20 @@ def main(argv: list[str] | None = None) -> int:
         agent = Agent(coord, "duo", gpus=[A100, A100], extra_env=env).start()
         try:
             figures = []
-            for gpus, per_device in ((0, args.global_batch), (2, args.global_batch // 2)):
+            # interleaved (1, 2, 1, 2 ...): on a shared box the load of the moment hits both alike
+            for gpus, per_device in ((0, args.global_batch), (2, args.global_batch // 2)) * args.repeats:
                 spec = train_spec("sft", model, {"rows": rows}, {"max_steps": args.steps, "logging_steps": 5,
                                                                "per_device_train_batch_size": per_device})
                 spec["resources"] = {"gpus": gpus}
+                # one thread a rank, as torchrun sets it by default: the 1-rank run otherwise starts a thread per
+                # core the box shows, and on a shared or CPU-limited box that alone can make it many times slower
+                spec["env"]["OMP_NUM_THREADS"] = str(args.threads)
                 figures.append(run(coord, spec))
         finally:
             agent.stop()
             coord.stop()
-    print(f"sft, tiny LM (LoRA), {args.steps} steps, global batch {args.global_batch}, CPU (gloo)")
+    print(f"sft, tiny LM (LoRA), {args.steps} steps, global batch {args.global_batch}, CPU (gloo), "
+          f"{args.threads} thread(s) a rank")
     print(f"{'ranks':>5} {'strategy':>8} {'steps/s':>8} {'tokens/s per rank':>24} {'submit->1st step':>17} "
           f"{'wall s':>7}")
     for f in figures:

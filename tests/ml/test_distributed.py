@@ -150,11 +150,13 @@ def task_pids(task_id: str) -> dict[int, bool]:
     return found
 
 
-def start_slow_two_rank_task(coordinator: Coordinator, tiny_lm: Path) -> tuple[str, dict[int, bool]]:
-    spec = spec_for(tiny_lm, [{"text": f"row {i} of a slow run"} for i in range(16)], gpus=2, per_device=2)
-    spec["hyperparameters"].update(max_steps=500, callbacks=["tests.ml.throttle:SlowSteps"])
+def start_slow_two_rank_task(coordinator: Coordinator, tiny_lm: Path, steps: int = 500,
+                             **extra: Any) -> tuple[str, dict[int, bool]]:
+    spec = spec_for(tiny_lm, [{"text": f"row {i} of a slow run"} for i in range(16)], gpus=2, per_device=2, **extra)
+    spec["hyperparameters"].update(max_steps=steps, save_steps=3, callbacks=["tests.ml.throttle:SlowSteps"])
     task = coordinator.submit(spec)
-    wait_for(lambda: (coordinator.task(task["id"]).get("progress") or {}).get("step"), 120, "a training step")
+    wait_for(lambda: (coordinator.task(task["id"]).get("last_checkpoint") or {}).get("step"), 120,
+             "a checkpoint from rank 0", interval=0.1)
     pids = task_pids(task["id"])
     assert sum(pids.values()) == 2, pids  # two ranks, besides torchrun
     for pid, is_rank in pids.items():
@@ -170,7 +172,19 @@ def test_cancel_stops_every_rank(coordinator: Coordinator, duo, tiny_lm: Path) -
     wait_for(lambda: not task_pids(task_id), 15, f"every process of the task gone (were {pids})")
 
 
-def test_agent_killed_leaves_no_rank_alive(coordinator: Coordinator, duo, tiny_lm: Path) -> None:
-    task_id, pids = start_slow_two_rank_task(coordinator, tiny_lm)
+def test_agent_killed_leaves_no_rank_alive_and_every_rank_resumes_from_rank0s_checkpoint(
+    coordinator: Coordinator, duo, start_agent, agent_env: dict[str, str], tiny_lm: Path
+) -> None:
+    task_id, pids = start_slow_two_rank_task(coordinator, tiny_lm, steps=15, retry={"max_attempts": 2,
+                                                                                      "backoff_s": 0})
     duo.kill9()
     wait_for(lambda: not task_pids(task_id), 20, f"the warden stopped every rank (were {pids})")
+    checkpoint = coordinator.wait_state(task_id, "queued", timeout=60)["last_checkpoint"]
+    start_agent("rescuer", gpus=[A100, A100], extra_env=agent_env)
+    done = coordinator.wait_state(task_id, FINAL, timeout=240)
+    assert done["state"] == "succeeded", f"{done.get('error')}\n{coordinator.logs(task_id)[-3000:]}"
+    result = done["result"]
+    assert done["agent"] == "rescuer" and result["world_size"] == 2
+    assert result["resumed_from_step"] == checkpoint["step"] and result["global_step"] == 15
+    # each rank's own trainer started from the checkpoint's step (rank 1 restored it too)
+    assert [r["first_step"] for r in result["ranks"]] == [checkpoint["step"]] * 2, result["ranks"]

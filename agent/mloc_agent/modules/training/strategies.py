@@ -74,16 +74,20 @@ def deepspeed_config(block: Distributed) -> dict[str, Any] | str:
 
 
 class TokenCounter:
-    """This rank's own tokens (its micro-batches' attention masks), for per-rank throughput."""
+    """This rank's own tokens (its micro-batches' attention masks), for per-rank throughput, and the step
+    it started training from (each rank's own: a resumed attempt shows every rank restored)."""
 
     def __init__(self) -> None:
         self.tokens = 0
         self.started = time.monotonic()
+        self.first_step: int | None = None
 
     def wrap(self, trainer: Any) -> None:
         inner = trainer.training_step
 
         def counted(model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            if self.first_step is None:
+                self.first_step = trainer.state.global_step
             mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
             ids = inputs.get("input_ids") if isinstance(inputs, dict) else None
             if mask is not None:
@@ -106,7 +110,7 @@ def run_facts(trainer: Any, counter: TokenCounter, runtime_s: float | None) -> d
     kind = str(getattr(getattr(trainer.accelerator, "distributed_type", None), "value", "NO"))
     runtime = runtime_s or max(1e-9, time.monotonic() - counter.started)
     mine = {"rank": dist.get_rank() if ws > 1 else 0, "tokens": counter.tokens, "runtime_s": round(runtime, 3),
-            "tokens_per_s": round(counter.tokens / runtime, 1)}
+            "tokens_per_s": round(counter.tokens / runtime, 1), "first_step": counter.first_step}
     ranks: list[Any] = [mine]
     if ws > 1:
         ranks = [None] * ws
