@@ -205,8 +205,13 @@ class LeaseRun:
             path_roots=tuple(settings.task_read_roots),
         ).to_env())  # last: a spec's env cannot change what the agent tells the task
         channel = LineSplitter(self._on_channel_line)
-        self.proc = TaskProcess.start(direct, env, self.workdir, self.deps.warden, self.logs.feed, channel.feed,
-                                      leaves_group=plan.many_ranks)
+        try:
+            self.proc = TaskProcess.start(direct, env, self.workdir, self.deps.warden, self.logs.feed, channel.feed,
+                                          leaves_group=plan.many_ranks)
+        except BaseException:
+            if ranks is not None:
+                await ranks.close(0)
+            raise
         self.started.set()
         if self.cancel_reason is not None or self.fenced is not None:
             await self.proc.stop(settings.cancel_grace_s)
