@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mloc_shared.distributed import DISTRIBUTED_TYPES
 
 from tests.conftest import A100
 from tests.harness import Coordinator, wait_for
 from tests.ml.conftest import FINAL, REPO, download_folder, run_to_end, train_spec
-from tests.ml.test_training_modules import load_adapter, lora_weights_moved
+from tests.ml.test_training_modules import PREFERENCE_ROWS, load_adapter, lora_weights_moved
 
 pytestmark = pytest.mark.ml
 STEPS = 6
@@ -84,7 +85,7 @@ while [ $i -lt $n ]; do a=$1; shift; [ "$a" = "-I" ] && a=-s; set -- "$@" "$a"; 
 exec {sys.executable} "$@"
 """)
     wrapper.chmod(0o755)
-    return {**env, "MLOC_RUNTIMES": json.dumps({"sft": str(wrapper)})}
+    return {**env, "MLOC_RUNTIMES": json.dumps(dict.fromkeys(DISTRIBUTED_TYPES, str(wrapper)))}
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +123,25 @@ def test_two_gpus_train_two_ranks_with_the_one_rank_loss_curve(
     assert "[rank0]:" in logs and "[rank1]:" in logs
     adapter = load_adapter(tiny_lm, download_folder(coordinator, done["id"], "adapter", tmp_path))
     assert lora_weights_moved(adapter)
+
+
+OTHER_TYPES = {  # task type -> (rows, hyperparameters)
+    "dpo": (PREFERENCE_ROWS, {"learning_rate": 5e-3}),
+    "reward_model": ([{"chosen": f"good answer {i}", "rejected": f"bad dog {i}"} for i in range(16)], {}),
+    "grpo": ([{"prompt": f"question {i}"} for i in range(8)],
+             {"num_generations": 4, "max_completion_length": 8, "reward_funcs": ["length"]}),
+}
+
+
+@pytest.mark.parametrize("task_type", sorted(OTHER_TYPES))
+def test_dpo_grpo_and_reward_model_run_one_rank_per_gpu_too(coordinator: Coordinator, duo, tiny_lm: Path,
+                                                             task_type: str) -> None:
+    rows, hp = OTHER_TYPES[task_type]
+    spec = train_spec(task_type, tiny_lm, {"rows": rows}, {"max_steps": 4, "save_steps": 2, **hp})
+    spec["resources"] = {"gpus": 2}
+    result = run_to_end(coordinator, spec, timeout=300)["result"]
+    assert (result["world_size"], result["strategy"], result["global_step"]) == (2, "ddp", 4), result
+    assert [r["rank"] for r in result["ranks"]] == [0, 1] and result["checkpoint_steps"] == [2, 4]
 
 
 @pytest.mark.skipif(torch_cuda(), reason="a CUDA box runs FSDP (the GPU kit's training phase checks it)")
