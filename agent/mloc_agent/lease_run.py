@@ -309,8 +309,13 @@ class LeaseRun:
             own = set(lease.spec.get("env") or {}) | set(secret_env)
             direct, env = self._containerize(image, direct, env, own)
         channel = LineSplitter(self._on_channel_line)
-        self.proc = TaskProcess.start(direct, env, self.workdir, self.deps.warden, self.logs.feed, channel.feed,
-                                      leaves_group=plan.many_ranks or bool(image))
+        try:
+            self.proc = TaskProcess.start(direct, env, self.workdir, self.deps.warden, self.logs.feed, channel.feed,
+                                          leaves_group=plan.many_ranks or bool(image))
+        except BaseException:
+            if ranks is not None:
+                await ranks.close(0)
+            raise
         self.started.set()
         if self.cancel_reason is not None or self.fenced is not None:
             await self.proc.stop(settings.cancel_grace_s)

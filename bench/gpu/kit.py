@@ -135,7 +135,7 @@ def run(args: argparse.Namespace, packaging: dict[str, Any], work: Path) -> dict
         _phase(report, "inference", lambda: phases.inference(cluster, model, profile, gpus, timeout))
         specs["full_finetune"] = training.sft_spec(model, profile, 1, adapter="none", steps=profile.full_steps or None)
         _phase(report, "full_finetune", lambda: phases.full_finetune(cluster, model, profile, cuda, timeout))
-        report["phases"]["distributed"] = phases.not_landed()
+        _phase(report, "distributed", lambda: phases.distributed(cluster, model, profile, cuda, timeout))
         report["phases"]["warm_starts"] = phases.not_landed()
         measured = {"sft": {**(sft.get("mloc") or {}), "status": sft.get("status")},
                     **{n: report["phases"][n] for n in ("qlora", "inference", "full_finetune")}}

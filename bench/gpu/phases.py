@@ -88,6 +88,27 @@ def inference(cluster: Cluster, model: dict[str, Any], profile: Profile, gpus: i
                      "hundreds of MB, several times the 64 MiB that travels with the working tree"}}
 
 
+def distributed(cluster: Cluster, model: dict[str, Any], profile: Profile, cuda: bool, timeout: float
+                ) -> dict[str, Any]:
+    """FSDP2 through the Trainer, under torchrun, on the GPU(s) at hand: what CPU tests cannot show
+    (accelerate applies FSDP on GPUs only). One GPU: a single FSDP rank (the torchrun path, sharding
+    over one rank); the 2-rank CPU run is tests/ml/test_distributed.py and bench/distributed.py."""
+    if not cuda:
+        return {"status": "skipped", "reason": f"{NO_CUDA}: FSDP runs on GPUs only (docs/distributed.md)"}
+    gpus = 1  # the kit's agent leases the machine's first GPU
+    spec = {**sft_spec(model, profile, gpus, adapter="none", steps=profile.full_steps or None),
+            "name": "gpu-kit-fsdp", "distributed": {"strategy": "fsdp"}}
+    seen = cluster.run(spec, timeout)
+    task = seen["task"]
+    if task["state"] != "succeeded":
+        raise RuntimeError(f"fsdp task {task['state']}: {task.get('error')}\n{cluster.logs(task['id'])[-3000:]}")
+    result = task["result"] or {}
+    ok = result.get("strategy") == "fsdp" and result.get("world_size") == gpus
+    return {"status": "ok" if ok else "failed", "task_id": task["id"], "gpus": gpus,
+            **{k: result.get(k) for k in ("world_size", "nodes", "strategy", "ranks", "global_step",
+                                          "train_runtime_s", "final_loss")}, "nvml": seen["nvml"]}
+
+
 def not_landed() -> dict[str, Any]:
     return {"status": "not landed", "reason": "MLOC has no multi-GPU/multi-node training or warm model starts yet; "
             "this phase is a placeholder the kit fills once they land"}

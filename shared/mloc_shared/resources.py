@@ -13,7 +13,18 @@ Used by the coordinator (no ML import) so that, say, a 7B QLoRA fine-tune is nev
                    dpo/reward_model; grpo: * num_generations, max_completion_length)
     inference    = weights * 1.2 (KV cache, workspace); the vllm engine * 1.3
     overhead     = 1.5 GB (CUDA context, cuBLAS workspace, allocator slack)
-    need         = ceil(sum), at least 1 GB
+    need         = ceil(sum), at least 1 GB, per GPU
+
+Across N ranks (N = gpus * nodes; docs/distributed.md), per GPU:
+
+    ddp          everything replicated: the sum above, whatever N
+    zero 1       optimizer states / N (AdamW moments: 8 of the 12 bytes a parameter of a full fine-tune)
+    zero 2       + gradients / N (the whole training state / N)
+    fsdp, zero 3 weights, training state and reference models / N; activations and overhead stay per rank
+    offload      fsdp cpu_offload, ZeRO offload_optimizer / offload_param: that part lives in CPU memory
+    inference    tensor parallel (vllm) and device_map="auto" (transformers) split the weights: / N
+
+So a task too big for any one card (a 7B full fine-tune: 106 GB) fits 8 cards as fsdp (about 20 GB each).
 
 P (billions of parameters) comes from ``model.parameters_b``, else from the model identifier
 ("Mistral-7B-Instruct" → 7, "Qwen2.5-1.5B" → 1.5, "Mixtral-8x7B" → 56, "opt-350m" → 0.35).
@@ -89,8 +100,50 @@ def _training_tokens(spec: TaskSpec) -> tuple[float, str]:
     return batch * length * pairs, f"{batch}*{length}" + ("*2" if pairs == 2 else "")
 
 
+def _sharded(spec: TaskSpec, ranks: int, weights: float, state: float, ref: float,
+             parts: list[str]) -> float:
+    """Weights + training state + reference models on one GPU under the task's strategy (the rule above)."""
+    from mloc_shared.distributed import Distributed
+
+    block = spec.distributed or Distributed()
+    strategy = block.resolved()
+    if strategy == "fsdp":
+        offload = block.fsdp is not None and block.fsdp.cpu_offload
+        if offload:
+            parts.append("fsdp cpu_offload: weights and training state in CPU memory")
+            return 0.0
+        share = (weights + state + ref) / ranks
+        if ranks > 1:
+            parts.append(f"[fsdp over {ranks} ranks: ({weights + state + ref:.1f})/{ranks} = {share:.1f} a GPU]")
+        return share
+    if strategy == "deepspeed":
+        ds = block.deepspeed
+        stage = ds.stage() if ds is not None else 2
+        optimizer, grads = state * 8 / 12, state * 4 / 12
+        if ds is not None and ds.offload_optimizer:
+            optimizer = 0.0
+            parts.append("optimizer offloaded to CPU")
+        if ds is not None and ds.offload_param:
+            weights, ref = 0.0, 0.0
+            parts.append("parameters offloaded to CPU")
+        if stage >= 1:
+            optimizer /= ranks
+        if stage >= 2:
+            grads /= ranks
+        if stage >= 3:
+            weights, ref = weights / ranks, ref / ranks
+        share = weights + optimizer + grads + ref
+        if ranks > 1:
+            parts.append(f"[zero {stage} over {ranks} ranks: weights {weights:.1f} + gradients {grads:.1f} + "
+                         f"optimizer {optimizer:.1f} + reference {ref:.1f} = {share:.1f} a GPU]")
+        return share
+    if ranks > 1:
+        parts.append(f"[ddp: replicated on each of {ranks} ranks]")
+    return weights + state + ref
+
+
 def estimate_gpu_memory(spec: TaskSpec) -> MemoryEstimate | None:
-    """The rule above applied to a spec; None when it cannot or need not be applied."""
+    """The rule above applied to a spec, per GPU; None when it cannot or need not be applied."""
     if spec.model is None or spec.required_gpus() == 0:
         return None
     if spec.task_type not in TRAINING_TYPES | INFERENCE_TYPES:
@@ -102,28 +155,30 @@ def estimate_gpu_memory(spec: TaskSpec) -> MemoryEstimate | None:
     per_param, precision = bytes_per_parameter(spec.model.dtype, adapter)
     weights = params * per_param
     parts = [f"weights {params:g}B*{per_param:g} ({precision}) = {weights:.1f}"]
+    ranks = spec.required_gpus() * spec.resources.nodes
     total = weights + OVERHEAD_GB
     if spec.task_type in INFERENCE_TYPES:
         factor = 1.3 if spec.hyperparameters.get("engine") == "vllm" else 1.2
-        total = weights * factor + OVERHEAD_GB
-        parts.append(f"*{factor:g} for KV cache")
+        total = weights * factor / ranks + OVERHEAD_GB
+        parts.append(f"*{factor:g} for KV cache" + (f", split over {ranks} GPUs" if ranks > 1 else ""))
     else:
+        ref = 0.0
         if adapter == "none":
             state = params * 12
             parts.append(f"full fine-tune state {params:g}B*12 = {state:.1f}")
             if spec.task_type in ("dpo", "ppo"):
                 ref = params * 2 * (2.1 if spec.task_type == "ppo" else 1)
-                state += ref
                 parts.append(f"reference{'/value' if spec.task_type == 'ppo' else ''} models {ref:.1f}")
         else:
             state = weights * 0.1
             parts.append(f"{adapter} adapter state {state:.1f}")
+        total = _sharded(spec, ranks, weights, state, ref, parts) + OVERHEAD_GB
         tokens, shape = _training_tokens(spec)
         checkpointing = _hp(spec, "gradient_checkpointing") is not False and spec.task_type != "ppo"
         per = 0.1 if checkpointing else 0.6
         activations = params * tokens / 1024 * per
         parts.append(f"activations {params:g}B*{shape}/1024*{per:g} = {activations:.1f}")
-        total += state + activations
+        total += activations
     gb = max(1.0, float(math.ceil(total - 1e-9)))
     parts.append(f"overhead {OVERHEAD_GB:g}")
     return MemoryEstimate(gb=gb, rule=f"derived: {' + '.join(parts)} → {gb:g} GB (docs/tasks.md#gpu-memory)")

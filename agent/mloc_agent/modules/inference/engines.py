@@ -80,12 +80,18 @@ class TransformersEngine:
         cuda = torch.cuda.is_available()
         self.device = torch.device("cuda" if cuda else "cpu")
         self.dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
-        net = AutoModelForCausalLM.from_pretrained(model.base, dtype=self.dtype)
+        # several leased GPUs: the layers are spread over them (accelerate's device_map="auto"), so a model too
+        # big for one card runs; inputs go to the first layer's device
+        self.sharded = cuda and torch.cuda.device_count() > 1 and len(ctx.gpus) > 1
+        extra: dict[str, Any] = {"device_map": "auto"} if self.sharded else {}
+        net = AutoModelForCausalLM.from_pretrained(model.base, dtype=self.dtype, **extra)
         if model.adapter is not None:
             from peft import PeftModel
 
             net = PeftModel.from_pretrained(net, str(model.adapter)).merge_and_unload()
-        self.model = net.to(self.device).eval()
+        self.model = (net if self.sharded else net.to(self.device)).eval()
+        if self.sharded:
+            self.device = next(self.model.parameters()).device
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = {*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
                         self.tokenizer.eos_token_id}
@@ -121,7 +127,11 @@ class TransformersEngine:
         return results
 
     def facts(self) -> dict[str, Any]:
-        return {"device": self.device.type, "dtype": str(self.dtype).removeprefix("torch.")}
+        facts = {"device": self.device.type, "dtype": str(self.dtype).removeprefix("torch.")}
+        if self.sharded:
+            facts["device_map"] = "auto"
+            facts["gpus_used"] = len({str(d) for d in getattr(self.model, "hf_device_map", {}).values()})
+        return facts
 
 
 class VLLMEngine:
@@ -150,8 +160,9 @@ class VLLMEngine:
         for key in ("max_model_len", "gpu_memory_utilization", "tensor_parallel_size"):
             if getattr(hp, key) is not None:
                 kwargs[key] = getattr(hp, key)
-        if hp.tensor_parallel_size is None and len(ctx.gpus) > 1:
+        if hp.tensor_parallel_size is None and len(ctx.gpus) > 1 and self.cuda:  # one shard per leased GPU
             kwargs["tensor_parallel_size"] = len(ctx.gpus)
+        self.tensor_parallel_size = kwargs.get("tensor_parallel_size", 1)
         self.lora = None
         if model.adapter is not None:
             from vllm.lora.request import LoRARequest
@@ -182,7 +193,8 @@ class VLLMEngine:
     def facts(self) -> dict[str, Any]:
         import vllm
 
-        return {"device": "cuda" if self.cuda else "cpu", "vllm_version": vllm.__version__}
+        return {"device": "cuda" if self.cuda else "cpu", "vllm_version": vllm.__version__,
+                "tensor_parallel_size": self.tensor_parallel_size}
 
 
 ENGINES: dict[str, Any] = {"transformers": TransformersEngine, "vllm": VLLMEngine}

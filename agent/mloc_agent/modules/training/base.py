@@ -92,7 +92,7 @@ class TrainingModule(BaseModule):
                      *user_callbacks(hp.callbacks)]
         default_lr = self.lr_full if adapter.get("type", "none") == "none" else self.lr_adapter
         args = training_args(hp, self.ctx, plan, default_lr=default_lr, revision=source.get("revision"))
-        args.update(strategy_args(spec, hp))  # ddp (nothing to add), fsdp or deepspeed: strategies.py
+        args.update(strategy_args(spec, hp, plan.cuda))  # ddp (nothing to add), fsdp or deepspeed: strategies.py
         job = TrainingJob(base, source.get("revision"), tokenizer, rows, data_spec, hp, args, plan, adapter, callbacks)
         trainer, info = self.build_trainer(job)
         counter = TokenCounter()

@@ -21,11 +21,14 @@ _WRAP = {"transformer_layer": "TRANSFORMER_BASED_WRAP", "size": "SIZE_BASED_WRAP
 _DISTRIBUTED_TYPE = {"FSDP": "fsdp", "DEEPSPEED": "deepspeed", "MULTI_CPU": "ddp", "MULTI_GPU": "ddp", "NO": "none"}
 
 
-def strategy_args(spec: dict[str, Any], hp: TrainingHyperparameters) -> dict[str, Any]:
+def strategy_args(spec: dict[str, Any], hp: TrainingHyperparameters, cuda: bool) -> dict[str, Any]:
     """TrainingArguments fields for the task's strategy (laid over trainer_common.training_args)."""
     block = Distributed.model_validate(spec.get("distributed") or {})
     strategy = block.resolved()
     if strategy == "fsdp":
+        if not cuda:  # accelerate 1.x applies its FSDP plugin on GPUs only: on CPU it silently runs DDP
+            raise TaskInputError("distributed.strategy fsdp needs CUDA GPUs (accelerate shards with FSDP on GPUs "
+                                 "only; on CPU it would silently replicate): use strategy ddp on a CPU agent")
         return fsdp_args(block.fsdp or FsdpSettings(), hp)
     if strategy == "deepspeed":
         import importlib.util
@@ -71,16 +74,20 @@ def deepspeed_config(block: Distributed) -> dict[str, Any] | str:
 
 
 class TokenCounter:
-    """This rank's own tokens (its micro-batches' attention masks), for per-rank throughput."""
+    """This rank's own tokens (its micro-batches' attention masks), for per-rank throughput, and the step
+    it started training from (each rank's own: a resumed attempt shows every rank restored)."""
 
     def __init__(self) -> None:
         self.tokens = 0
         self.started = time.monotonic()
+        self.first_step: int | None = None
 
     def wrap(self, trainer: Any) -> None:
         inner = trainer.training_step
 
         def counted(model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            if self.first_step is None:
+                self.first_step = trainer.state.global_step
             mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
             ids = inputs.get("input_ids") if isinstance(inputs, dict) else None
             if mask is not None:
@@ -103,7 +110,7 @@ def run_facts(trainer: Any, counter: TokenCounter, runtime_s: float | None) -> d
     kind = str(getattr(getattr(trainer.accelerator, "distributed_type", None), "value", "NO"))
     runtime = runtime_s or max(1e-9, time.monotonic() - counter.started)
     mine = {"rank": dist.get_rank() if ws > 1 else 0, "tokens": counter.tokens, "runtime_s": round(runtime, 3),
-            "tokens_per_s": round(counter.tokens / runtime, 1)}
+            "tokens_per_s": round(counter.tokens / runtime, 1), "first_step": counter.first_step}
     ranks: list[Any] = [mine]
     if ws > 1:
         ranks = [None] * ws
