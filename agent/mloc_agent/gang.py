@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from mloc_shared.protocol import HeartbeatRequest, Lease, RendezvousPoint
 
 from mloc_agent.client import CoordinatorClient
+from mloc_agent.launch import Rendezvous
 
 WAIT_POLL_S = 0.2  # how often a waiting member asks (each ask renews its lease as well)
 
@@ -86,3 +87,26 @@ async def wait_for_rank0(client: CoordinatorClient, lease: Lease,
             return None
         await asyncio.sleep(WAIT_POLL_S)
     return None
+
+
+async def gang_rendezvous(client: CoordinatorClient, lease: Lease, address: str, own: RendezvousPoint | None,
+                          say: Callable[[str], None], stopped: Callable[[], bool]) -> Rendezvous:
+    """Node rank 0 (``own``: its free port on ``address``) publishes where its ranks listen; the other
+    members wait until a heartbeat reply relays it. LeaseLost if the gang was lost meanwhile."""
+    gang = lease.gang
+    assert gang is not None
+    if own is not None:
+        await publish(client, lease, own)
+        point: RendezvousPoint | None = own
+        say(f"[mloc] node rank 0 of {gang.nodes} (network {gang.network}): ranks meet at "
+            f"{address}:{own.master_port}\n")
+    else:
+        say(f"[mloc] node rank {gang.node_rank} of {gang.nodes}: waiting for the gang's rank 0 "
+            f"(agent {gang.members[0]}) to publish its rendezvous\n")
+        point = await wait_for_rank0(client, lease, stopped)
+        if point is not None:
+            say(f"[mloc] rank 0 is at {point.master_addr}:{point.master_port}\n")
+    if point is None:  # stopped while waiting: the task starts and is stopped at once
+        return Rendezvous(nnodes=gang.nodes, node_rank=gang.node_rank)
+    return Rendezvous(nnodes=gang.nodes, node_rank=gang.node_rank, master_addr=point.master_addr,
+                      master_port=point.master_port)

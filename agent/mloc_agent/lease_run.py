@@ -10,9 +10,7 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
-import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +18,13 @@ from typing import Any
 
 from mloc_shared.env_policy import refused_variable
 from mloc_shared.errors import LeaseLost
-from mloc_shared.hyperparams import STALLED, stall_timeout
+from mloc_shared.hyperparams import stall_timeout
 from mloc_shared.protocol import Completion, Lease, PreemptNotice, Progress, RendezvousPoint
 
 from mloc_agent.client import CoordinatorClient
 from mloc_agent.completions import CompletionReporter
 from mloc_agent.containers import ContainerRuntime, ImageUnavailable, task_container
-from mloc_agent.gang import free_port, lan_addresses, publish, transport_env, wait_for_rank0
+from mloc_agent.gang import free_port, gang_rendezvous, lan_addresses, transport_env
 from mloc_agent.heartbeat import keep_lease
 from mloc_agent.launch import (
     PREFIX_VARIABLE,
@@ -37,23 +35,23 @@ from mloc_agent.launch import (
     plan_launch,
     torchrun_argv,
 )
+from mloc_agent.lease_preemption import LeasePreemption
+from mloc_agent.lease_uploads import LeaseUploads
 from mloc_agent.log_streamer import LogStreamer
 from mloc_agent.modules.registry import load
 from mloc_agent.runner import LineSplitter, TaskProcess
 from mloc_agent.settings import AgentSettings
 from mloc_agent.sources import fetch_sources
 from mloc_agent.task_contract import (
-    PREEMPT_SIGNAL_NAME,
-    ArtifactAdded,
-    CheckpointSaved,
     Preempted,
     ProgressReport,
     TaskEnv,
     decode,
     host_argv,
 )
+from mloc_agent.task_outcome import base_result, completion_of, read_result_file
 from mloc_agent.task_secrets import fetch_secrets
-from mloc_agent.uploads import fetch_checkpoint, upload
+from mloc_agent.uploads import fetch_checkpoint
 from mloc_agent.warden import Warden
 from mloc_agent.watchdog import StallWatchdog
 from mloc_agent.workdirs import Janitor, make_dirs
@@ -100,14 +98,9 @@ class LeaseRun:
         self.started = asyncio.Event()  # its process was started (or it ended without one)
         self.workdir = deps.settings.data_dir / "work" / f"{lease.task_id}-{lease.attempt}"
         self.logs = LogStreamer(self.client, lease.task_id, lease.epoch, deps.settings.log_flush_s)
-        self._uploads: list[asyncio.Task[Any]] = []
-        # preemption (docs/modules.md): the request, whether the task can checkpoint on it, its ack, and
-        # whether the agent had to stop it (the grace ran out, or it cannot checkpoint)
-        self.preempt_notice: PreemptNotice | None = None
-        self.preempt_signalled_at: float | None = None
-        self.checkpoints_on_preempt = False
-        self.preempt_ack: Preempted | None = None
-        self.preempt_stopped = False
+        self.uploads = LeaseUploads(self.client, lease, self.workdir, lambda line: self.logs.write("system", line))
+        self.preemption = LeasePreemption(self.workdir / "preempt", lambda line: self.logs.write("system", line),
+                                          deps.settings.cancel_grace_s, lease.task_type)
         self.rendezvous: RendezvousPoint | None = None  # a gang's node rank 0: where its ranks listen
         self.gang_env: dict[str, str] = {}  # a gang member's transport settings (gang.transport_env)
         timeout = stall_timeout(lease.task_type, lease.spec.get("hyperparameters"))
@@ -161,41 +154,19 @@ class LeaseRun:
         return runtime.run_argv(spec), runtime.client_env(spec, os.environ)
 
     async def preempt(self, notice: PreemptNotice) -> None:
-        """Checkpoint and stop (the coordinator wants the GPUs, or this agent stops with notice): the task
-        gets the preempt file and the signal, ``notice.grace_s`` to save and exit, then it is stopped."""
-        if self.preempt_notice is not None or self.cancel_reason is not None or self.fenced is not None:
+        """Checkpoint and stop (the coordinator wants the GPUs, or this agent stops with notice):
+        lease_preemption.py. Before the process starts, _execute sees the notice."""
+        p = self.preemption
+        if p.notice is not None or self.cancel_reason is not None or self.fenced is not None or self.done.is_set():
             return
-        if self.done.is_set():
-            return
-        self.preempt_notice = notice
+        p.notice = notice
         self.logs.write("system", f"[mloc] {notice.reason or 'preempted'}: checkpoint and stop within "
                                   f"{notice.grace_s:g}s\n")
-        if self.proc is not None:  # not started yet: _execute sees the notice
-            await self._deliver_preempt()
-
-    async def _deliver_preempt(self) -> None:
-        proc, notice = self.proc, self.preempt_notice
-        assert proc is not None and notice is not None
-        if not self.checkpoints_on_preempt:
-            self.logs.write("system", "[mloc] this task cannot checkpoint on request: stopping it\n")
-            self.preempt_stopped = True
-            await proc.stop(self.deps.settings.cancel_grace_s)
-            return
-        path = self.workdir / "preempt"
-        await asyncio.to_thread(path.write_text, json.dumps({"grace_s": notice.grace_s, "reason": notice.reason}))
-        self.preempt_signalled_at = time.monotonic()
-        if not proc.marks:  # not under torchrun: its launcher does not handle SIGUSR1 and would die of it
-            proc.signal_task(getattr(signal, PREEMPT_SIGNAL_NAME))  # (its ranks see the file at their next step)
-        try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), notice.grace_s)
-        except TimeoutError:
-            self.logs.write("system", f"[mloc] the task did not stop within the {notice.grace_s:g}s grace: "
-                                      "stopping it\n")
-            self.preempt_stopped = True
-            await proc.stop(self.deps.settings.cancel_grace_s)
+        if self.proc is not None:
+            await p.deliver(self.proc)
 
     def _on_preempt(self, notice: PreemptNotice) -> None:
-        if self.preempt_notice is None and not self.done.is_set():
+        if self.preemption.notice is None and not self.done.is_set():
             self.deps.spawn(self.preempt(notice))
 
     def _on_cancel_requested(self) -> None:
@@ -267,9 +238,10 @@ class LeaseRun:
             names = ", ".join(sorted(p.name for p in sources_dir.iterdir()))
             self.logs.write("system", f"[mloc] fetched the outputs of task(s) {names}\n")
         module_cls = load(module_ref)
-        self.checkpoints_on_preempt = module_cls.checkpoints_on_preempt(lease.spec)
-        if self.preempt_notice is not None:  # asked to make room before it started: nothing to save
-            return Completion(epoch=lease.epoch, outcome="preempted", error=self.preempt_notice.reason or "preempted")
+        self.preemption.can_checkpoint = module_cls.checkpoints_on_preempt(lease.spec)
+        if self.preemption.notice is not None:  # asked to make room before it started: nothing to save
+            return Completion(epoch=lease.epoch, outcome="preempted",
+                              error=self.preemption.notice.reason or "preempted")
         result_file = self.workdir / "result.json"
         task_file = None
         image = lease.spec.get("image")
@@ -319,8 +291,8 @@ class LeaseRun:
         self.started.set()
         if self.cancel_reason is not None or self.fenced is not None:
             await self.proc.stop(settings.cancel_grace_s)
-        elif self.preempt_notice is not None:
-            self.deps.spawn(self._deliver_preempt())
+        elif self.preemption.notice is not None:
+            self.deps.spawn(self.preemption.deliver(self.proc))
         watcher = asyncio.create_task(self.watchdog.watch(self._stall)) if self.watchdog is not None else None
         code = await self.proc.wait()
         if watcher is not None:
@@ -340,60 +312,22 @@ class LeaseRun:
             self.logs.feed_eof(stream)
         if self.fenced is not None:
             return Completion(epoch=lease.epoch, outcome="failed", error=self.fenced)
-        await self._finish_uploads(output_dir)
-        outcome: dict[str, Any] = {}
-        if result_file.exists():
-            with contextlib.suppress(ValueError, OSError):
-                outcome = json.loads(result_file.read_text())
-        result = outcome.get("result") if isinstance(outcome.get("result"), dict) else {}
-        result = {"exit_code": code, **(result or {})}
-        if self.stalled is not None and self.cancel_reason is None:  # requeued like a lost box (leasing.py)
-            return Completion(epoch=lease.epoch, outcome="failed", exit_code=code, result=result, error=self.stalled,
-                              error_code=STALLED, retryable=True)
-        if self.cancel_reason is not None:
-            return Completion(epoch=lease.epoch, outcome="cancelled", exit_code=code, result=result,
-                              error=self.cancel_reason)
-        if self._was_preempted():
-            await self._upload_command_checkpoint(ckpt_dir)
-            notice = self.preempt_notice
-            assert notice is not None
-            step = self.preempt_ack.step if self.preempt_ack is not None else None
-            return Completion(epoch=lease.epoch, outcome="preempted", exit_code=code,
-                              result={**result, "preempted_at_step": step},
-                              error=notice.reason or "preempted")
-        if code == 0:
-            return Completion(epoch=lease.epoch, outcome="succeeded", exit_code=code, result=result)
-        error_code, retryable = outcome.get("error_code"), outcome.get("retryable")
-        # task_host's one-line error (modules/errors.py): the traceback stays in the task's logs
-        if isinstance(error_code, str) and len(error_code) <= 64:
-            return Completion(epoch=lease.epoch, outcome="failed", exit_code=code,
-                              result={**result, "error_code": error_code},
-                              error=str(outcome.get("error") or error_code), error_code=error_code,
-                              retryable=retryable if isinstance(retryable, bool) else None)
-        tail = self.logs.tail["stderr"].strip()[-1500:]
-        error = outcome.get("error") or f"exited with code {code}"
-        return Completion(epoch=lease.epoch, outcome="failed", exit_code=code, result=result,
-                          error=f"{error}\n{tail}" if tail else error)
+        await self.uploads.finish(output_dir)
+        outcome = read_result_file(result_file)
+        result = base_result(outcome, code)
+        if self.preemption.ended_it() and self.cancel_reason is None and self.stalled is None:
+            if self.preemption.command_checkpoint_due():
+                await self._upload_dir_as_checkpoint(ckpt_dir)
+            return self.preemption.completion(lease.epoch, code, result)
+        return completion_of(lease.epoch, code, outcome, result, stalled=self.stalled,
+                             cancel_reason=self.cancel_reason, stderr_tail=self.logs.tail["stderr"])
 
-    def _was_preempted(self) -> bool:
-        """Whether the attempt ended for its preemption request: it acknowledged (whatever its exit code:
-        under torchrun a clean save still exits 1), the agent stopped it, or a command that opted in exited
-        after the signal. A training task that just finished (0, no ack) succeeded; one that failed failed."""
-        if self.preempt_notice is None:
-            return False
-        if self.preempt_ack is not None or self.preempt_stopped:
-            return True
-        return self.preempt_signalled_at is not None and self.lease.task_type == "command"
-
-    async def _upload_command_checkpoint(self, ckpt_dir: Path) -> None:
-        """A ``command`` that exited within the grace: its $MLOC_CHECKPOINT_DIR is the checkpoint to resume
-        from (unless it sent its own, or the agent had to stop it)."""
-        if self.lease.task_type != "command" or self.preempt_stopped or self.preempt_ack is not None:
-            return
+    async def _upload_dir_as_checkpoint(self, ckpt_dir: Path) -> None:
+        """A command's $MLOC_CHECKPOINT_DIR, when it holds anything, as the checkpoint to resume from."""
         if not await asyncio.to_thread(lambda: any(ckpt_dir.iterdir())):
             return
         step = self.progress.step if self.progress is not None and self.progress.step is not None else 0
-        await self._upload(ckpt_dir, f"checkpoints/step-{step}.tar", "checkpoint", step)
+        await self.uploads.one(ckpt_dir, f"checkpoints/step-{step}.tar", "checkpoint", step)
 
     async def _stall(self, message: str) -> None:
         """The watchdog saw no step change for stall_timeout_s: stop every rank, report it as a stall."""
@@ -404,33 +338,21 @@ class LeaseRun:
 
     async def _rendezvous(self) -> Rendezvous:
         """Where this lease's ranks meet the others': one node, unless the lease is a gang member
-        (then rank 0's MASTER_ADDR:PORT, relayed by the coordinator)."""
-        gang, settings = self.lease.gang, self.deps.settings
-        if gang is None or gang.nodes <= 1:
+        (then rank 0's MASTER_ADDR:PORT, relayed by the coordinator: gang.py)."""
+        if self.lease.gang is None or self.lease.gang.nodes <= 1:
             return Rendezvous()
+        settings = self.deps.settings
         address = (lan_addresses(settings.lan_address, settings.coordinator_url) or ["127.0.0.1"])[0]
         self.gang_env = transport_env(address)
-        if gang.node_rank == 0:  # pick a free port on our LAN address and publish it
+        if self.lease.gang.node_rank == 0:  # node rank 0's heartbeats keep publishing it
             self.rendezvous = RendezvousPoint(master_addr=address, master_port=free_port(address))
-            await publish(self.client, self.lease, self.rendezvous)
-            point: RendezvousPoint | None = self.rendezvous
-            self.logs.write("system", f"[mloc] node rank 0 of {gang.nodes} (network {gang.network}): ranks meet at "
-                                      f"{address}:{self.rendezvous.master_port}\n")
-        else:
-            self.logs.write("system", f"[mloc] node rank {gang.node_rank} of {gang.nodes}: waiting for the gang's "
-                                      f"rank 0 (agent {gang.members[0]}) to publish its rendezvous\n")
-            try:
-                point = await wait_for_rank0(self.client, self.lease,
-                                             lambda: self.cancel_reason is not None or self.fenced is not None)
-            except LeaseLost as exc:
-                await self.fence(f"lease lost while waiting for the gang's rank 0: {exc.message}")
-                raise
-            if point is not None:
-                self.logs.write("system", f"[mloc] rank 0 is at {point.master_addr}:{point.master_port}\n")
-        if point is None:  # stopped while waiting: the task starts and is stopped at once
-            return Rendezvous(nnodes=gang.nodes, node_rank=gang.node_rank)
-        return Rendezvous(nnodes=gang.nodes, node_rank=gang.node_rank, master_addr=point.master_addr,
-                          master_port=point.master_port)
+        try:
+            return await gang_rendezvous(self.client, self.lease, address, self.rendezvous,
+                                         lambda line: self.logs.write("system", line),
+                                         lambda: self.cancel_reason is not None or self.fenced is not None)
+        except LeaseLost as exc:
+            await self.fence(f"lease lost while waiting for the gang's rank 0: {exc.message}")
+            raise
 
     def _on_channel_line(self, line: bytes) -> None:
         """A progress, checkpoint or artifact message from the task process (task_contract.decode)."""
@@ -443,44 +365,9 @@ class LeaseRun:
                 if self.progress.step is not None and self.progress.total:
                     self.progress.percent = round(100.0 * self.progress.step / self.progress.total, 2)
         elif isinstance(message, Preempted):
-            self.preempt_ack = message
-            self.logs.write("system", f"[mloc] the task checkpointed at step {message.step} and stops "
-                                      "for preemption\n")
+            self.preemption.acknowledged(message)
         elif message is not None:
-            self._upload_soon(message)
-
-    def _upload_soon(self, message: CheckpointSaved | ArtifactAdded) -> None:
-        if self.lease.gang is not None and self.lease.gang.node_rank > 0:
-            return  # a gang's node rank 0 uploads its checkpoints and outputs
-        path = Path(message.path)
-        if not path.is_absolute():
-            path = self.workdir / path
-        if not path.exists():
-            self.logs.write("system", f"[mloc] {message.kind} {path} does not exist; not uploaded\n")
-            return
-        if isinstance(message, CheckpointSaved):
-            step, default_name = message.step, f"checkpoints/step-{message.step}.tar"
-        else:
-            step, default_name = None, path.name
-        name = message.name or default_name
-        self._uploads.append(asyncio.create_task(self._upload(path, name, message.kind, step)))
-
-    async def _upload(self, path: Path, name: str, kind: str, step: int | None) -> None:
-        try:
-            await upload(self.client, self.task_id, self.lease.epoch, path, name=name, kind=kind, step=step)
-            self.logs.write("system", f"[mloc] uploaded {kind} {name}\n")
-        except Exception as exc:
-            self.logs.write("system", f"[mloc] upload of {name} failed: {exc}\n")
-
-    async def _finish_uploads(self, output_dir: Path) -> None:
-        if self._uploads:
-            await asyncio.gather(*self._uploads, return_exceptions=True)
-        if self.lease.gang is not None and self.lease.gang.node_rank > 0:
-            return  # a gang's node rank 0 uploads the outputs
-        if not any(os.scandir(output_dir)):  # the common case, checked without a recursive walk
-            return
-        for path in sorted(p for p in output_dir.rglob("*") if p.is_file()):
-            await self._upload(path, str(path.relative_to(output_dir)), "artifact", None)
+            self.uploads.soon(message)
 
     # -- talking to the coordinator ----------------------------------------------------------
 
