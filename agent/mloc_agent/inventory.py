@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import os
 import platform
 import shutil
 import socket
+import subprocess
 from pathlib import Path
 
+from mloc_shared.distributed import DISTRIBUTED_TYPES
 from mloc_shared.protocol import Gpu, GpuStat, Inventory
 
 from mloc_agent.settings import AgentSettings, DeclaredGpu
@@ -93,6 +96,35 @@ def gpu_stats() -> list[GpuStat] | None:
             pynvml.nvmlShutdown()
 
 
+# the capabilities matching knows (server/mloc_server/services/scheduler.py names what needs them)
+DEEPSPEED = "deepspeed"
+CUDA_GPUS = "cuda-gpus"
+_FIND_DEEPSPEED = "import importlib.util, sys; sys.exit(importlib.util.find_spec('deepspeed') is None)"
+
+
+def has_deepspeed(runtimes: dict[str, str]) -> bool:
+    """Whether DeepSpeed is installed where this agent's torchrun task types run: its own Python, or a
+    runtime interpreter (``runtimes:``) of one of them. Found, never imported (it would load torch
+    into the agent's process)."""
+    if importlib.util.find_spec("deepspeed") is not None:
+        return True
+    for python in sorted({runtimes[t] for t in DISTRIBUTED_TYPES if t in runtimes}):
+        try:
+            found = subprocess.run([python, "-c", _FIND_DEEPSPEED], capture_output=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if found.returncode == 0:
+            return True
+    return False
+
+
+def capabilities(settings: AgentSettings, gpu_source: str) -> list[str]:
+    found = [DEEPSPEED] if has_deepspeed(settings.runtimes) else []
+    if gpu_source == "nvml":  # declared GPUs may be none at all (a CPU box standing in for a GPU one)
+        found.append(CUDA_GPUS)
+    return found
+
+
 def collect(settings: AgentSettings, images: list[str] | None = None) -> Inventory:
     if settings.declared_gpus is not None:
         gpus, source, error = declared(settings.declared_gpus, settings.agent_name), "declared", None
@@ -106,4 +138,5 @@ def collect(settings: AgentSettings, images: list[str] | None = None) -> Invento
         cpu_count=os.cpu_count() or 1, memory_mb=_memory_mb(), disk_free_mb=disk.free // (1 << 20),
         platform=f"{platform.system()} {platform.machine()} python{platform.python_version()}",
         container_runtime=settings.container_runtime if images is not None else None, images=images or [],
+        capabilities=capabilities(settings, source),
     )

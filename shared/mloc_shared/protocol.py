@@ -63,6 +63,10 @@ class Inventory(WireModel):
     # images it holds (placement prefers an agent that has a task's image)
     container_runtime: str | None = None
     images: list[str] = Field(default_factory=list, max_length=4096)
+    # what the agent can run beyond task types, for matching (docs/protocol.md, Matching): "deepspeed"
+    # (importable where its training tasks run), "cuda-gpus" (NVML found GPUs). Optional on the wire:
+    # an older agent reports none
+    capabilities: list[str] = Field(default_factory=list, max_length=64)
 
 
 class Timings(WireModel):

@@ -82,9 +82,14 @@ class AgentState:
     # then never take its name; before that, its registration's answer may just have been lost)
     credential_used: bool = False
     image_set: frozenset[str] = field(default=frozenset(), init=False, repr=False)
+    capability_set: frozenset[str] = field(default=frozenset(), init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.image_set = frozenset(self.inventory.images)  # once: view() is on every poll's path
+        # once: view() is on every poll's path
+        self.image_set = frozenset(self.inventory.images)
+        # an agent from before capabilities were reported still says where its GPUs came from
+        cuda = {"cuda-gpus"} if self.inventory.gpu_source == "nvml" else set()
+        self.capability_set = frozenset(self.inventory.capabilities) | cuda
 
     @property
     def accepting(self) -> bool:
@@ -108,6 +113,7 @@ class AgentState:
             accepting=self.accepting,
             container_runtime=self.inventory.container_runtime,
             images=self.image_set,
+            capabilities=self.capability_set,
         )
 
     def wake(self, reason: str) -> None:

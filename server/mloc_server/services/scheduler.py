@@ -17,6 +17,25 @@ from mloc_shared.taskspec import TaskSpec
 
 MEMORY_TOLERANCE = 0.97
 
+# what an agent must report (Inventory.capabilities) for a strategy to run there, and why it does not
+CAPABILITY_MISSING = {
+    "deepspeed": "lacks DeepSpeed (pip install deepspeed on the agent)",
+    "cuda-gpus": "has no CUDA GPUs (distributed.strategy fsdp needs them)",
+}
+_STRATEGY_NEEDS = {"deepspeed": "deepspeed", "fsdp": "cuda-gpus"}
+_CAPABILITY_NAMES = {"deepspeed": "DeepSpeed", "cuda-gpus": "CUDA GPUs"}
+
+
+def needed_capabilities(spec: TaskSpec) -> tuple[str, ...]:
+    """The capabilities the task's ``distributed.strategy`` needs. An ``image:`` task brings its own
+    Python, so whether DeepSpeed is installed there is the image's business (the task says so if not)."""
+    if spec.distributed is None:
+        return ()
+    need = _STRATEGY_NEEDS.get(spec.distributed.resolved())
+    if need is None or (need == "deepspeed" and spec.image):
+        return ()
+    return (need,)
+
 
 @dataclass(frozen=True)
 class Requirement:
@@ -30,6 +49,7 @@ class Requirement:
     labels: tuple[tuple[str, str], ...] = ()
     nodes: int = 1  # agents leased together (a gang, services/gangs.py); the fields above are per agent
     image: str | None = None  # image: tasks need an agent with a container runtime (and prefer one holding it)
+    capabilities: tuple[str, ...] = ()  # what the agent must report (CAPABILITY_MISSING), sorted
     # how gpu_memory_gb was derived when the spec did not give it (shown on the task, not matched on)
     gpu_memory_rule: str | None = field(default=None, compare=False)
 
@@ -46,6 +66,7 @@ class Requirement:
             labels=tuple(sorted(r.labels.items())),
             nodes=r.nodes,
             image=spec.image,
+            capabilities=needed_capabilities(spec),
             gpu_memory_rule=estimate.rule if estimate is not None else None,
         )
 
@@ -60,6 +81,7 @@ class Requirement:
                 "labels": dict(self.labels),
                 **({"nodes": self.nodes} if self.nodes > 1 else {}),
                 **({"image": self.image} if self.image else {}),
+                **({"capabilities": list(self.capabilities)} if self.capabilities else {}),
                 **({"gpu_memory_rule": self.gpu_memory_rule} if self.gpu_memory_rule else {}),
             }
         )
@@ -76,6 +98,7 @@ class Requirement:
             labels=tuple(sorted((d.get("labels") or {}).items())),
             nodes=int(d.get("nodes", 1)),
             image=d.get("image"),
+            capabilities=tuple(d.get("capabilities") or ()),
             gpu_memory_rule=d.get("gpu_memory_rule"),
         )
 
@@ -93,6 +116,8 @@ class Requirement:
             parts.append(f"on each of {self.nodes} agents in one network")
         if self.image:
             parts.append(f"image {self.image}")
+        if self.capabilities:
+            parts.append("with " + " and ".join(_CAPABILITY_NAMES.get(c, c) for c in self.capabilities))
         return ", ".join(parts)
 
 
@@ -109,6 +134,7 @@ class AgentView:
     accepting: bool = True
     container_runtime: str | None = None
     images: frozenset[str] = frozenset()
+    capabilities: frozenset[str] = frozenset()
 
 
 def gpu_fits(req: Requirement, gpu: Gpu) -> bool:
@@ -128,6 +154,9 @@ def static_mismatch(req: Requirement, agent: AgentView) -> str | None:
             return f"lacks label {key}={value}"
     if req.image and not agent.container_runtime:
         return "has no container runtime for image: tasks (MLOC_CONTAINER_RUNTIME)"
+    for capability in req.capabilities:
+        if capability not in agent.capabilities:
+            return CAPABILITY_MISSING.get(capability, f"lacks {capability}")
     fitting = [g for g in agent.gpus if gpu_fits(req, g)]
     if len(fitting) < req.gpus:
         if not agent.gpus:
@@ -158,7 +187,7 @@ def match_key(agent: AgentView) -> tuple[object, ...]:
     equal keys fit exactly the same requirements (so one check can stand for many agents)."""
     gpus = sorted((g.name.lower(), g.memory_total_mb, g.cc, g.index in agent.used_gpus) for g in agent.gpus)
     return (agent.accepting, agent.free_slots > 0, agent.task_types, tuple(sorted(agent.labels.items())),
-            tuple(gpus), agent.container_runtime is not None)
+            tuple(gpus), agent.container_runtime is not None, agent.capabilities)
 
 
 def unplaceable_reason(req: Requirement, agents: Iterable[AgentView]) -> str | None:
