@@ -28,11 +28,14 @@ start=$(date +%s)
 step() { echo "containers: $1 ($(( $(date +%s) - start )) s)" >&2; }
 
 if ! podman image exists "$BASE"; then
-  if [ ! -s "$CACHE/base-rootfs.tar" ]; then
+  if [ ! -f "$CACHE/base-rootfs.tar" ] || [ ! -s "$CACHE/base-rootfs.tar" ]; then
+    rm -rf "$CACHE/base-rootfs.tar"
     step "1/4 making the base rootfs with mmdebstrap"
-    mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates bookworm \
-      "$CACHE/base-rootfs.tar.tmp" >&2
-    mv "$CACHE/base-rootfs.tar.tmp" "$CACHE/base-rootfs.tar"
+    # (mmdebstrap picks the output's format from its name: the partial file must end in .tar too)
+    rm -rf "$CACHE/base-rootfs.partial.tar"
+    mmdebstrap --quiet --variant=minbase --format=tar --include=python3,python3-venv,ca-certificates bookworm \
+      "$CACHE/base-rootfs.partial.tar" >&2
+    mv "$CACHE/base-rootfs.partial.tar" "$CACHE/base-rootfs.tar"
   fi
   podman import --quiet "$CACHE/base-rootfs.tar" "$BASE" >/dev/null
 fi
