@@ -3,11 +3,14 @@ channel's lines (from Python modules and from shell tasks) decoded as the agent 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -171,3 +174,41 @@ def test_the_task_host_survives_the_preemption_signal_and_a_preempted_module_exi
     assert "stopped for preemption" in proc.stderr
     assert [decode(line) for line in lines] == [Preempted(5)]
     assert not result_file.exists()
+
+
+def test_the_preemption_signal_never_kills_a_task_host_that_is_finishing(tmp_path: Path) -> None:
+    """A preemption can reach a task that just finished: SIGUSR1 keeps arriving, from the module's start
+    through the interpreter's shutdown (where CPython puts caught signals back to their default), and
+    the host still exits 0 with its result."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "quick.py").write_text(textwrap.dedent("""
+        import os
+        from mloc_agent.modules.base import BaseModule
+
+        class Quick(BaseModule):
+            task_type = "quick"
+
+            async def execute(self, progress_callback=None):
+                open(os.path.join(os.environ["MLOC_WORKDIR"], "started"), "w").close()
+                return {"done": True}
+    """))
+    task_file, result_file = tmp_path / "task.json", tmp_path / "result.json"
+    task_file.write_text(json.dumps({"spec": {}, "module": "quick:Quick", "python_path": [str(plugins)]}))
+    env = {**TaskEnv(task_id="t", attempt=1, gpus=[], workdir=tmp_path, output_dir=tmp_path / "o",
+                     checkpoint_dir=tmp_path / "c", task_file=task_file, result_file=result_file).to_env(),
+           "PATH": os.environ.get("PATH", "")}
+    proc = subprocess.Popen(host_argv(sys.executable), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "started").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    sent = 0
+    while proc.poll() is None and time.monotonic() < deadline:  # until it is gone, shutdown included
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGUSR1)
+            sent += 1
+    _, err = proc.communicate(timeout=30)
+    assert sent > 0
+    assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
+    assert json.loads(result_file.read_text()) == {"result": {"done": True}}

@@ -61,13 +61,16 @@ class LeasePreemption:
         self.ack = message
         self.say(f"[mloc] the task checkpointed at step {message.step} and stops for preemption\n")
 
-    def ended_it(self) -> bool:
-        """Whether the attempt ended for the request: it acknowledged, the agent stopped it, or a command
-        that opted in exited after the signal. A training task that just finished (0, no ack) succeeded;
-        one that failed failed."""
+    def ended_it(self, code: int | None) -> bool:
+        """Whether the attempt ended for the request: it acknowledged, the agent stopped it, a command
+        that opted in exited after the signal, or the signal itself ended the process (one that does not
+        handle it: it resumes from its last checkpoint). A training task that just finished (0, no ack)
+        succeeded; one that failed otherwise failed."""
         if self.notice is None:
             return False
         if self.ack is not None or self.stopped:
+            return True
+        if self.signalled_at is not None and code == -getattr(signal, PREEMPT_SIGNAL_NAME):
             return True
         return self.signalled_at is not None and self.task_type == "command"
 

@@ -315,7 +315,7 @@ class LeaseRun:
         await self.uploads.finish(output_dir)
         outcome = read_result_file(result_file)
         result = base_result(outcome, code)
-        if self.preemption.ended_it() and self.cancel_reason is None and self.stalled is None:
+        if self.preemption.ended_it(code) and self.cancel_reason is None and self.stalled is None:
             if self.preemption.command_checkpoint_due():
                 await self._upload_dir_as_checkpoint(ckpt_dir)
             return self.preemption.completion(lease.epoch, code, result)

@@ -14,10 +14,16 @@ import signal
 import sys
 import traceback
 
-from mloc_agent.modules.base import TaskContext
-from mloc_agent.modules.errors import failure_of
-from mloc_agent.modules.registry import load
-from mloc_agent.task_contract import PREEMPT_SIGNAL_NAME, RESULT_FILE, TASK_FILE, PreemptedExit, TaskEnv
+# The preemption signal (SIGUSR1) must never kill the host: modules poll the preempt file at their step
+# boundaries (task_contract.py). Ignored, not caught: CPython puts a caught signal back to its default
+# (death) while the interpreter shuts down, and a preemption arriving as a finished task exits would kill
+# it; an ignored one stays ignored. Set first thing, so the window before it is the interpreter's start.
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+from mloc_agent.modules.base import TaskContext  # noqa: E402
+from mloc_agent.modules.errors import failure_of  # noqa: E402
+from mloc_agent.modules.registry import load  # noqa: E402
+from mloc_agent.task_contract import RESULT_FILE, TASK_FILE, PreemptedExit, TaskEnv  # noqa: E402
 
 
 def main() -> int:
@@ -29,8 +35,6 @@ def main() -> int:
     # isolated mode (task_contract.host_argv) ignored PYTHONPATH: the agent's own comes in the task file
     sys.path[:0] = [p for p in task.get("python_path", []) if p not in sys.path]
     ctx = TaskContext.from_env(task["spec"])
-    # the preemption signal must not kill the host: modules poll the preempt file (task_contract.py)
-    signal.signal(getattr(signal, PREEMPT_SIGNAL_NAME), lambda signum, frame: None)
     try:
         module = load(task["module"])(ctx)
         result = asyncio.run(module.execute(progress_callback=ctx.progress))

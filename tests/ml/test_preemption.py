@@ -145,7 +145,7 @@ def test_a_drain_with_a_deadline_moves_a_running_sft_to_another_agent_at_once(
     coordinator: Coordinator, start_agent, tiny_lm: Path
 ) -> None:
     start_agent("spot", max_tasks=1)
-    task_id = coordinator.submit(sft(tiny_lm, 200))["id"]  # normal: a drain with notice applies to any task
+    task_id = coordinator.submit(sft(tiny_lm, 600))["id"]  # normal: a drain with notice applies to any task
     wait_training(coordinator, task_id)
     start_agent("spare", max_tasks=1)
     t0 = time.monotonic()
@@ -154,7 +154,7 @@ def test_a_drain_with_a_deadline_moves_a_running_sft_to_another_agent_at_once(
     assert cli.returncode == 0 and "checkpoint within 60s" in cli.stdout, cli.stdout + cli.stderr
     answered = time.monotonic() - t0
     moved = moved_at_once(coordinator, task_id, t0, "spare")
-    k = assert_resumed_at_preemption(coordinator, finished(coordinator, task_id), 200)
+    k = assert_resumed_at_preemption(coordinator, finished(coordinator, task_id), 600)
     print(f"\n[figures] mloc drain --deadline 1m -> running on the spare agent: {moved:.2f}s, {moved - answered:.2f}s "
           f"after the CLI's answer (TTL {TTL:g}s); resumed at step {k}")
 
@@ -163,7 +163,7 @@ def test_sigterm_under_a_stop_deadline_moves_a_running_sft_to_another_agent_at_o
     coordinator: Coordinator, start_agent, tiny_lm: Path
 ) -> None:
     spot = start_agent("spot", max_tasks=1, extra_env={"MLOC_STOP_DEADLINE_S": "60"})
-    task_id = coordinator.submit(sft(tiny_lm, 200))["id"]
+    task_id = coordinator.submit(sft(tiny_lm, 600))["id"]
     wait_training(coordinator, task_id)
     start_agent("spare", max_tasks=1)
     t0 = time.monotonic()
@@ -171,7 +171,7 @@ def test_sigterm_under_a_stop_deadline_moves_a_running_sft_to_another_agent_at_o
     moved = moved_at_once(coordinator, task_id, t0, "spare")
     wait_for(lambda: not spot.proc.alive(), 30, "the stopping agent to exit")  # once its task had reported
     assert spot.stop() == 0
-    k = assert_resumed_at_preemption(coordinator, finished(coordinator, task_id), 200)
+    k = assert_resumed_at_preemption(coordinator, finished(coordinator, task_id), 600)
     assert coordinator.http.get("/metrics").text.count("mloc_leases_expired_total 0.0") == 1
     print(f"\n[figures] SIGTERM (MLOC_STOP_DEADLINE_S=60) -> running on the spare agent: {moved:.2f}s "
           f"(TTL {TTL:g}s); resumed at step {k}")
