@@ -4,31 +4,18 @@ requirement's ``nodes`` round trip."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from mloc_server.services.scheduler import Requirement
 from mloc_server.store import SqliteStore, Store
 from mloc_server.store.records import GangMember
 
-from tests.test_store_contract import T0, agent, new_task
+from tests.test_store_contract import T0, StoreUnderTest, agent, new_task
 
 MEMBERS = [GangMember("a1", (0,)), GangMember("a2", (1, 2))]
 
 
-class GangStoreContract:
-    def make_store(self, data_dir: Path) -> Store:
-        raise NotImplementedError
-
-    @pytest.fixture
-    async def store(self, tmp_path: Path) -> AsyncIterator[Store]:
-        s = self.make_store(tmp_path)
-        await s.open()
-        try:
-            yield s
-        finally:
-            await s.close()
+class GangStoreContract(StoreUnderTest):
 
     async def test_a_gang_claim_leases_to_every_member_at_one_epoch_once(self, store: Store) -> None:
         await store.write(lambda tx: tx.insert_task(new_task("t1")))

@@ -51,8 +51,9 @@ def upload(upload_id: str, task_id: str, name: str, *, kind: str = "artifact", s
                          size=size, storage_key=f"tasks/{task_id}/{upload_id}/{name}", multipart_id=None, created_at=T0)
 
 
-class StoreContract:
-    """Every backend passes these. A subclass supplies ``make_store`` for its backend."""
+class StoreUnderTest:
+    """An open store of the backend a subclass names (``make_store``), for each test: the base of every
+    contract suite (this one, tests/test_gangs_store.py)."""
 
     def make_store(self, data_dir: Path) -> Store:
         raise NotImplementedError
@@ -65,6 +66,10 @@ class StoreContract:
             yield s
         finally:
             await s.close()
+
+
+class StoreContract(StoreUnderTest):
+    """Every backend passes these. A subclass supplies ``make_store`` for its backend."""
 
     async def insert(self, store: Store, *tasks: NewTask) -> None:
         await store.write(lambda tx: [tx.insert_task(t) for t in tasks])

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mloc_agent.task_contract import (
@@ -138,12 +139,25 @@ def test_a_preemption_ack_from_a_shell_decodes_and_the_preempt_file_is_the_flag(
     assert preempt_requested(env)
 
 
+def hosted_plugin(tmp_path: Path, module: str, cls: str, source: str,
+                  **task_env: Any) -> tuple[Path, dict[str, str]]:
+    """A task module ``module:cls`` written as a plugin, and the environment the agent would start the
+    task host with for it: (its result file, the environment)."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / f"{module}.py").write_text(textwrap.dedent(source))
+    task_file, result_file = tmp_path / "task.json", tmp_path / "result.json"
+    task_file.write_text(json.dumps({"spec": {}, "module": f"{module}:{cls}", "python_path": [str(plugins)]}))
+    env = TaskEnv(task_id="t", attempt=1, gpus=[], workdir=tmp_path, output_dir=tmp_path / "o",
+                  checkpoint_dir=tmp_path / "c", task_file=task_file, result_file=result_file, **task_env).to_env()
+    return result_file, {**env, "PATH": os.environ.get("PATH", "")}
+
+
 def test_the_task_host_survives_the_preemption_signal_and_a_preempted_module_exits_0(tmp_path: Path) -> None:
     """SIGUSR1 (the preemption signal) would kill a Python process by default: the host ignores it, and a
     module leaving through PreemptedExit after its ack exits 0 without a result."""
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "stopper.py").write_text(textwrap.dedent("""
+    read_fd, write_fd = os.pipe()
+    result_file, env = hosted_plugin(tmp_path, "stopper", "Stopper", """
         import os, signal
         from mloc_agent.modules.base import BaseModule
         from mloc_agent.task_contract import Preempted, PreemptedExit, preempt_requested
@@ -156,15 +170,8 @@ def test_the_task_host_survives_the_preemption_signal_and_a_preempted_module_exi
                 assert preempt_requested()
                 self.ctx.send(Preempted(5))
                 raise PreemptedExit("preempted at step 5")
-    """))
+    """, progress_fd=write_fd, preempt_file=tmp_path / "preempt")
     (tmp_path / "preempt").write_text("{}")
-    task_file, result_file = tmp_path / "task.json", tmp_path / "result.json"
-    task_file.write_text(json.dumps({"spec": {}, "module": "stopper:Stopper", "python_path": [str(plugins)]}))
-    read_fd, write_fd = os.pipe()
-    env = {**TaskEnv(task_id="t", attempt=1, gpus=[], workdir=tmp_path, output_dir=tmp_path / "o",
-                     checkpoint_dir=tmp_path / "c", task_file=task_file, result_file=result_file,
-                     progress_fd=write_fd, preempt_file=tmp_path / "preempt").to_env(),
-           "PATH": os.environ.get("PATH", "")}
     proc = subprocess.run(host_argv(sys.executable), env=env, pass_fds=(write_fd,), capture_output=True,
                           text=True, timeout=60, cwd=tmp_path)
     os.close(write_fd)
@@ -180,9 +187,7 @@ def test_the_preemption_signal_never_kills_a_task_host_that_is_finishing(tmp_pat
     """A preemption can reach a task that just finished: SIGUSR1 keeps arriving, from the module's start
     through the interpreter's shutdown (where CPython puts caught signals back to their default), and
     the host still exits 0 with its result."""
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "quick.py").write_text(textwrap.dedent("""
+    result_file, env = hosted_plugin(tmp_path, "quick", "Quick", """
         import os
         from mloc_agent.modules.base import BaseModule
 
@@ -192,12 +197,7 @@ def test_the_preemption_signal_never_kills_a_task_host_that_is_finishing(tmp_pat
             async def execute(self, progress_callback=None):
                 open(os.path.join(os.environ["MLOC_WORKDIR"], "started"), "w").close()
                 return {"done": True}
-    """))
-    task_file, result_file = tmp_path / "task.json", tmp_path / "result.json"
-    task_file.write_text(json.dumps({"spec": {}, "module": "quick:Quick", "python_path": [str(plugins)]}))
-    env = {**TaskEnv(task_id="t", attempt=1, gpus=[], workdir=tmp_path, output_dir=tmp_path / "o",
-                     checkpoint_dir=tmp_path / "c", task_file=task_file, result_file=result_file).to_env(),
-           "PATH": os.environ.get("PATH", "")}
+    """)
     proc = subprocess.Popen(host_argv(sys.executable), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30

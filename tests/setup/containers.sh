@@ -41,20 +41,26 @@ if ! podman image exists "$BASE"; then
 fi
 step "1/4 base image $BASE"
 
-# pip inside a build reaches the index the way this machine's pip does: its CA bundle and its
-# local wheels (the CPU torch build) are mounted into the build, and named by pip's own variables
+# pip inside a build is configured like this machine's pip: each of its settings (`pip config list`)
+# that the Containerfiles take as a build argument (PIP_CERT, PIP_FIND_LINKS) is passed on, and the
+# host paths it names (a CA bundle, a folder of wheels) are mounted at the same paths, read-only.
+# A folder holding the torch 2.13.0 wheel means: torch from there (the CPU build), not its index.
 build_args=()
-cert="${PIP_CERT:-$(python3 -m pip config get global.cert 2>/dev/null || true)}"
-if [ -n "$cert" ] && [ -f "$cert" ]; then
-  build_args+=(-v "$cert:/run/mloc-build-ca.crt:ro" --build-arg PIP_CERT=/run/mloc-build-ca.crt)
-fi
-links="${PIP_FIND_LINKS:-$(python3 -m pip config get global.find-links 2>/dev/null || true)}"
-if [ -n "$links" ] && [ -d "$links" ]; then
-  build_args+=(-v "$links:/run/mloc-build-wheels:ro" --build-arg PIP_FIND_LINKS=/run/mloc-build-wheels)
-  if compgen -G "$links/torch-2.13.0*.whl" >/dev/null; then
-    build_args+=(--build-arg TORCH_INDEX=)  # the wheel on disk is the CPU build
-  fi
-fi
+declare -A mounted=()
+while IFS= read -r line; do
+  key=${line%%=*}; value=${line#*=}; value=${value#\'}; value=${value%\'}
+  name="PIP_$(printf '%s' "${key##*.}" | tr 'a-z-' 'A-Z_')"
+  case "$name" in PIP_CERT|PIP_FIND_LINKS) ;; *) continue ;; esac
+  for path in $value; do
+    [ -e "$path" ] && [ -z "${mounted[$path]:-}" ] || continue
+    mounted[$path]=1
+    build_args+=(-v "$path:$path:ro")
+    if [ -d "$path" ] && compgen -G "$path/torch-2.13.0*.whl" >/dev/null; then
+      build_args+=(--build-arg TORCH_INDEX=)
+    fi
+  done
+  build_args+=(--build-arg "$name=$value")
+done < <(python3 -m pip config list 2>/dev/null)  # (its PIP_* environment variables included)
 
 build() {  # tag, containerfile (podman warns about each build argument left unset: not news here)
   podman build --quiet --format docker --build-arg BASE="$BASE" "${build_args[@]}" -f "$2" -t "$1" . \
