@@ -38,6 +38,7 @@ from mloc_agent.launch import (
 from mloc_agent.lease_preemption import LeasePreemption
 from mloc_agent.lease_uploads import LeaseUploads
 from mloc_agent.log_streamer import LogStreamer
+from mloc_agent.model_cache import ModelCache, model_line
 from mloc_agent.modules.registry import load
 from mloc_agent.runner import LineSplitter, TaskProcess
 from mloc_agent.settings import AgentSettings
@@ -76,6 +77,7 @@ class LeaseDeps:
     heartbeat_s: float
     spawn: Callable[[Coroutine[Any, Any, None]], None]  # runs a coroutine in the background
     containers: ContainerRuntime | None = None  # runs image: tasks (None: this agent takes none)
+    model_cache: ModelCache | None = None  # what the agent holds, for the task's log (model_cache.py)
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,10 @@ class LeaseRun:
         secret_env = await fetch_secrets(self.client, lease)  # only here, in the child's environment
         self.logs.redactor.add(secret_env.values())
         env.update(secret_env)
+        if self.deps.model_cache is not None:
+            line = model_line(lease.spec, self.deps.model_cache.current)
+            if line is not None:
+                self.logs.write("system", line)
         resume_dir = None
         if lease.resume is not None:
             self.logs.write("system", f"[mloc] resuming from checkpoint {lease.resume.name} "

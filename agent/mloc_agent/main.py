@@ -27,6 +27,7 @@ from mloc_agent.completions import CompletionReporter
 from mloc_agent.containers import ContainerRuntime
 from mloc_agent.gang import lan_addresses
 from mloc_agent.lease_run import LeaseDeps, LeaseRun
+from mloc_agent.model_cache import ModelCache, ModelScan
 from mloc_agent.modules import registry
 from mloc_agent.retries import Backoff, retryable, retryable_registration
 from mloc_agent.settings import AgentSettings
@@ -59,6 +60,7 @@ class Agent:
         self.draining = False
         self.inventory = inventory.collect(settings, self.containers.images() if self.containers else None)
         self.max_tasks = settings.max_tasks or max(1, len(self.inventory.gpus))
+        self.model_cache = ModelCache(settings.data_dir)  # what it holds: scanned at start and after each task
         self._idle = asyncio.Event()
         self._repoll = asyncio.Event()  # set when the held poll no longer says the right thing
         self._background: set[asyncio.Task[None]] = set()
@@ -85,9 +87,12 @@ class Agent:
 
     async def register(self) -> None:
         """Re-register with the saved credential (keeps our identity), else with the join token."""
+        held = self.model_cache.current
+        inventory = self.inventory if held is None else self.inventory.model_copy(
+            update={"models": list(held.models), "disk_free_bytes": held.disk_free_bytes})
         req = RegisterRequest(
             agent_version=__version__, name=self.settings.agent_name, labels=self.settings.agent_labels,
-            inventory=self.inventory, task_types=sorted(self.modules), max_tasks=self.max_tasks,
+            inventory=inventory, task_types=sorted(self.modules), max_tasks=self.max_tasks,
             network=self.settings.network or self.settings.agent_labels.get("network"),
             addresses=lan_addresses(self.settings.lan_address, self.settings.coordinator_url),
         )
@@ -117,6 +122,7 @@ class Agent:
                     await asyncio.wait_for(self._idle.wait(), delay)
                 if self.draining:
                     return
+        self.model_cache.reported_to_coordinator(held)
         self.client.credential = resp.credential
         self.client.poll_hold_s = resp.timings.poll_hold_s
         self.timings = resp.timings
@@ -156,6 +162,7 @@ class Agent:
             loop.add_signal_handler(sig, self.drain)
         try:
             await self._sweep_leftovers()
+            await self.model_cache.refresh()
             await self.register()
             await self._poll_loop()
             if self.runs:
@@ -176,10 +183,11 @@ class Agent:
         poll_id = uuid.uuid4().hex
         backoff = Backoff(0.5, 30.0)
         while not (self.draining and not self.runs):
+            held = self.model_cache.unreported()
             req = PollRequest(
                 poll_id=poll_id, free_slots=0 if self.draining else max(0, self.max_tasks - len(self.runs)),
                 running=[LeaseRef(task_id=r.task_id, epoch=self._held_epoch(r)) for r in self.runs.values()],
-                draining=self.draining, gpu_stats=self._gpu_stats(),
+                draining=self.draining, gpu_stats=self._gpu_stats(), **_held_fields(held),
             )
             self._repoll.clear()
             poll = asyncio.create_task(self.client.poll(req))
@@ -212,6 +220,7 @@ class Agent:
                 await asyncio.sleep(delay)  # same poll_id: a retry is idempotent
                 continue
             backoff.reset()
+            self.model_cache.reported_to_coordinator(held)
             poll_id = uuid.uuid4().hex
             new_runs = [self._start(lease) for lease in resp.leases if self._accept(lease)]
             if new_runs:  # start them before the next poll's work competes for this loop (briefly: a download
@@ -259,6 +268,7 @@ class Agent:
             host_python_path=self.host_python_path,
             warden=self.warden, janitor=self.janitor, completions=self.completions,
             heartbeat_s=self.timings.heartbeat_s, spawn=self.spawn, containers=self.containers,
+            model_cache=self.model_cache,
         )
 
     def _start(self, lease) -> LeaseRun:
@@ -273,6 +283,8 @@ class Agent:
             finally:
                 # dropped from `running` only now that the completion is acknowledged
                 self.runs.pop(lease.task_id, None)
+                if not self.draining:  # it may have fetched a model: tell the coordinator what we hold now
+                    self.spawn(self._rescan_models())
                 following = self.next_attempts.pop(lease.task_id, None)
                 if following is not None:
                     self._start(following)
@@ -281,6 +293,17 @@ class Agent:
 
         self.spawn(go())
         return run
+
+    async def _rescan_models(self) -> None:
+        """After a task: scan what the agent holds (in a thread); if it changed, the held poll is sent again
+        carrying it, so placement sees a model a task just fetched before the next task is placed."""
+        try:
+            changed = await self.model_cache.refresh()
+        except Exception:  # the scan is best-effort: placement keeps the last result
+            log.exception("listing the models this agent holds failed")
+            return
+        if changed and not self.draining:
+            self._repoll.set()
 
     def _gpu_stats(self):
         if self.inventory.gpu_source != "nvml" or time.monotonic() - self._last_gpu_stats < GPU_STATS_EVERY_S:
@@ -296,6 +319,13 @@ class Agent:
         await asyncio.to_thread(self.janitor.close)
         await self.client.close()
         log.info("agent stopped")
+
+
+def _held_fields(held: ModelScan | None) -> dict[str, Any]:
+    """A poll's held-models fields: the scan the coordinator has not had yet, else nothing (unchanged)."""
+    if held is None:
+        return {}
+    return {"models": list(held.models), "disk_free_bytes": held.disk_free_bytes}
 
 
 def _use_pidfd_child_watcher(loop: asyncio.AbstractEventLoop) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from mloc_shared.protocol import Gpu, TaskState
+from mloc_shared.protocol import Gpu, HeldModel, TaskState
 from pydantic import BaseModel, Field
 
 from mloc_server.store.records import StoredArtifact, StoredToken, Usage
@@ -52,6 +52,8 @@ class AttemptView(BaseModel):
     ended_at: float | None
     outcome: str | None
     error: str | None
+    model_cached: bool | None = Field(None, description="its agent already held the task's hub model "
+                                                        "(model.source); null when the spec names none")
 
 
 class TaskRecord(BaseModel):
@@ -231,6 +233,11 @@ class Worker(BaseModel):
     memory_mb: int
     gpus: list[WorkerGpu]
     leases: list[WorkerLease]
+    model_count: int = Field(0, description="models and datasets it holds (hub cache, mirror copies, store)")
+    model_bytes: int = Field(0, description="their size on disk, in bytes")
+    disk_free_bytes: int | None = Field(None, description="free bytes on its data dir's disk, as last reported")
+    models: list[HeldModel] | None = Field(None, description="what it holds (id, kind, bytes, where): shown to "
+                                                             "admins only, as a private repo's name can be telling")
 
 
 class WorkerList(BaseModel):

@@ -50,6 +50,22 @@ class Gpu(WireModel):
             return 0.0
 
 
+class HeldModel(WireModel):
+    """A model or dataset an agent holds on disk (placement prefers an agent that holds a task's model).
+
+    ``kind``: model | dataset. ``where``: hf-cache (its Hugging Face cache, which is also where tasks'
+    hub downloads land), mirror (a copy fetched from the coordinator's mirror) or store (a folder under
+    its data dir's ``models/`` or ``datasets/``). Plain strings, so a newer agent's value still reads."""
+
+    id: str = Field(min_length=1, max_length=1024)
+    kind: str = Field("model", max_length=32)
+    bytes: int = Field(0, ge=0, le=2**63 - 1)
+    where: str = Field("hf-cache", max_length=32)
+
+
+MAX_HELD_MODELS = 4096
+
+
 class Inventory(WireModel):
     hostname: str
     gpus: list[Gpu] = Field(default_factory=list)
@@ -67,6 +83,10 @@ class Inventory(WireModel):
     # (importable where its training tasks run), "cuda-gpus" (NVML found GPUs). Optional on the wire:
     # an older agent reports none
     capabilities: list[str] = Field(default_factory=list, max_length=64)
+    # the models and datasets it holds, and the free bytes of its data dir's disk (mloc_agent/model_cache.py);
+    # refreshed by a poll when they change. Optional on the wire: an older agent reports none
+    models: list[HeldModel] = Field(default_factory=list, max_length=MAX_HELD_MODELS)
+    disk_free_bytes: Int64 | None = None
 
 
 class Timings(WireModel):
@@ -151,6 +171,10 @@ class PollRequest(WireModel):
     completions: list[CompletionRef] = Field(default_factory=list)
     draining: bool = False
     gpu_stats: list[GpuStat] | None = None
+    # what the agent holds, sent when it changed since the last poll it had an answer to (None: unchanged);
+    # the coordinator replaces the inventory's ``models`` and ``disk_free_bytes`` with them
+    models: list[HeldModel] | None = Field(None, max_length=MAX_HELD_MODELS)
+    disk_free_bytes: Int64 | None = None
 
 
 class Checkpoint(WireModel):

@@ -125,6 +125,8 @@ class Agents:
             shown = lease is not None and _may_see(viewer, lease)
             gpus.append(WorkerGpu(**reported, busy=lease is not None, task_id=lease.task_id if shown else None))
         connected = agent.connected(hold, self.clock.time())
+        held = agent.inventory.models
+        shown_models = {"models": held} if viewer.is_admin else {}
         return Worker(
             id=agent.id, name=agent.name, labels=agent.labels, state=agent.state if connected else "offline",
             draining=agent.self_draining or agent.state == "draining", connected=connected, address=agent.address,
@@ -133,6 +135,8 @@ class Agents:
             hostname=agent.inventory.hostname, cpu_count=agent.inventory.cpu_count,
             memory_mb=agent.inventory.memory_mb, gpus=gpus,
             leases=[_lease_view(lease, viewer) for lease in agent.leases.values() if lease.epoch >= 0],
+            model_count=len(held), model_bytes=sum(m.bytes for m in held),
+            disk_free_bytes=agent.inventory.disk_free_bytes, **shown_models,
         )
 
     def listing(self, viewer: Principal) -> list[Worker]:

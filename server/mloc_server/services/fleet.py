@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mloc_shared.protocol import GpuStat, Inventory, Lease, PreemptNotice
+from mloc_shared.protocol import GpuStat, HeldModel, Inventory, Lease, PreemptNotice
 
 from mloc_server.services.queue import QueuedTask, TaskMeta, TaskQueue
 from mloc_server.services.scheduler import AgentView, Requirement, pick_gpus
@@ -83,13 +83,29 @@ class AgentState:
     credential_used: bool = False
     image_set: frozenset[str] = field(default=frozenset(), init=False, repr=False)
     capability_set: frozenset[str] = field(default=frozenset(), init=False, repr=False)
+    model_set: frozenset[str] = field(default=frozenset(), init=False, repr=False)  # hub ids of held models
+    inventory_dirty: bool = False  # its held models changed since the last flush (services/reaper.py)
 
     def __post_init__(self) -> None:
         # once: view() is on every poll's path
         self.image_set = frozenset(self.inventory.images)
+        self.model_set = _model_ids(self.inventory.models)
         # an agent from before capabilities were reported still says where its GPUs came from
         cuda = {"cuda-gpus"} if self.inventory.gpu_source == "nvml" else set()
         self.capability_set = frozenset(self.inventory.capabilities) | cuda
+
+    def set_models(self, models: list[HeldModel], disk_free_bytes: int | None) -> None:
+        """What a poll reported it holds now (mloc_agent/model_cache.py); the reaper writes it down."""
+        update: dict[str, Any] = {"models": models}
+        if disk_free_bytes is not None:
+            update["disk_free_bytes"] = disk_free_bytes
+        self.inventory = self.inventory.model_copy(update=update)
+        self.model_set = _model_ids(models)
+        self.inventory_dirty = True
+
+    def holds_model(self, model: str | None) -> bool | None:
+        """Whether it holds the hub model ``model``; None when there is no model to hold."""
+        return None if model is None else model in self.model_set
 
     @property
     def accepting(self) -> bool:
@@ -129,12 +145,22 @@ class AgentState:
         return now - self.last_seen < hold_s + 30
 
 
-def prefers(req: Requirement) -> Callable[[AgentState], bool] | None:
-    """Which waiting agents a task of this shape goes to first: one already holding its image."""
-    if req.image is None:
+def _model_ids(models: list[HeldModel]) -> frozenset[str]:
+    """The hub ids an agent can load without a download: its hub cache and mirror copies (a folder of its
+    store is not found by a hub id), models only (a dataset of the same name is not the model)."""
+    return frozenset(m.id for m in models if m.kind == "model" and m.where in ("hf-cache", "mirror"))
+
+
+def prefers(req: Requirement) -> Callable[[AgentState], int] | None:
+    """Which waiting agents a task goes to first: a score of what each already holds of the task's image
+    and its hub model (services/waiting.py wakes higher scores first). None: nothing to prefer."""
+    if req.image is None and req.model is None:
         return None
-    image = req.image if ":" in req.image.rsplit("/", 1)[-1] else f"{req.image}:latest"
-    return lambda agent: image in agent.image_set
+    image = None
+    if req.image is not None:
+        image = req.image if ":" in req.image.rsplit("/", 1)[-1] else f"{req.image}:latest"
+    model = req.model
+    return lambda agent: (image in agent.image_set) + (model in agent.model_set)
 
 
 class Fleet:

@@ -33,7 +33,8 @@ class Handoff:
 
     def claim(self, tx: StoreTx, task_id: str, now: float) -> list[Claimed]:
         """Inside the submit's transaction: claim the new task for the reserved agent."""
-        return tx.claim_tasks(self.agent.id, [Claim(task_id, self.lease.gpus)], self.poll_id, now)
+        claim = Claim(task_id, self.lease.gpus, self.agent.holds_model(self.lease.req.model))
+        return tx.claim_tasks(self.agent.id, [claim], self.poll_id, now)
 
     def settle(self, claimed: list[Claimed]) -> bool:
         """After the commit: hand the lease to the agent's poll, or undo the reservation (the

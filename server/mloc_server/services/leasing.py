@@ -83,7 +83,7 @@ class Leasing:
         now = self.clock.time()
         # reserve the GPUs before the await
         provisional = {qt.id: self.reserve_lease(agent, qt.id, gpus, qt.req, qt.meta, poll_id) for qt, gpus in picks}
-        claims = [Claim(qt.id, gpus) for qt, gpus in picks]
+        claims = [Claim(qt.id, gpus, agent.holds_model(qt.req.model)) for qt, gpus in picks]
         try:
             claimed = await self._db.write(lambda tx: tx.claim_tasks(agent.id, claims, poll_id, now))
         except Exception:

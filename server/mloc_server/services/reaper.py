@@ -50,23 +50,27 @@ class Reaper:
         await self.flush()
 
     async def flush(self) -> None:
-        """Write progress and agents' last-seen times gathered since the last flush."""
+        """Write progress, agents' last-seen times and changed inventories (held models) gathered since the
+        last flush."""
         fleet = self.fleet
         progress = [(lease.task_id, lease.epoch, lease.progress) for lease in fleet.leases.values()
                     if lease.progress_dirty and lease.progress is not None]
         seen = [(a.last_seen, a.id) for a in fleet.agents.values() if a.seen_dirty]
-        if not progress and not seen:
+        inventories = [(a.inventory, a.id) for a in fleet.agents.values() if a.inventory_dirty]
+        if not progress and not seen and not inventories:
             return
         for lease in fleet.leases.values():
             lease.progress_dirty = False
         for agent in fleet.agents.values():
-            agent.seen_dirty = False
+            agent.seen_dirty = agent.inventory_dirty = False
 
         def write(tx: StoreTx) -> None:
             if progress:
                 tx.save_progress(progress)
             if seen:
                 tx.touch_agents(seen)
+            if inventories:
+                tx.save_inventories(inventories)
 
         await self.db.write(write)
 

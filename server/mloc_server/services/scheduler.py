@@ -8,6 +8,7 @@ reports 24,564 MiB = 23.99 GiB), and nobody asking for 24 GB means to exclude it
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +25,17 @@ CAPABILITY_MISSING = {
 }
 _STRATEGY_NEEDS = {"deepspeed": "deepspeed", "fsdp": "cuda-gpus"}
 _CAPABILITY_NAMES = {"deepspeed": "DeepSpeed", "cuda-gpus": "CUDA GPUs"}
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+def hub_model(spec: TaskSpec) -> str | None:
+    """The Hugging Face Hub id the task loads its model from (``model.source`` of type huggingface that is
+    not a path), or None: placement prefers an agent that holds it, and the attempt records whether it did."""
+    source = spec.model.source if spec.model is not None else None
+    if source is None or source.type != "huggingface":
+        return None
+    name = source.identifier
+    return name if _HUB_ID.match(name) and not name.startswith((".", "-")) else None
 
 
 def needed_capabilities(spec: TaskSpec) -> tuple[str, ...]:
@@ -52,6 +64,8 @@ class Requirement:
     capabilities: tuple[str, ...] = ()  # what the agent must report (CAPABILITY_MISSING), sorted
     # how gpu_memory_gb was derived when the spec did not give it (shown on the task, not matched on)
     gpu_memory_rule: str | None = field(default=None, compare=False)
+    # the hub model it loads: a preference, not a requirement, so not part of the queue's shapes either
+    model: str | None = field(default=None, compare=False)
 
     @classmethod
     def from_spec(cls, spec: TaskSpec) -> Requirement:
@@ -68,6 +82,7 @@ class Requirement:
             image=spec.image,
             capabilities=needed_capabilities(spec),
             gpu_memory_rule=estimate.rule if estimate is not None else None,
+            model=hub_model(spec),
         )
 
     def to_json(self) -> str:
@@ -83,6 +98,7 @@ class Requirement:
                 **({"image": self.image} if self.image else {}),
                 **({"capabilities": list(self.capabilities)} if self.capabilities else {}),
                 **({"gpu_memory_rule": self.gpu_memory_rule} if self.gpu_memory_rule else {}),
+                **({"model": self.model} if self.model else {}),
             }
         )
 
@@ -100,6 +116,7 @@ class Requirement:
             image=d.get("image"),
             capabilities=tuple(d.get("capabilities") or ()),
             gpu_memory_rule=d.get("gpu_memory_rule"),
+            model=d.get("model"),
         )
 
     def describe(self) -> str:

@@ -52,17 +52,19 @@ class WaitingPolls:
             del self._groups[key]
 
     def pop_fitting(self, fits: Callable[[AgentView], bool],
-                    prefer: Callable[[AgentState], bool] | None = None) -> Iterator[AgentState]:
+                    prefer: Callable[[AgentState], int] | None = None) -> Iterator[AgentState]:
         """Unpark and yield waiting agents that fit, longest-waiting group first; one check per group.
-        ``prefer``: agents it picks (holding the task's image) come before the others that fit, a
-        preference only: the others still follow at once."""
+        ``prefer`` scores an agent by what it holds of the task (its image, its model: fleet.prefers):
+        higher scores come before the others that fit, a preference only: the others still follow at once."""
         if prefer is not None:
             fitting = [g for g in list(self._groups.values()) if g and fits(next(iter(g.values())).view())]
-            for group in fitting:
-                for agent in [a for a in group.values() if prefer(a)]:
-                    if self._key_of.get(agent.id) is not None and group.get(agent.id) is agent:
-                        self._remove(agent.id)
-                        yield agent
+            scored = [(score, order, group, agent) for order, (group, agent) in
+                      enumerate((g, a) for g in fitting for a in g.values()) if (score := prefer(agent)) > 0]
+            scored.sort(key=lambda item: (-item[0], item[1]))  # stable: longest-waiting first among equals
+            for _, _, group, agent in scored:
+                if self._key_of.get(agent.id) is not None and group.get(agent.id) is agent:
+                    self._remove(agent.id)
+                    yield agent
             groups = fitting
         else:
             groups = list(self._groups.values())

@@ -17,6 +17,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from mloc_shared.protocol import Inventory
+
 from mloc_server.store.records import (
     AttemptUsage,
     Claim,
@@ -105,6 +107,10 @@ class StoreTx(ABC):
     @abstractmethod
     def touch_agents(self, seen: Iterable[tuple[float, str]]) -> None:
         """(last seen, agent id) pairs gathered in memory since the last flush."""
+
+    @abstractmethod
+    def save_inventories(self, inventories: Iterable[tuple[Inventory, str]]) -> None:
+        """(inventory, agent id) pairs whose held models a poll changed since the last flush."""
 
     @abstractmethod
     def set_agent_state(self, agent_id: str, state: str) -> bool:

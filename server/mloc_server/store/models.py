@@ -62,6 +62,7 @@ class AttemptRow(SQLModel, table=True):
     outcome: str | None = None
     error: str | None = None
     members: str | None = None  # a gang's attempt: JSON list of agent ids, by node rank
+    model_cached: bool | None = None  # its agent held the task's hub model (None: the spec names none)
 
 
 class AgentRow(SQLModel, table=True):

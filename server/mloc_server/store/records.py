@@ -62,6 +62,7 @@ class StoredAttempt(BaseModel):
     outcome: str | None
     error: str | None
     members: str | None = Field(None, description="JSON list of a gang attempt's agent ids, by node rank")
+    model_cached: bool | None = Field(None, description="its agent held the task's hub model when it was leased")
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Claim:
 
     task_id: str
     gpus: tuple[int, ...]
+    model_cached: bool | None = None  # the agent held the task's hub model (None: the spec names none)
 
 
 @dataclass

@@ -7,6 +7,8 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from mloc_shared.protocol import Inventory
+
 from mloc_server.store import records as rec
 from mloc_server.store import repo
 from mloc_server.store.base import Store, StoreTx
@@ -65,6 +67,9 @@ class SqliteTx(StoreTx):
 
     def touch_agents(self, seen: Iterable[tuple[float, str]]) -> None:
         repo.touch_agents(self.con, seen)
+
+    def save_inventories(self, inventories: Iterable[tuple[Inventory, str]]) -> None:
+        repo.save_inventories(self.con, inventories)
 
     def delete_agent(self, agent_id: str) -> bool:
         return repo.delete_agent(self.con, agent_id)

@@ -238,15 +238,26 @@ def cancel(task_id: str, config: Path | None = ConfigOpt) -> None:
 def agents(config: Path | None = ConfigOpt) -> None:
     """List agents with their GPUs and leases."""
     data = _call(_client(config).get, "/api/v1/workers")
-    table = Table("name", "state", "labels", "GPUs", "leases", "last seen")
+    table = Table("name", "state", "labels", "GPUs", "leases", "models", "disk free", "last seen")
     for a in data["workers"]:
         gpus = ", ".join(f"{g['name']} {g['memory_total_mb'] / 1024:.0f}G"
                          + (" (declared)" if g.get("declared") else "") for g in a["gpus"])
         gpus = gpus or "CPU only"
         labels = ",".join(f"{k}={v}" for k, v in a["labels"].items())
+        free = a.get("disk_free_bytes")
         table.add_row(a["name"], a["state"] + (" (draining)" if a["draining"] else ""), labels, gpus,
-                      str(len(a["leases"])), f"{time.time() - a['last_seen']:.0f}s ago")
+                      str(len(a["leases"])), f"{a.get('model_count', 0)} ({_size(a.get('model_bytes', 0))})",
+                      _size(free) if free is not None else "-", f"{time.time() - a['last_seen']:.0f}s ago")
     console.print(table)
+
+
+def _size(n: float) -> str:
+    """Bytes for a table: 512 B, 3.4 MB, 12.0 GB."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 def _seconds(text: str) -> float:

@@ -30,6 +30,11 @@ def touch_agents(con: sqlite3.Connection, seen: Iterable[tuple[float, str]]) -> 
     con.executemany("UPDATE agents SET last_seen=? WHERE id=?", list(seen))
 
 
+def save_inventories(con: sqlite3.Connection, inventories: Iterable[tuple[Inventory, str]]) -> None:
+    con.executemany("UPDATE agents SET inventory=? WHERE id=?",
+                    [(inv.model_dump_json(), agent_id) for inv, agent_id in inventories])
+
+
 def set_agent_state(con: sqlite3.Connection, agent_id: str, state: str) -> bool:
     return con.execute("UPDATE agents SET state=? WHERE id=?", (state, agent_id)).rowcount == 1
 

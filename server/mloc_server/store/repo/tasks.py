@@ -68,9 +68,10 @@ def claim_tasks(
         if row is None:
             continue
         con.execute(
-            "INSERT INTO attempts(task_id, attempt, epoch, agent_id, gpus, gpu_count, started_at) "
-            "VALUES(?,?,?,?,?,?,?)",
-            (c.task_id, row["attempts"], row["epoch"], agent_id, json.dumps(list(c.gpus)), len(c.gpus), now),
+            "INSERT INTO attempts(task_id, attempt, epoch, agent_id, gpus, gpu_count, started_at, model_cached) "
+            "VALUES(?,?,?,?,?,?,?,?)",
+            (c.task_id, row["attempts"], row["epoch"], agent_id, json.dumps(list(c.gpus)), len(c.gpus), now,
+             c.model_cached),
         )
         out.append(
             Claimed(c.task_id, row["epoch"], row["attempts"], row["task_type"], row["spec"],
@@ -238,7 +239,8 @@ async def list_tasks(
 
 async def task_attempts(db: Database, task_id: str) -> list[sqlite3.Row]:
     return await db.read(
-        "SELECT attempt, epoch, agent_id, gpus, started_at, ended_at, outcome, error, members FROM attempts "
+        "SELECT attempt, epoch, agent_id, gpus, started_at, ended_at, outcome, error, members, model_cached "
+        "FROM attempts "
         "WHERE task_id=? ORDER BY attempt",
         (task_id,),
     )
