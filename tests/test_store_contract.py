@@ -17,7 +17,7 @@ import pytest
 from mloc_server.store import SqliteStore, Store, StoreTx
 from mloc_server.store.records import Claim, NewTask, PendingUpload, StoredAgent, StoredToken
 from mloc_shared.errors import Conflict, NotFound
-from mloc_shared.protocol import Gpu, Inventory
+from mloc_shared.protocol import Gpu, HeldModel, Inventory
 
 T0 = 1_700_000_000.0  # a wall-clock instant the tests count from
 
@@ -299,6 +299,22 @@ class StoreContract(StoreUnderTest):
         by_id = {a.id: a for a in await store.all_agents()}
         assert (by_id["a1"].state, by_id["a1"].last_seen) == ("draining", T0)
         assert (by_id["a2"].state, by_id["a2"].last_seen) == ("active", T0 + 7)
+
+    async def test_held_models_a_poll_reported_replace_the_stored_inventory(self, store: Store) -> None:
+        await store.write(lambda tx: [tx.save_agent(agent("a1")), tx.save_agent(agent("a2"))])
+        first = agent("a1").inventory
+        held = first.model_copy(update={"models": [HeldModel(id="org/x", bytes=123)], "disk_free_bytes": 9 << 30})
+        await store.write(lambda tx: tx.save_inventories([(held, "a1"), (held, "ghost")]))
+        by_id = {a.id: a for a in await store.all_agents()}
+        assert by_id["a1"].inventory == held and by_id["a1"].inventory.gpus == first.gpus
+        assert by_id["a2"].inventory.models == [] and by_id["a2"].inventory.disk_free_bytes is None
+
+    async def test_an_attempt_records_whether_its_agent_held_the_model(self, store: Store) -> None:
+        await self.insert(store, new_task("held"), new_task("fetched"), new_task("none"))
+        claims = [Claim("held", (0,), True), Claim("fetched", (1,), False), Claim("none", (2,))]
+        await store.write(lambda tx: tx.claim_tasks("a1", claims, "poll-1", T0 + 10))
+        cached = {t: [a.model_cached for a in await store.task_attempts(t)] for t in ("held", "fetched", "none")}
+        assert cached == {"held": [True], "fetched": [False], "none": [None]}
 
     async def test_a_deleted_agent_is_gone_and_its_name_free(self, store: Store) -> None:
         await store.write(lambda tx: [tx.save_agent(agent("a1")), tx.save_agent(agent("a2"))])
