@@ -68,41 +68,48 @@ def scan_hf_cache(cache_dir: Path | None) -> list[HeldModel]:
             for repo in info.repos if repo.repo_type in ("model", "dataset") and repo.revisions]
 
 
-def _size(folder: Path) -> int:
-    """Bytes of the files under ``folder``, each file counted once (links to one blob are one file)."""
+def _folder_bytes(folder: Path) -> int | None:
+    """Bytes of the files under ``folder``, each file counted once (links to one blob are one file); None
+    when it holds no file or a download into it is still under way (a ``.partial`` or ``.incomplete`` file)."""
     seen: set[tuple[int, int]] = set()
-    total = 0
+    total, files_found = 0, False
     for root, _dirs, files in os.walk(folder):
         for name in files:
+            if name.endswith(_PARTIAL):
+                return None
             try:
                 st = os.stat(os.path.join(root, name))
             except OSError:
                 continue
+            files_found = True
             if (st.st_dev, st.st_ino) not in seen:
                 seen.add((st.st_dev, st.st_ino))
                 total += st.st_size
-    return total
+    return total if files_found else None
 
 
 def _visible(path: Path) -> bool:
     return not path.name.startswith(".") and not path.name.endswith(_PARTIAL)
 
 
-def _entries(root: Path) -> Iterator[tuple[str, Path]]:
-    """(id, path) of what a folder holds: ``name/`` (a folder with files), ``org/name/`` (one level
-    deeper, like a hub id) or a top-level file (a dataset file)."""
+def _entries(root: Path) -> Iterator[tuple[str, int]]:
+    """(id, bytes) of what a folder holds: ``name/`` (a folder with files), ``org/name/`` (one level deeper,
+    like a hub id) or a top-level file (a dataset file). Empty and half-downloaded folders are left out."""
     if not root.is_dir():
         return
     for entry in sorted(p for p in root.iterdir() if _visible(p)):
         if entry.is_file():
-            yield entry.name, entry
-        elif entry.is_dir():
-            children = [c for c in entry.iterdir() if _visible(c)]
-            if any(c.is_file() for c in children):
-                yield entry.name, entry
-            else:
-                for child in sorted(c for c in children if c.is_dir()):
-                    yield f"{entry.name}/{child.name}", child
+            yield entry.name, entry.stat().st_size
+            continue
+        if not entry.is_dir():
+            continue
+        children = list(entry.iterdir())
+        if any(c.is_file() for c in children):
+            found = [(entry.name, _folder_bytes(entry))]
+        else:
+            found = [(f"{entry.name}/{c.name}", _folder_bytes(c)) for c in sorted(children) if c.is_dir()
+                     and _visible(c)]
+        yield from ((name, size) for name, size in found if size is not None)
 
 
 def scan_folders(data_dir: Path) -> list[HeldModel]:
@@ -110,9 +117,8 @@ def scan_folders(data_dir: Path) -> list[HeldModel]:
     found = []
     for where, base in (("mirror", data_dir / "mirror"), ("store", data_dir)):
         for kind, folder in (("model", "models"), ("dataset", "datasets")):
-            for name, path in _entries(base / folder):
-                found.append(HeldModel(id=name, kind=kind, bytes=path.stat().st_size if path.is_file() else
-                                       _size(path), where=where))
+            found.extend(HeldModel(id=name, kind=kind, bytes=size, where=where)
+                         for name, size in _entries(base / folder))
     return found
 
 
