@@ -102,7 +102,7 @@ def test_the_task_log_says_whether_its_hub_model_was_on_the_agent(tmp_path: Path
     hub = {"model": {"source": {"type": "huggingface", "identifier": "org/tiny"}}}
     assert model_line(hub, found) == "[mloc] model org/tiny is on this agent already (hf-cache)\n"
     other = {"model": {"source": {"identifier": "org/other"}}}  # type huggingface is the default
-    assert model_line(other, found) == "[mloc] model org/other is not on this agent yet: the task fetches it\n"
+    assert model_line(other, found) == "[mloc] model org/other is not on this agent yet: loading it downloads it\n"
     for no_hub in ({}, {"model": {"source": {"type": "local", "identifier": "/m"}}},
                    {"model": {"source": {"identifier": "./folder"}}}):
         assert spec_hub_model(no_hub) is None and model_line(no_hub, found) is None

@@ -155,6 +155,7 @@ class Agent:
     async def run(self) -> None:
         self.modules = registry.available(self.settings.disabled_task_types, self.settings.runtimes)
         loop = asyncio.get_running_loop()
+        held = asyncio.create_task(self.model_cache.refresh())  # in a thread, while the rest starts
         _use_pidfd_child_watcher(loop)
         await self.warden.start()
         self.completions.start()
@@ -162,7 +163,7 @@ class Agent:
             loop.add_signal_handler(sig, self.drain)
         try:
             await self._sweep_leftovers()
-            await self.model_cache.refresh()
+            await held  # registration tells the coordinator what this agent holds
             await self.register()
             await self._poll_loop()
             if self.runs:
@@ -299,8 +300,8 @@ class Agent:
         carrying it, so placement sees a model a task just fetched before the next task is placed."""
         try:
             changed = await self.model_cache.refresh()
-        except Exception:  # the scan is best-effort: placement keeps the last result
-            log.exception("listing the models this agent holds failed")
+        except OSError as exc:  # its data dir's disk cannot be read: placement keeps the last report
+            log.warning("could not list the models this agent holds: %s", exc)
             return
         if changed and not self.draining:
             self._repoll.set()

@@ -129,7 +129,8 @@ def scan(data_dir: Path, cache_dir: Path | None) -> ModelScan:
                        ("the data dir", lambda: scan_folders(data_dir))):
         try:
             models.extend(step())
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # best effort (a corrupted cache, a folder removed meanwhile): placement
+            # only prefers holders, so a place that cannot be read counts as empty
             log.warning("could not list the models in %s: %s", what, exc)
     models.sort(key=lambda m: (m.where, m.kind, m.id))
     if len(models) > MAX_HELD_MODELS:
@@ -155,7 +156,7 @@ def model_line(spec: dict[str, Any], held: ModelScan | None) -> str | None:
     where = held.holds(hub_id)
     if where is not None:
         return f"[mloc] model {hub_id} is on this agent already ({where})\n"
-    return f"[mloc] model {hub_id} is not on this agent yet: the task fetches it\n"
+    return f"[mloc] model {hub_id} is not on this agent yet: loading it downloads it\n"
 
 
 class ModelCache:
