@@ -15,7 +15,7 @@ from mloc_shared.protocol import GpuStat, HeldModel, Inventory, Lease, PreemptNo
 
 from mloc_server.services.queue import QueuedTask, TaskMeta, TaskQueue
 from mloc_server.services.scheduler import AgentView, Requirement, pick_gpus
-from mloc_server.services.waiting import WaitingPolls
+from mloc_server.services.waiting import Preference, WaitingPolls
 
 if TYPE_CHECKING:
     from mloc_server.services.fairshare import SharePolicy
@@ -84,12 +84,13 @@ class AgentState:
     image_set: frozenset[str] = field(default=frozenset(), init=False, repr=False)
     capability_set: frozenset[str] = field(default=frozenset(), init=False, repr=False)
     model_set: frozenset[str] = field(default=frozenset(), init=False, repr=False)  # hub ids of held models
+    held_keys: frozenset[str] = field(default=frozenset(), init=False, repr=False)  # "image:…", "model:…"
     inventory_dirty: bool = False  # its held models changed since the last flush (services/reaper.py)
 
     def __post_init__(self) -> None:
         # once: view() is on every poll's path
         self.image_set = frozenset(self.inventory.images)
-        self.model_set = _model_ids(self.inventory.models)
+        self._held(_model_ids(self.inventory.models))
         # an agent from before capabilities were reported still says where its GPUs came from
         cuda = {"cuda-gpus"} if self.inventory.gpu_source == "nvml" else set()
         self.capability_set = frozenset(self.inventory.capabilities) | cuda
@@ -100,8 +101,12 @@ class AgentState:
         if disk_free_bytes is not None:
             update["disk_free_bytes"] = disk_free_bytes
         self.inventory = self.inventory.model_copy(update=update)
-        self.model_set = _model_ids(models)
+        self._held(_model_ids(models))
         self.inventory_dirty = True
+
+    def _held(self, models: frozenset[str]) -> None:
+        self.model_set = models
+        self.held_keys = frozenset({image_key(i) for i in self.image_set} | {model_key(m) for m in models})
 
     def holds_model(self, model: str | None) -> bool | None:
         """Whether it holds the hub model ``model``; None when there is no model to hold."""
@@ -151,16 +156,20 @@ def _model_ids(models: list[HeldModel]) -> frozenset[str]:
     return frozenset(m.id for m in models if m.kind == "model" and m.where in ("hf-cache", "mirror"))
 
 
-def prefers(req: Requirement) -> Callable[[AgentState], int] | None:
-    """Which waiting agents a task goes to first: a score of what each already holds of the task's image
-    and its hub model (services/waiting.py wakes higher scores first). None: nothing to prefer."""
-    if req.image is None and req.model is None:
-        return None
-    image = None
-    if req.image is not None:
-        image = req.image if ":" in req.image.rsplit("/", 1)[-1] else f"{req.image}:latest"
-    model = req.model
-    return lambda agent: (image in agent.image_set) + (model in agent.model_set)
+def image_key(image: str) -> str:
+    """An image's key among what an agent holds; a reference without a tag means ``:latest``."""
+    return "image:" + (image if ":" in image.rsplit("/", 1)[-1] else f"{image}:latest")
+
+
+def model_key(hub_id: str) -> str:
+    return "model:" + hub_id
+
+
+def prefers(req: Requirement) -> Preference | None:
+    """Which waiting agents a task goes to first: those already holding its image or its hub model, the
+    ones holding both before the others (services/waiting.py). None: nothing to prefer."""
+    keys = ([image_key(req.image)] if req.image is not None else []) + ([model_key(req.model)] if req.model else [])
+    return Preference(tuple(keys)) if keys else None
 
 
 class Fleet:
