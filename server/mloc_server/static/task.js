@@ -4,6 +4,8 @@
 (() => {
   const { api, el, ago, duration, bar, badge, fill, when, eta } = MLOC;
   const FINAL = new Set(["succeeded", "failed", "cancelled"]);
+  // an attempt's model_cached (docs/scheduling.md, Placement): whether its agent held the hub model
+  const MODEL_CACHED = { true: " · model cached", false: " · model fetched", null: "", undefined: "" };
   const MAX_LOG_NODES = 5000; // the oldest lines leave the page; the API keeps them all
   const taskId = decodeURIComponent(location.pathname.split("/").pop());
   const base = "/api/v1/tasks/" + encodeURIComponent(taskId);
@@ -51,7 +53,7 @@
         t.state === "running" ? "ETA " + duration(eta(t)) : ""].filter(Boolean).join(" · ") })] : []));
     facts(t);
     fill($("attempts-body"), (t.attempt_history || []).map((a) => el("tr", {},
-      el("td", { text: String(a.attempt) }), el("td", { text: a.agent || "–" }), el("td", { text: a.gpus.join(",") || "–" }),
+      el("td", { text: String(a.attempt) }), el("td", { text: (a.agent || "–") + MODEL_CACHED[String(a.model_cached)] }), el("td", { text: a.gpus.join(",") || "–" }),
       el("td", { text: when(a.started_at) }), el("td", { text: when(a.ended_at) }),
       el("td", { text: duration((a.ended_at || MLOC.now()) - a.started_at) }),
       el("td", {}, badge(a.outcome || "running")), el("td", { class: "mono", text: a.error || "" }))), 8, "not started yet");
