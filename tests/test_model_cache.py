@@ -4,12 +4,14 @@ and its free disk; a poll carries a scan only when it changed."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
 from pathlib import Path
 
 import pytest
+from mloc_agent import model_cache
 from mloc_agent.model_cache import ModelCache, model_line, scan, spec_hub_model
 from mloc_shared.protocol import HeldModel
 
@@ -93,6 +95,29 @@ async def test_a_poll_carries_a_scan_until_one_that_carried_it_is_answered(tmp_p
     assert models.unreported() is sent  # a poll that was dropped before its answer: the next one carries it
     models.reported_to_coordinator(sent)
     assert models.unreported() is None
+
+
+async def test_a_burst_of_task_ends_costs_two_scans_and_small_disk_moves_are_no_news(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scans: list[Path] = []
+
+    def counted(data_dir: Path, cache_dir: Path | None) -> model_cache.ModelScan:
+        scans.append(data_dir)
+        return real_scan(data_dir, cache_dir)
+
+    real_scan = model_cache.scan
+    monkeypatch.setattr(model_cache, "scan", counted)
+    models = ModelCache(tmp_path / "agent", tmp_path / "hub")
+    await asyncio.gather(*(models.refresh() for _ in range(10)))
+    assert len(scans) == 2  # the first, and one covering the nine asked while it ran
+    models.reported_to_coordinator(models.unreported())
+
+    told = models.reported
+    assert told is not None
+    models.current = model_cache.ModelScan(told.models, told.disk_free_bytes - (1 << 20))  # a task's logs
+    assert models.unreported() is None
+    models.current = model_cache.ModelScan(told.models, told.disk_free_bytes - (2 << 30))  # a 2 GB checkpoint
+    assert models.unreported() is models.current
 
 
 def test_the_task_log_says_whether_its_hub_model_was_on_the_agent(tmp_path: Path) -> None:

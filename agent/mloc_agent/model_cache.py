@@ -160,29 +160,46 @@ def model_line(spec: dict[str, Any], held: ModelScan | None) -> str | None:
 
 
 class ModelCache:
-    """The last scan, and what the coordinator was last told: a poll carries a scan only when they differ."""
+    """The last scan, and what the coordinator was last told: a poll carries a scan only when what the
+    agent holds changed, or its free disk moved by more than ``DISK_SLACK_BYTES`` (every task's logs and
+    outputs move it a little, and the list can be long)."""
+
+    DISK_SLACK_BYTES = 1 << 30
 
     def __init__(self, data_dir: Path, cache_dir: Path | None = None) -> None:
         self.data_dir = data_dir
         self.cache_dir = cache_dir
+        self._cache_dir_known = cache_dir is not None
         self.current: ModelScan | None = None
         self.reported: ModelScan | None = None
         self._lock = asyncio.Lock()
+        self._asked = 0  # refreshes asked for; a scan that starts covers every one asked before it
+        self._scanned_for = 0  # the refreshes the last scan covers
 
     async def refresh(self) -> bool:
-        """Scan again, off the event loop; returns whether the result changed. Scans do not overlap: one
-        asked for while another runs waits for it and then scans (a task may have ended in between)."""
+        """Scan again, off the event loop; returns whether there is news for the coordinator. Scans do
+        not overlap, and a burst of task ends costs at most two: the one running and one after it (a
+        refresh asked for while another waits is covered by that one)."""
+        self._asked += 1
+        asked = self._asked
         async with self._lock:
-            if self.cache_dir is None:
+            if self._scanned_for >= asked:
+                return self.unreported() is not None
+            self._scanned_for = self._asked
+            if not self._cache_dir_known:
                 self.cache_dir = await asyncio.to_thread(hub_cache_dir)
-            found = await asyncio.to_thread(scan, self.data_dir, self.cache_dir)
-            changed = found != self.current
-            self.current = found
-            return changed
+                self._cache_dir_known = True
+            self.current = await asyncio.to_thread(scan, self.data_dir, self.cache_dir)
+            return self.unreported() is not None
 
     def unreported(self) -> ModelScan | None:
-        """The scan to send with the next poll, or None when the coordinator already has it."""
-        return self.current if self.current is not None and self.current != self.reported else None
+        """The scan to send with the next poll, or None when the coordinator has what matters of it."""
+        now, told = self.current, self.reported
+        if now is None:
+            return None
+        if told is None or now.models != told.models:
+            return now
+        return now if abs(now.disk_free_bytes - told.disk_free_bytes) > self.DISK_SLACK_BYTES else None
 
     def reported_to_coordinator(self, sent: ModelScan | None) -> None:
         """A poll that carried ``sent`` was answered (or a registration did): the coordinator has it."""
