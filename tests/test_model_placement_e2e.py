@@ -5,12 +5,13 @@ next one goes to the other agent at once. Command tasks: no model is loaded, onl
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import FINAL, Agent, Coordinator, wait_for
+from tests.harness import FINAL, MLOC, Agent, Coordinator, base_env, wait_for
 from tests.test_model_cache import put_in_hub_cache
 
 pytestmark = pytest.mark.timeout(90)
@@ -50,6 +51,11 @@ def test_a_task_goes_to_the_agent_holding_its_model_and_to_another_at_once_while
         listed = {w["name"]: w for w in coord.workers()}
         assert [(m["id"], m["kind"], m["where"]) for m in listed["warm"]["models"]] == [(MODEL, "model", "hf-cache")]
         assert listed["warm"]["model_count"] == 1 and listed["cold"]["model_count"] == 0
+        size = listed["warm"]["model_bytes"]
+        out = subprocess.run([*MLOC, "agents"], capture_output=True, text=True, timeout=60, env=base_env(
+            MLOC_COORDINATOR_URL=coord.url, MLOC_TOKEN=coord.admin_token, COLUMNS="250"))
+        warm_row = next(line for line in out.stdout.splitlines() if "warm" in line)
+        assert out.returncode == 0 and f"1 ({size} B)" in warm_row, out.stdout + out.stderr
 
         first = coord.wait_state(coord.submit(on_model("first"))["id"], FINAL, timeout=20)
         assert first["state"] == "succeeded", first["error"]
