@@ -44,6 +44,10 @@ class LeaseState:
     closing: bool = False  # a completion or requeue is being committed
     progress: dict[str, Any] | None = None
     progress_dirty: bool = False
+    # progress history not written yet: (step, received at, loss, learning rate, metrics), one per distinct step
+    points: list[tuple[int, float, float | None, float | None, dict[str, float] | None]] = field(default_factory=list)
+    last_point_step: int | None = None
+    points_stored: int | None = None  # rows this attempt holds, as the last write said (None: not known)
     delivered: bool = True  # False while a handed-off offer waits for a poll reply to carry it
     preempt: PreemptNotice | None = None  # asked to checkpoint and stop (services/preemption.py, a drain)
     preempt_sent: bool = False  # a poll reply carried it (heartbeat replies carry it until the end)

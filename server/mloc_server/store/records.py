@@ -203,6 +203,28 @@ class StoredLogChunk(BaseModel):
     data: str
 
 
+class ProgressPoint(BaseModel):
+    """One point of a task's progress history: what a heartbeat carried at ``step``, received at ``t``."""
+
+    attempt: int
+    step: int
+    t: float
+    loss: float | None = None
+    learning_rate: float | None = None
+    metrics: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class PointBatch:
+    """Progress points of one task attempt to store; ``stored``: how many rows it held after the last
+    write, as that write answered (None: not known yet, the store counts)."""
+
+    task_id: str
+    attempt: int
+    points: list[ProgressPoint]
+    stored: int | None = None
+
+
 class UserUsage(BaseModel):
     user: str
     tasks: int

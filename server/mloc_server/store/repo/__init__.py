@@ -22,6 +22,7 @@ from mloc_server.store.repo.fleet import (
     use_join_token,
 )
 from mloc_server.store.repo.logs import insert_logs, task_logs
+from mloc_server.store.repo.progress import add_progress_points, progress_points
 from mloc_server.store.repo.secrets import delete_secrets, insert_secrets, secrets_ciphertext, tasks_with_secrets
 from mloc_server.store.repo.stats import attempt_usage, count_tasks_by_state, finished_since, usage
 from mloc_server.store.repo.tasks import (
@@ -50,6 +51,7 @@ __all__ = [
     "NewTask",
     "active_tasks",
     "active_user_tokens",
+    "add_progress_points",
     "all_agents",
     "artifact",
     "attempt_usage",
@@ -71,6 +73,7 @@ __all__ = [
     "list_tasks",
     "list_tokens",
     "pending_upload",
+    "progress_points",
     "request_cancel",
     "requeue_task",
     "revoke_token",

@@ -1,0 +1,52 @@
+"""Progress history (the loss curve) on its way from heartbeats to the store.
+
+A heartbeat only appends a tuple to its lease's buffer (the hot path stays in memory, as the latest
+progress does); the reaper's flush, a completion and a requeue write the buffers in the same transaction
+as the rest of their writes (store/repo/progress.py bounds the rows per attempt).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from mloc_shared.protocol import Progress
+
+from mloc_server.services.fleet import LeaseState
+from mloc_server.store.records import PointBatch, ProgressPoint
+
+MAX_BUFFERED_POINTS = 1000  # progress points a lease holds in memory between writes
+
+
+def take_points(leases: Iterable[LeaseState]) -> list[tuple[LeaseState, PointBatch]]:
+    """The progress points gathered in memory, as batches to write; the leases' buffers are emptied
+    (``restore_points`` puts them back when the write fails)."""
+    out = []
+    for lease in leases:
+        if lease.points:
+            points = [ProgressPoint(attempt=lease.attempt, step=s, t=t, loss=loss, learning_rate=lr, metrics=m)
+                      for s, t, loss, lr, m in lease.points]
+            out.append((lease, PointBatch(lease.task_id, lease.attempt, points, lease.points_stored)))
+            lease.points = []
+    return out
+
+
+def restore_points(taken: list[tuple[LeaseState, PointBatch]]) -> None:
+    for lease, batch in taken:
+        lease.points[:0] = [(p.step, p.t, p.loss, p.learning_rate, p.metrics) for p in batch.points]
+
+
+def note_stored(taken: list[tuple[LeaseState, PointBatch]], counts: dict[tuple[str, int], int]) -> None:
+    for lease, batch in taken:
+        lease.points_stored = counts.get((batch.task_id, batch.attempt), lease.points_stored)
+
+
+def keep_point(lease: LeaseState, p: Progress, now: float) -> None:
+    """A point of the curve per distinct step that carries a value (a bare step/total draws nothing)."""
+    if p.step is None or p.step == lease.last_point_step or (
+            p.loss is None and p.learning_rate is None and not p.metrics):
+        return
+    lease.last_point_step = p.step
+    lease.points.append((p.step, now, p.loss, p.learning_rate, p.metrics))
+    if len(lease.points) > MAX_BUFFERED_POINTS:  # writes failing for long: keep the recent ones
+        del lease.points[0]
+
