@@ -211,6 +211,7 @@ ERROR_TEXT = {400: "the body cannot be read (not JSON/YAML, a one-line YAML from
               503: "the database or object store failed"}
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     s.ErrorEnvelope, s.TaskRecord, s.BulkAccepted, s.TaskPage, s.TaskCancelled, s.LogPage, s.ArtifactList,
+    s.ProgressHistory, s.Comparison,
     s.BlobStored, s.Health, s.WorkerList, s.Worker, s.Stats, s.TokenCreated, s.TokenList, s.TokenRevoked,
     s.CompletionState, s.LogsAccepted, s.UploadCommitted, p.RegisterResponse, p.PollResponse, p.CompletionResults,
     p.HeartbeatResponse, p.UploadPlan, p.SourcesResponse, p.SecretsResponse, s.Overview, s.QueueListing,
