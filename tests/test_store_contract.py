@@ -17,10 +17,10 @@ import pytest
 from mloc_server.store import SqliteStore, Store, StoreTx
 from mloc_server.store.records import (
     Claim,
+    NewPoint,
     NewTask,
     PendingUpload,
     PointBatch,
-    ProgressPoint,
     StoredAgent,
     StoredToken,
 )
@@ -218,17 +218,17 @@ class StoreContract(StoreUnderTest):
         assert (await store.get_task("t2")).progress is None  # type: ignore[union-attr]
 
     async def test_progress_history_keeps_a_point_per_step_and_since_reads_the_newer(self, store: Store) -> None:
-        def pts(attempt: int, steps: range, t0: float) -> list[ProgressPoint]:
-            return [ProgressPoint(attempt=attempt, step=s, t=t0 + s, loss=1.0 / s, metrics={"kl": s / 10})
+        def pts(steps: range, t0: float) -> list[NewPoint]:
+            return [NewPoint(step=s, t=t0 + s, loss=1.0 / s, learning_rate=None, metrics={"kl": s / 10})
                     for s in steps]
 
         counts = await store.write(lambda tx: tx.add_progress_points(
-            [PointBatch("t1", 1, pts(1, range(1, 6), T0)), PointBatch("t2", 1, pts(1, range(1, 3), T0))]))
+            [PointBatch("t1", 1, pts(range(1, 6), T0)), PointBatch("t2", 1, pts(range(1, 3), T0))]))
         assert counts == {("t1", 1): 5, ("t2", 1): 2}
         # step 5 sent again (a later heartbeat, a new loss) replaces its point; attempt 2 starts its own curve
-        again = [ProgressPoint(attempt=1, step=5, t=T0 + 50, loss=0.01)]
+        again = [NewPoint(step=5, t=T0 + 50, loss=0.01, learning_rate=None, metrics=None)]
         counts = await store.write(lambda tx: tx.add_progress_points(
-            [PointBatch("t1", 1, again, counts[("t1", 1)]), PointBatch("t1", 2, pts(2, range(3, 5), T0 + 100))]))
+            [PointBatch("t1", 1, again, counts[("t1", 1)]), PointBatch("t1", 2, pts(range(3, 5), T0 + 100))]))
         assert counts == {("t1", 1): 6, ("t1", 2): 2}  # an over-estimate from a caller's count is allowed
         points = await store.progress_points("t1")
         assert [(p.attempt, p.step) for p in points] == [(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (2, 3), (2, 4)]
@@ -244,7 +244,7 @@ class StoreContract(StoreUnderTest):
         n = MAX_POINTS + 500
         stored = None
         for start in range(1, n + 1, 100):  # as flushes would write them: 100 points at a time
-            batch = [ProgressPoint(attempt=1, step=s, t=T0 + s, loss=float(s)) for s in range(start, start + 100)]
+            batch = [NewPoint(s, T0 + s, float(s), None, None) for s in range(start, start + 100)]
             stored = (await store.write(lambda tx, b=batch, c=stored: tx.add_progress_points(
                 [PointBatch("t1", 1, b, c)])))[("t1", 1)]
         points = await store.progress_points("t1")

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from mloc_shared.protocol import Progress
 
 from mloc_server.services.fleet import LeaseState
-from mloc_server.store.records import PointBatch, ProgressPoint
+from mloc_server.store.records import NewPoint, PointBatch
 
 MAX_BUFFERED_POINTS = 1000  # progress points a lease holds in memory between writes
 
@@ -23,16 +23,14 @@ def take_points(leases: Iterable[LeaseState]) -> list[tuple[LeaseState, PointBat
     out = []
     for lease in leases:
         if lease.points:
-            points = [ProgressPoint(attempt=lease.attempt, step=s, t=t, loss=loss, learning_rate=lr, metrics=m)
-                      for s, t, loss, lr, m in lease.points]
-            out.append((lease, PointBatch(lease.task_id, lease.attempt, points, lease.points_stored)))
+            out.append((lease, PointBatch(lease.task_id, lease.attempt, lease.points, lease.points_stored)))
             lease.points = []
     return out
 
 
 def restore_points(taken: list[tuple[LeaseState, PointBatch]]) -> None:
     for lease, batch in taken:
-        lease.points[:0] = [(p.step, p.t, p.loss, p.learning_rate, p.metrics) for p in batch.points]
+        lease.points[:0] = batch.points
 
 
 def note_stored(taken: list[tuple[LeaseState, PointBatch]], counts: dict[tuple[str, int], int]) -> None:
@@ -46,7 +44,7 @@ def keep_point(lease: LeaseState, p: Progress, now: float) -> None:
             p.loss is None and p.learning_rate is None and not p.metrics):
         return
     lease.last_point_step = p.step
-    lease.points.append((p.step, now, p.loss, p.learning_rate, p.metrics))
+    lease.points.append(NewPoint(p.step, now, p.loss, p.learning_rate, p.metrics))
     if len(lease.points) > MAX_BUFFERED_POINTS:  # writes failing for long: keep the recent ones
         del lease.points[0]
 

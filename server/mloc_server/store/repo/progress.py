@@ -21,17 +21,16 @@ def add_progress_points(con: sqlite3.Connection, batches: Iterable[PointBatch],
                         most: int = MAX_POINTS) -> dict[tuple[str, int], int]:
     """Store each batch's points (a step sent again replaces its row); returns how many rows each
     (task, attempt) holds now, at most ``most``."""
+    batches = [b for b in batches if b.points]
+    con.executemany(  # one statement for every task's points: a flush carries one per running task
+        "INSERT INTO progress_points(task_id, attempt, step, t, loss, learning_rate, metrics) "
+        "VALUES(?,?,?,?,?,?,?) ON CONFLICT(task_id, attempt, step) DO UPDATE SET t=excluded.t, "
+        "loss=excluded.loss, learning_rate=excluded.learning_rate, metrics=excluded.metrics",
+        [(b.task_id, b.attempt, p.step, p.t, p.loss, p.learning_rate, json.dumps(p.metrics) if p.metrics else None)
+         for b in batches for p in b.points],
+    )
     counts: dict[tuple[str, int], int] = {}
     for b in batches:
-        if not b.points:
-            continue
-        con.executemany(
-            "INSERT INTO progress_points(task_id, attempt, step, t, loss, learning_rate, metrics) "
-            "VALUES(?,?,?,?,?,?,?) ON CONFLICT(task_id, attempt, step) DO UPDATE SET t=excluded.t, "
-            "loss=excluded.loss, learning_rate=excluded.learning_rate, metrics=excluded.metrics",
-            [(b.task_id, b.attempt, p.step, p.t, p.loss, p.learning_rate,
-              json.dumps(p.metrics) if p.metrics else None) for p in b.points],
-        )
         n = _count(con, b.task_id, b.attempt) if b.stored is None else b.stored + len(b.points)
         if n > most:  # an over-estimate (a replaced step) only costs a recount here
             n = _count(con, b.task_id, b.attempt)
