@@ -41,6 +41,7 @@ def test_history_has_a_point_per_step_reads_since_and_follows_task_visibility(co
         for step, loss in [(1, 2.0), (1, 1.9), (2, 1.5), (3, 1.2)]:  # step 1 twice: one point
             beat(agent, lease, step=step, total=10, loss=loss, learning_rate=1e-4)
         beat(agent, lease, step=4, total=10, message="no value: no point")
+        beat(agent, lease, step=2**64, loss=1.0)  # past what the store takes: no point, and the writes go on
         beat(agent, lease, step=5, total=10, metrics={"reward_mean": 0.5, "kl": 0.02})
         url = f"/api/v1/tasks/{task_id}/progress"
         # the points answer at once, whether the reaper has written them yet or not

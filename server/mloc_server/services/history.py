@@ -15,6 +15,7 @@ from mloc_server.services.fleet import LeaseState
 from mloc_server.store.records import NewPoint, PointBatch
 
 MAX_BUFFERED_POINTS = 1000  # progress points a lease holds in memory between writes
+STEP_LIMIT = 2**63  # a step SQLite cannot store as an integer draws no point (the wire does not bound it)
 
 
 def take_points(leases: Iterable[LeaseState]) -> list[tuple[LeaseState, PointBatch]]:
@@ -31,6 +32,7 @@ def take_points(leases: Iterable[LeaseState]) -> list[tuple[LeaseState, PointBat
 def restore_points(taken: list[tuple[LeaseState, PointBatch]]) -> None:
     for lease, batch in taken:
         lease.points[:0] = batch.points
+        del lease.points[:-MAX_BUFFERED_POINTS]  # writes failing for long: keep the recent ones
 
 
 def note_stored(taken: list[tuple[LeaseState, PointBatch]], counts: dict[tuple[str, int], int]) -> None:
@@ -40,7 +42,7 @@ def note_stored(taken: list[tuple[LeaseState, PointBatch]], counts: dict[tuple[s
 
 def keep_point(lease: LeaseState, p: Progress, now: float) -> None:
     """A point of the curve per distinct step that carries a value (a bare step/total draws nothing)."""
-    if p.step is None or p.step == lease.last_point_step or (
+    if p.step is None or p.step == lease.last_point_step or not -STEP_LIMIT <= p.step < STEP_LIMIT or (
             p.loss is None and p.learning_rate is None and not p.metrics):
         return
     lease.last_point_step = p.step
