@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 from mloc_server.store import SqliteStore, Store, StoreTx
-from mloc_server.store.records import Claim, NewTask, PendingUpload, StoredAgent, StoredToken
+from mloc_server.store.records import (
+    Claim,
+    NewPoint,
+    NewTask,
+    PendingUpload,
+    PointBatch,
+    StoredAgent,
+    StoredToken,
+)
 from mloc_shared.errors import Conflict, NotFound
 from mloc_shared.protocol import Gpu, HeldModel, Inventory
 
@@ -208,6 +216,43 @@ class StoreContract(StoreUnderTest):
         await store.write(lambda tx: tx.save_progress([("t1", e1, {"step": 3}), ("t2", e2 + 1, {"step": 9})]))
         assert json.loads((await store.get_task("t1")).progress or "") == {"step": 3}  # type: ignore[union-attr]
         assert (await store.get_task("t2")).progress is None  # type: ignore[union-attr]
+
+    async def test_progress_history_keeps_a_point_per_step_and_since_reads_the_newer(self, store: Store) -> None:
+        def pts(steps: range, t0: float) -> list[NewPoint]:
+            return [NewPoint(step=s, t=t0 + s, loss=1.0 / s, learning_rate=None, metrics={"kl": s / 10})
+                    for s in steps]
+
+        counts = await store.write(lambda tx: tx.add_progress_points(
+            [PointBatch("t1", 1, pts(range(1, 6), T0)), PointBatch("t2", 1, pts(range(1, 3), T0))]))
+        assert counts == {("t1", 1): 5, ("t2", 1): 2}
+        # step 5 sent again (a later heartbeat, a new loss) replaces its point; attempt 2 starts its own curve
+        again = [NewPoint(step=5, t=T0 + 50, loss=0.01, learning_rate=None, metrics=None)]
+        counts = await store.write(lambda tx: tx.add_progress_points(
+            [PointBatch("t1", 1, again, counts[("t1", 1)]), PointBatch("t1", 2, pts(range(3, 5), T0 + 100))]))
+        assert counts == {("t1", 1): 6, ("t1", 2): 2}  # an over-estimate from a caller's count is allowed
+        points = await store.progress_points("t1")
+        assert [(p.attempt, p.step) for p in points] == [(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (2, 3), (2, 4)]
+        assert points[4].loss == 0.01 and points[4].metrics is None and points[0].metrics == {"kl": 0.1}
+        newer = await store.progress_points("t1", since=T0 + 4)
+        assert [(p.attempt, p.step) for p in newer] == [(1, 5), (2, 3), (2, 4)]
+        assert await store.progress_points("t1", since=T0 + 104) == []
+        assert await store.progress_points("nope") == []
+
+    async def test_progress_history_is_thinned_to_a_bound_keeping_the_recent_steps(self, store: Store) -> None:
+        from mloc_server.store.repo.progress import MAX_POINTS
+
+        n = MAX_POINTS + 500
+        stored = None
+        for start in range(1, n + 1, 100):  # as flushes would write them: 100 points at a time
+            batch = [NewPoint(s, T0 + s, float(s), None, None) for s in range(start, start + 100)]
+            stored = (await store.write(lambda tx, b=batch, c=stored: tx.add_progress_points(
+                [PointBatch("t1", 1, b, c)])))[("t1", 1)]
+        points = await store.progress_points("t1")
+        assert len(points) == stored <= MAX_POINTS
+        steps = [p.step for p in points]
+        assert steps[0] == 1 and steps[-1] == n  # the curve still spans the whole run
+        assert steps[-MAX_POINTS // 4:] == list(range(n - MAX_POINTS // 4 + 1, n + 1))  # recent steps all kept
+        assert steps == sorted(steps) and len(steps) > MAX_POINTS // 2
 
     async def test_listing_filters_pages_newest_first_and_counts_all_matches(self, store: Store) -> None:
         await self.insert(store, *[new_task(f"t{i}", owner="ann" if i % 2 else "bob", created_at=T0 + i,

@@ -164,6 +164,39 @@ class LogPage(BaseModel):
     next: LogCursor = Field(description="pass back as after_attempt/after_seq for the next page")
 
 
+class ProgressPointView(BaseModel):
+    attempt: int
+    step: int
+    t: float = Field(description="when the coordinator received it (unix time); pass the last one back as since")
+    loss: float | None = None
+    learning_rate: float | None = None
+    metrics: dict[str, float | None] | None = None
+
+
+class ProgressHistory(BaseModel):
+    task_id: str
+    points: list[ProgressPointView] = Field(description="by attempt, then step; at most 2,000 per attempt "
+                                                        "(older points thinned)")
+
+
+class ComparedTask(BaseModel):
+    id: str
+    name: str | None
+    task_type: str | None
+    state: str | None
+    step: int | None = Field(description="the last progress line's step")
+    metrics: dict[str, float] = Field(description="the last progress line's loss, learning rate and metrics, "
+                                                  "then the result's metrics (which win on the same name)")
+    hyperparameters: dict[str, Any] = Field(description="the differing hyperparameters, by dotted path")
+
+
+class Comparison(BaseModel):
+    tasks: list[ComparedTask]
+    hyperparameters: list[str] = Field(description="hyperparameter paths whose values differ between the tasks "
+                                                   "(all of them for one task)")
+    metrics: list[str]
+
+
 class ArtifactView(BaseModel):
     name: str
     kind: Literal["artifact", "checkpoint"]

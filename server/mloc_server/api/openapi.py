@@ -23,7 +23,7 @@ from pydantic.json_schema import models_json_schema
 from mloc_server import schemas as s
 from mloc_server.api.queue import MAX_LISTED
 from mloc_server.api.system import DrainRequest, TokenCreate
-from mloc_server.api.tasks import MAX_BULK, STATES
+from mloc_server.api.tasks import MAX_BULK, MAX_COMPARED, STATES
 from mloc_server.services.overview import AGENT_STATES
 
 routes = web.RouteTableDef()
@@ -121,6 +121,15 @@ OPERATIONS: tuple[Op, ...] = (
                Param("after_seq", "query", _int(-1, 10**12)),
                Param("follow", "query", TEXT, "1/true/yes: keep the answer open until the task ends")),
        errors=(404, 422)),
+    Op("GET", "/api/v1/tasks/{task_id}/progress", "A task's progress history (the loss curve): one point per "
+       "distinct step, by attempt then step; since=T: only points received after T", "user",
+       {200: s.ProgressHistory}, params=(Param("since", "query", {"type": "number"},
+                                               "the t of the last point you have"),), errors=(404, 422)),
+    Op("GET", "/api/v1/compare", "Tasks side by side: their final metrics and the hyperparameters that differ",
+       "user", {200: s.Comparison}, params=(Param("ids", "query", {"type": "array", "minItems": 1,
+                                                                   "maxItems": MAX_COMPARED, "items": TEXT},
+                                                  "task ids, comma-separated", required=True, style="form"),),
+       errors=(404, 422)),
     # -- artifacts (api/artifacts.py) -----------------------------------------------------------------
     Op("GET", "/api/v1/tasks/{task_id}/artifacts", "A task's artifacts and checkpoints", "user",
        {200: s.ArtifactList}, errors=(404,)),
@@ -183,6 +192,8 @@ OPERATIONS: tuple[Op, ...] = (
     Op("GET", "/metrics", "Prometheus metrics (text exposition format)", "user", {200: {"text/plain": TEXT}}),
     Op("GET", "/", "The status page", "none", {200: {"text/html": TEXT}}),
     Op("GET", "/tasks/{task_id}", "The status page of one task", "none", {200: {"text/html": TEXT}}),
+    Op("GET", "/compare", "The status page comparing tasks (?ids=a,b,c): curves and final metrics", "none",
+       {200: {"text/html": TEXT}}),
 )
 
 AUTH_ERRORS = {"user": (401,), "admin": (401, 403), "agent": (401, 426), "register": (401, 426), "none": ()}
@@ -200,6 +211,7 @@ ERROR_TEXT = {400: "the body cannot be read (not JSON/YAML, a one-line YAML from
               503: "the database or object store failed"}
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     s.ErrorEnvelope, s.TaskRecord, s.BulkAccepted, s.TaskPage, s.TaskCancelled, s.LogPage, s.ArtifactList,
+    s.ProgressHistory, s.Comparison,
     s.BlobStored, s.Health, s.WorkerList, s.Worker, s.Stats, s.TokenCreated, s.TokenList, s.TokenRevoked,
     s.CompletionState, s.LogsAccepted, s.UploadCommitted, p.RegisterResponse, p.PollResponse, p.CompletionResults,
     p.HeartbeatResponse, p.UploadPlan, p.SourcesResponse, p.SecretsResponse, s.Overview, s.QueueListing,

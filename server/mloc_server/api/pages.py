@@ -39,6 +39,12 @@ async def task_page(request: web.Request) -> web.FileResponse:
     return _shell("task.html")
 
 
+@routes.get("/compare")
+async def compare_page(request: web.Request) -> web.FileResponse:
+    """Several tasks' curves and final metrics side by side: ``/compare?ids=a,b,c``."""
+    return _shell("compare.html")
+
+
 @routes.get("/api/v1/overview")
 async def overview(request: web.Request) -> web.Response:
     """Counts for the page's header: the fleet from memory, tasks by state (a user's own only)."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 
 from aiohttp import web
+from mloc_shared.comparison import MAX_TASKS as MAX_COMPARED
 from mloc_shared.errors import BadRequest, ValidationFailed
 from mloc_shared.protocol import FINAL_STATES
 from mloc_shared.spec_parsing import parse_document, validate_spec
@@ -69,6 +71,32 @@ async def list_tasks(request: web.Request) -> web.Response:
 @routes.get("/api/v1/tasks/{task_id}")
 async def get_task(request: web.Request) -> web.Response:
     return ok(await state(request).tasks.get(request.match_info["task_id"], user(request)))
+
+
+@routes.get("/api/v1/tasks/{task_id}/progress")
+async def task_progress(request: web.Request) -> web.Response:
+    """The task's progress history (the loss curve); ``since=T``: only points received after T."""
+    raw = request.query.get("since")
+    since = None
+    if raw:
+        try:
+            since = float(raw)
+        except ValueError:
+            since = math.nan
+        if not math.isfinite(since):
+            raise ValidationFailed("query parameter since must be a number (the t of the last point you have)",
+                                   field="since")
+    return ok(await state(request).tasks.progress(request.match_info["task_id"], user(request), since))
+
+
+@routes.get("/api/v1/compare")
+async def compare(request: web.Request) -> web.Response:
+    """Final metrics and differing hyperparameters of the tasks named by ``ids`` (comma-separated)."""
+    ids = [i.strip() for i in request.query.get("ids", "").split(",") if i.strip()]
+    if not 1 <= len(ids) <= MAX_COMPARED:
+        raise ValidationFailed(f"ids must name 1..{MAX_COMPARED} task ids, comma-separated (ids=ID,ID)",
+                               field="ids")
+    return ok(await state(request).tasks.compare(list(dict.fromkeys(ids)), user(request)))
 
 
 @routes.post("/api/v1/tasks/{task_id}/cancel")

@@ -16,6 +16,7 @@ from mloc_shared.protocol import GpuStat, HeldModel, Inventory, Lease, PreemptNo
 from mloc_server.services.queue import QueuedTask, TaskMeta, TaskQueue
 from mloc_server.services.scheduler import AgentView, Requirement, pick_gpus
 from mloc_server.services.waiting import Preference, WaitingPolls
+from mloc_server.store.records import NewPoint
 
 if TYPE_CHECKING:
     from mloc_server.services.fairshare import SharePolicy
@@ -44,6 +45,9 @@ class LeaseState:
     closing: bool = False  # a completion or requeue is being committed
     progress: dict[str, Any] | None = None
     progress_dirty: bool = False
+    points: list[NewPoint] = field(default_factory=list)  # progress history not written yet (services/history.py)
+    last_point_step: int | None = None
+    points_stored: int | None = None  # rows this attempt holds, as the last write said (None: not known)
     delivered: bool = True  # False while a handed-off offer waits for a poll reply to carry it
     preempt: PreemptNotice | None = None  # asked to checkpoint and stop (services/preemption.py, a drain)
     preempt_sent: bool = False  # a poll reply carried it (heartbeat replies carry it until the end)

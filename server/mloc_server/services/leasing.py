@@ -34,6 +34,7 @@ from mloc_shared.protocol import (
 
 from mloc_server.clock import Clock
 from mloc_server.services.fleet import AgentState, Fleet, LeaseState
+from mloc_server.services.history import keep_point, restore_points, take_points
 from mloc_server.services.queue import QueuedTask, TaskMeta
 from mloc_server.services.scheduler import Requirement
 from mloc_server.settings import CoordinatorSettings
@@ -149,11 +150,12 @@ class Leasing:
         self.fleet.counters["heartbeats"] += 1
         lease = self.own_lease(agent, task_id, req.epoch)
         lease.expires_at = self.clock.monotonic() + self.settings.lease_ttl_s
-        agent.last_seen = self.clock.time()
+        agent.last_seen = now = self.clock.time()
         agent.seen_dirty = True
-        if req.progress is not None:
-            lease.progress = req.progress.model_dump(exclude_none=True)
+        if (p := req.progress) is not None:
+            lease.progress = p.model_dump(exclude_none=True)
             lease.progress_dirty = True
+            keep_point(lease, p, now)
         return HeartbeatResponse(cancel=lease.cancel_requested, ttl_s=self.settings.lease_ttl_s, preempt=lease.preempt,
                                  rendezvous=self.gangs.heartbeat(lease, req) if self.gangs is not None else None)
 
@@ -198,8 +200,11 @@ class Leasing:
             batch.append((i, lease, c, state, error))
         if batch:
             now = self.clock.time()
+            points = take_points(lease for _, lease, *_rest in batch)
 
             def write(tx: StoreTx) -> list[bool]:
+                if points:  # the curve's last points land with the end
+                    tx.add_progress_points(b for _, b in points)
                 return [tx.finish_task(lease.task_id, c.epoch, state, now, result=c.result, error=error,
                                        exit_code=c.exit_code, progress=lease.progress)
                         for _, lease, c, state, error in batch]
@@ -207,6 +212,7 @@ class Leasing:
             try:
                 written = await self._db.write(write)
             except Exception:
+                restore_points(points)
                 for _, lease, *_rest in batch:
                     lease.closing = False
                 raise
@@ -238,10 +244,17 @@ class Leasing:
         m = lease.meta
         backoff = min(m.backoff_s * 2 ** max(0, lease.attempt - 1), m.backoff_max_s) * random.uniform(0.8, 1.2)
         now = self.clock.time()
+        points = take_points([lease])
+
+        def write(tx: StoreTx) -> str | None:
+            if points:
+                tx.add_progress_points(b for _, b in points)
+            return tx.requeue_task(lease.task_id, lease.epoch, reason, now + backoff, now)
+
         try:
-            state = await self._db.write(
-                lambda tx: tx.requeue_task(lease.task_id, lease.epoch, reason, now + backoff, now))
+            state = await self._db.write(write)
         except Exception:
+            restore_points(points)
             lease.closing = False
             raise
         # a lost lease frees no slot for the agent's held poll: a silent (dead, cut off) agent would

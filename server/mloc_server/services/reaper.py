@@ -11,6 +11,7 @@ from mloc_shared.errors import Unavailable
 
 from mloc_server.clock import Clock
 from mloc_server.services.fleet import Fleet
+from mloc_server.services.history import note_stored, restore_points, take_points
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.preemption import Preempter
 from mloc_server.settings import CoordinatorSettings
@@ -50,29 +51,36 @@ class Reaper:
         await self.flush()
 
     async def flush(self) -> None:
-        """Write progress, agents' last-seen times and changed inventories (held models) gathered since the
-        last flush."""
+        """Write progress (the latest, and the history's new points), agents' last-seen times and changed
+        inventories (held models) gathered since the last flush, in one transaction."""
         fleet = self.fleet
         progress = [(lease.task_id, lease.epoch, lease.progress) for lease in fleet.leases.values()
                     if lease.progress_dirty and lease.progress is not None]
         seen = [(a.last_seen, a.id) for a in fleet.agents.values() if a.seen_dirty]
         inventories = [(a.inventory, a.id) for a in fleet.agents.values() if a.inventory_dirty]
-        if not progress and not seen and not inventories:
+        points = take_points(fleet.leases.values())
+        if not progress and not seen and not inventories and not points:
             return
         for lease in fleet.leases.values():
             lease.progress_dirty = False
         for agent in fleet.agents.values():
             agent.seen_dirty = agent.inventory_dirty = False
 
-        def write(tx: StoreTx) -> None:
+        def write(tx: StoreTx) -> dict[tuple[str, int], int]:
             if progress:
                 tx.save_progress(progress)
             if seen:
                 tx.touch_agents(seen)
             if inventories:
                 tx.save_inventories(inventories)
+            return tx.add_progress_points(b for _, b in points) if points else {}
 
-        await self.db.write(write)
+        try:
+            counts = await self.db.write(write)
+        except Exception:
+            restore_points(points)
+            raise
+        note_stored(points, counts)
 
     async def run(self) -> None:
         """Forever, until cancelled at shutdown; a failed pass is logged and retried. (The pause

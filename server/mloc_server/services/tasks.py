@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from mloc_shared import comparison
 from mloc_shared.errors import Forbidden, NotFound, ValidationFailed
 from mloc_shared.protocol import FINAL_STATES
 from mloc_shared.taskspec import BUILTIN_TASK_TYPES, TaskSpec
@@ -196,6 +197,25 @@ class Tasks:
         # what retry.max_attempts counts: preempted attempts are not among them
         record["failed_attempts"] = sum(1 for a in record["attempt_history"] if a["outcome"] in ("failed", "lost"))
         return record
+
+    async def progress(self, task_id: str, principal: Principal, since: float | None) -> dict[str, Any]:
+        """A task's progress history after ``since``: the points written so far, then those still in
+        memory (gathered since the reaper's last write), so a live curve lags no flush behind."""
+        self._visible(await self.db.get_task(task_id), principal, task_id)
+        points = [p.model_dump() for p in await self.db.progress_points(task_id, since)]
+        lease = self.fleet.leases.get(task_id)
+        if lease is not None:
+            points += [{"attempt": lease.attempt, "step": step, "t": t, "loss": loss, "learning_rate": lr,
+                        "metrics": m} for step, t, loss, lr, m in lease.points if since is None or t > since]
+        return {"task_id": task_id, "points": points}
+
+    async def compare(self, ids: list[str], principal: Principal) -> dict[str, Any]:
+        """The comparison table of tasks the caller may see (mloc_shared/comparison.py); an unknown or
+        hidden id is a 404 naming it."""
+        rows = []
+        for task_id in ids:
+            rows.append(self.record(self._visible(await self.db.get_task(task_id), principal, task_id)))
+        return comparison.compare(rows)
 
     def _agent_name(self, agent_id: str | None) -> str | None:
         return self.fleet.agent_name(agent_id) if agent_id else agent_id

@@ -1,4 +1,4 @@
-// MLOC task page: state, progress, attempts, artifacts (polled) and live logs (server-sent events).
+// MLOC task page: state, progress, curves, attempts, artifacts (polled) and live logs (server-sent events).
 "use strict";
 
 (() => {
@@ -15,6 +15,8 @@
   let following = false;
   let logsDone = false; // the server sent "end": the task is final and every chunk arrived
   let artifactsShownFor = "";
+  const history = new MLOCChart.History();
+  let curvesDone = false; // the task is final and its last points arrived
 
   function fmtBytes(n) {
     if (n == null) return "–";
@@ -83,6 +85,21 @@
     setTimeout(() => URL.revokeObjectURL(url), 10000);
   };
 
+  // The loss curve (reward and KL for ppo/grpo), polled with since= the last point, so each poll carries
+  // only the new points. ``t`` was read before the poll: once it is final, this poll has the last points.
+  async function curves(t) {
+    if (curvesDone) return;
+    const added = await history.poll(api, taskId);
+    if (FINAL.has(t.state)) curvesDone = true;
+    if (!added && $("curves").childNodes.length) return;
+    const charts = MLOCChart.metricsFor(t.task_type).map((m, i) => MLOCChart.lineChart(m.label,
+      [{ label: m.label, color: MLOCChart.color(i), points: history.values(m.get) }])).filter((c) => c.querySelector("path"));
+    const n = history.points().length;
+    $("curves-total").textContent = n ? n + " points" : "";
+    $("curves").replaceChildren(...(charts.length ? charts
+      : [el("p", { class: "empty", text: FINAL.has(t.state) ? "no progress history" : "no points yet" })]));
+  }
+
   function appendLog(chunk) {
     const pane = $("logs");
     const atBottom = pane.scrollTop + pane.clientHeight >= pane.scrollHeight - 20;
@@ -140,6 +157,7 @@
     }
     session.ready();
     render(t);
+    await curves(t);
     await artifacts(t);
     followLogs();
     window.mlocRefreshes = (window.mlocRefreshes || 0) + 1;

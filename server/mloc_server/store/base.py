@@ -27,6 +27,8 @@ from mloc_server.store.records import (
     GangMember,
     NewTask,
     PendingUpload,
+    PointBatch,
+    ProgressPoint,
     StoredAgent,
     StoredArtifact,
     StoredAttempt,
@@ -96,6 +98,11 @@ class StoreTx(ABC):
     def save_progress(self, items: Iterable[tuple[str, int, dict[str, Any]]]) -> None:
         """(task id, epoch, progress) of running tasks, from heartbeats gathered in memory; a stale
         epoch is skipped."""
+
+    @abstractmethod
+    def add_progress_points(self, batches: Iterable[PointBatch]) -> dict[tuple[str, int], int]:
+        """Append to task attempts' progress history (a step sent again replaces its point), thinning an
+        attempt's older points past a bound; returns the rows each (task id, attempt) holds now."""
 
     # -- agents ---------------------------------------------------------------------------------
 
@@ -231,6 +238,11 @@ class Store(ABC):
     async def usage(self, owner: str | None, start: float | None, end: float | None, now: float) -> Usage:
         """Tasks created in [start, end) by state, type and owner, with their GPU-hours (an attempt
         still running counts until ``now``) and average queue wait."""
+
+    @abstractmethod
+    async def progress_points(self, task_id: str, since: float | None = None,
+                              limit: int = 10_000) -> list[ProgressPoint]:
+        """A task's progress history received after ``since`` (every point without it), by attempt, then step."""
 
     # -- agents and tokens ----------------------------------------------------------------------
 

@@ -94,6 +94,21 @@ class LogRow(SQLModel, table=True):
     created_at: float
 
 
+class ProgressPointRow(SQLModel, table=True):
+    """One point of a task attempt's progress history (the loss curve): one row per distinct step,
+    thinned to a bound per attempt (store/repo/progress.py)."""
+
+    __tablename__ = "progress_points"
+
+    task_id: str = Field(primary_key=True)
+    attempt: int = Field(primary_key=True)
+    step: int = Field(primary_key=True)
+    t: float
+    loss: float | None = None
+    learning_rate: float | None = None
+    metrics: str | None = None  # JSON object of the progress line's metrics
+
+
 class ArtifactRow(SQLModel, table=True):
     __tablename__ = "artifacts"
 

@@ -9,6 +9,7 @@ a claim hands to an agent unchanged. The API's answers are described apart, in m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from mloc_shared.protocol import Inventory
 from pydantic import BaseModel, Field
@@ -203,6 +204,38 @@ class StoredLogChunk(BaseModel):
     seq: int
     stream: str
     data: str
+
+
+class ProgressPoint(BaseModel):
+    """One point of a task's progress history: what a heartbeat carried at ``step``, received at ``t``."""
+
+    attempt: int
+    step: int
+    t: float
+    loss: float | None = None
+    learning_rate: float | None = None
+    metrics: dict[str, float] | None = None
+
+
+class NewPoint(NamedTuple):
+    """A progress point on its way to the store (a tuple: a heartbeat makes one, cheaply)."""
+
+    step: int
+    t: float
+    loss: float | None
+    learning_rate: float | None
+    metrics: dict[str, float] | None
+
+
+@dataclass(frozen=True)
+class PointBatch:
+    """Progress points of one task attempt to store; ``stored``: how many rows it held after the last
+    write, as that write answered (None: not known yet, the store counts)."""
+
+    task_id: str
+    attempt: int
+    points: list[NewPoint]
+    stored: int | None = None
 
 
 class UserUsage(BaseModel):

@@ -62,6 +62,9 @@ class SqliteTx(StoreTx):
     def save_progress(self, items: Iterable[tuple[str, int, dict[str, Any]]]) -> None:
         repo.save_progress(self.con, items)
 
+    def add_progress_points(self, batches: Iterable[rec.PointBatch]) -> dict[tuple[str, int], int]:
+        return repo.add_progress_points(self.con, batches)
+
     def save_agent(self, agent: rec.StoredAgent) -> None:
         repo.save_agent(self.con, agent)
 
@@ -159,6 +162,10 @@ class SqliteStore(Store):
 
     async def usage(self, owner: str | None, start: float | None, end: float | None, now: float) -> rec.Usage:
         return await repo.usage(self.database, owner, start, end, now)
+
+    async def progress_points(self, task_id: str, since: float | None = None,
+                              limit: int = 10_000) -> list[rec.ProgressPoint]:
+        return await repo.progress_points(self.database, task_id, since, limit)
 
     async def all_agents(self) -> list[rec.StoredAgent]:
         return await repo.all_agents(self.database)

@@ -5,6 +5,7 @@ Settings come from flags, ``MLOC_*`` variables and a YAML file (``--config`` or 
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from rich.table import Table
 from mloc_shared.api_client import ApiClient
 from mloc_shared.cli import nodes
 from mloc_shared.cli.options import CONFIG
+from mloc_shared.comparison import format_table
 from mloc_shared.errors import MlocError
 from mloc_shared.protocol import FINAL_STATES
 from mloc_shared.settings import ClientSettings, load_settings
@@ -225,6 +227,19 @@ def logs(task_id: str, follow: bool = typer.Option(False, "--follow", "-f"), con
         if not data["chunks"]:
             return
         cursor = data["next"]
+
+
+@app.command()
+def compare(task_ids: list[str] = typer.Argument(..., metavar="ID...", help="the tasks to compare"),
+            as_json: bool = typer.Option(False, "--json", help="the comparison as JSON"),
+            config: Path | None = ConfigOpt) -> None:
+    """Compare tasks: their final metrics and the hyperparameters that differ, one row each (the status
+    page's /compare?ids=… table)."""
+    data = _call(_client(config).get, "/api/v1/compare", ids=",".join(task_ids))
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(format_table(data))
 
 
 @app.command()

@@ -23,6 +23,7 @@ from mloc_server.store.repo.fleet import (
     use_join_token,
 )
 from mloc_server.store.repo.logs import insert_logs, task_logs
+from mloc_server.store.repo.progress import add_progress_points, progress_points
 from mloc_server.store.repo.secrets import delete_secrets, insert_secrets, secrets_ciphertext, tasks_with_secrets
 from mloc_server.store.repo.stats import attempt_usage, count_tasks_by_state, finished_since, usage
 from mloc_server.store.repo.tasks import (
@@ -51,6 +52,7 @@ __all__ = [
     "NewTask",
     "active_tasks",
     "active_user_tokens",
+    "add_progress_points",
     "all_agents",
     "artifact",
     "attempt_usage",
@@ -72,6 +74,7 @@ __all__ = [
     "list_tasks",
     "list_tokens",
     "pending_upload",
+    "progress_points",
     "request_cancel",
     "requeue_task",
     "revoke_token",
