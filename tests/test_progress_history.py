@@ -64,12 +64,17 @@ def test_history_has_a_point_per_step_reads_since_and_follows_task_visibility(co
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "since"
         assert alice.get("/api/v1/tasks/nope/progress").status_code == 404
 
+        # the steps a task reported between two heartbeats come with the next one, each a point
+        between = [{"step": 6, "loss": 0.95}, {"step": 7, "loss": 0.9}, {"step": 8, "loss": 0.85}]
+        resp = agent.call(task_id, "heartbeat", {"epoch": lease["epoch"], "points": between, "progress": between[-1]})
+        assert resp.status_code == 200, resp.text
+        assert [p["step"] for p in alice.get(url).json()["points"]][-3:] == [6, 7, 8]
         # the last points land with the completion, in its transaction
-        beat(agent, lease, step=6, total=10, loss=0.9)
+        beat(agent, lease, step=9, total=10, loss=0.8)
         done = agent.call(task_id, "complete", {"epoch": lease["epoch"], "outcome": "succeeded", "exit_code": 0})
         assert done.status_code == 200, done.text
-        assert _rows(coordinator, task_id) == 5
-        assert alice.get(url).json()["points"][-1]["step"] == 6
+        assert _rows(coordinator, task_id) == 8
+        assert alice.get(url).json()["points"][-1]["step"] == 9
     finally:
         agent.close()
         alice.close()

@@ -17,6 +17,7 @@ from mloc_shared.errors import LeaseLost, MlocError
 from mloc_shared.protocol import HeartbeatRequest, Lease, PreemptNotice, Progress, RendezvousPoint
 
 from mloc_agent.client import CoordinatorClient
+from mloc_agent.progress_points import ProgressPoints
 from mloc_agent.retries import Backoff, retryable
 
 
@@ -25,11 +26,13 @@ async def keep_lease(
     progress: Callable[[], Progress | None], on_cancel: Callable[[], None], on_fence: Callable[[str], None],
     on_preempt: Callable[[PreemptNotice], None] = lambda notice: None,
     rendezvous: Callable[[], RendezvousPoint | None] = lambda: None,
+    points: ProgressPoints | None = None,
 ) -> None:
     """Renew ``lease`` until cancelled (once the run's outcome is acknowledged) or until it is gone:
     then ``on_fence`` gets the reason and this returns. ``on_cancel`` is called when the coordinator
     asks for the task to stop, ``on_preempt`` when it asks it to checkpoint and stop. ``rendezvous``:
-    what a gang's node rank 0 publishes (docs/gangs.md)."""
+    what a gang's node rank 0 publishes (docs/gangs.md). ``points``: the reports since the last renewal,
+    sent with it and dropped once it is acknowledged (the loss curve between heartbeats)."""
     ttl = lease.ttl_s
     last_ok_sent = time.monotonic()
     # a renewal must land within the TTL, so failed ones are retried about every second, not backed off far
@@ -48,11 +51,15 @@ async def keep_lease(
     await asyncio.sleep(interval_s * random.uniform(0.5, 1.0))
     while True:
         sent = time.monotonic()
+        batch = points.pending() if points is not None else []
         try:
             resp = await client.heartbeat(
-                lease.task_id, HeartbeatRequest(epoch=lease.epoch, progress=progress(), rendezvous=rendezvous()),
+                lease.task_id, HeartbeatRequest(epoch=lease.epoch, progress=progress(), rendezvous=rendezvous(),
+                                                points=batch or None),
                 timeout=max(0.1, min(max(1.0, min(interval_s, 10.0)), left())))
             last_ok_sent, ttl = sent, resp.ttl_s
+            if points is not None:
+                points.sent(len(batch))
             retry.reset()
             if resp.cancel:
                 on_cancel()

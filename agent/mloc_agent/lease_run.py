@@ -40,6 +40,7 @@ from mloc_agent.lease_uploads import LeaseUploads
 from mloc_agent.log_streamer import LogStreamer
 from mloc_agent.model_cache import ModelCache, model_line
 from mloc_agent.modules.registry import load
+from mloc_agent.progress_points import ProgressPoints
 from mloc_agent.runner import LineSplitter, TaskProcess
 from mloc_agent.settings import AgentSettings
 from mloc_agent.sources import fetch_sources
@@ -94,6 +95,7 @@ class LeaseRun:
         self.client = deps.client
         self.proc: TaskProcess | None = None
         self.progress: Progress | None = None
+        self.points = ProgressPoints()
         self.cancel_reason: str | None = None
         self.fenced: str | None = None
         self.done = asyncio.Event()
@@ -184,7 +186,7 @@ class LeaseRun:
         heartbeats = asyncio.create_task(keep_lease(
             self.client, self.lease, self.deps.heartbeat_s, finished=self.done, progress=lambda: self.progress,
             on_cancel=self._on_cancel_requested, on_fence=self._on_lease_gone, on_preempt=self._on_preempt,
-            rendezvous=lambda: self.rendezvous), name=f"hb-{self.task_id}")
+            rendezvous=lambda: self.rendezvous, points=self.points), name=f"hb-{self.task_id}")
         self.logs.start()
         completion: Completion | None = None
         try:
@@ -370,6 +372,7 @@ class LeaseRun:
                     self.watchdog.observe(self.progress.step)
                 if self.progress.step is not None and self.progress.total:
                     self.progress.percent = round(100.0 * self.progress.step / self.progress.total, 2)
+                self.points.add(self.progress)
         elif isinstance(message, Preempted):
             self.preemption.acknowledged(message)
         elif message is not None:

@@ -245,9 +245,15 @@ class Progress(WireModel):
     metrics: dict[str, float] | None = None
 
 
+MAX_HEARTBEAT_POINTS = 100
+
+
 class HeartbeatRequest(WireModel):
     epoch: int
     progress: Progress | None = None
+    # the progress reports with a new step since the last renewal, oldest first (the loss curve between
+    # heartbeats: docs/pages.md); ``progress`` is still the latest
+    points: list[Progress] | None = Field(None, max_length=MAX_HEARTBEAT_POINTS)
     rendezvous: RendezvousPoint | None = None  # a gang's node rank 0 publishes where its ranks meet
 
 

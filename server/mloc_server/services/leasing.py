@@ -152,6 +152,8 @@ class Leasing:
         lease.expires_at = self.clock.monotonic() + self.settings.lease_ttl_s
         agent.last_seen = now = self.clock.time()
         agent.seen_dirty = True
+        for point in req.points or ():
+            keep_point(lease, point, now)
         if (p := req.progress) is not None:
             lease.progress = p.model_dump(exclude_none=True)
             lease.progress_dirty = True
