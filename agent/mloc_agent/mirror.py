@@ -99,7 +99,7 @@ class _Progress:
     def __init__(self, label: str, total: int, write: Callable[[str], None]) -> None:
         self.label, self.total, self.write = label, total, write
         self.done = 0
-        self.shown = 0.0
+        self.shown = time.monotonic()  # a snapshot fetched within seconds shows its last line only
 
     def add(self, n: int, force: bool = False) -> None:
         self.done += n
