@@ -21,8 +21,8 @@ MODES: tuple[str, ...] = ("fallback", "first", "off")
 MAX_FILES = 10_000
 ENV_VARIABLE = "MLOC_MIRRORED"  # the task's map {"model:<id>": folder, "dataset:<id>": folder}
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
-_REVISION = re.compile(r"^[\w.-][\w./-]{0,99}$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$", re.ASCII)
+_REVISION = re.compile(r"^[\w.-][\w./-]{0,99}$", re.ASCII)
 _BAD_PATH_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
@@ -45,10 +45,18 @@ def check_revision(revision: str, field: str = "revision") -> str:
 def check_file_path(path: str, field: str = "files.path") -> str:
     """A file of a snapshot: a relative path of plain segments, so it can never leave its folder."""
     if not path or len(path) > 512 or _BAD_PATH_CHARS.search(path) or path.startswith("/") \
-            or any(seg in ("", ".", "..") for seg in path.split("/")):
+            or any(seg in ("", ".", "..") for seg in path.split("/")) or not _encodable(path):
         raise ValidationFailed(f"{field}: {path!r} must be a relative path without '.', '..', empty segments, "
                                "backslashes or control characters", field=field)
     return path
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # an unpaired surrogate: no file system or store can name it
+        return False
+    return True
 
 
 def storage_prefix(kind: str, hub_id: str, revision: str) -> str:

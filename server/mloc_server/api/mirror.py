@@ -15,7 +15,7 @@ routes = web.RouteTableDef()
 @routes.get("/api/v1/mirror")
 async def list_mirror(request: web.Request) -> web.Response:
     user(request)
-    kind = request.query.get("kind") or None
+    kind = request.query.get("kind")
     if kind not in (None, "model", "dataset"):
         raise ValidationFailed("query parameter kind must be model or dataset", field="kind")
     return ok(await state(request).mirror.listing(kind))
