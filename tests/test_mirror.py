@@ -149,6 +149,11 @@ def test_a_task_gets_the_mirrored_copy_and_the_next_task_reuses_it(tmp_path: Pat
         second = coord.submit(spec)["id"]
         assert coord.wait_state(second, {"succeeded", "failed"}, timeout=60)["state"] == "succeeded"
         assert "already on this agent" in coord.logs(second, "system")
+        # a task that reads the first one's outputs gets the base that task trained on
+        chained = coord.submit({"taskType": "command", "command": "echo $MLOC_MIRRORED",
+                                "model": {"source": {"type": "task", "identifier": first}}})["id"]
+        assert coord.wait_state(chained, {"succeeded", "failed"}, timeout=60)["state"] == "succeeded"
+        assert json.loads(coord.logs(chained, "stdout")) == {f"model:{HUB_ID}": str(held)}
         # an id nobody pushed: no mirrored copy, no MLOC_MIRRORED
         other = coord.submit({**spec, "command": "echo ${MLOC_MIRRORED:-none}",
                               "model": {"source": {"type": "huggingface", "identifier": "org/unmirrored"}}})["id"]

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
+from mloc_shared.chaining import referenced_tasks
 from mloc_shared.mirror import ENV_VARIABLE, MirroredSnapshot, MirrorRequest, hub_references
 from mloc_shared.protocol import Lease
 
@@ -157,7 +158,7 @@ async def fetch_mirror(client: CoordinatorClient, lease: Lease, data_dir: Path, 
                        write: Callable[[str], None]) -> dict[str, str]:
     """The variables to add to the task's environment: ``MLOC_MIRRORED`` (and offline flags when the
     hub is out of reach), or none when the task reads no mirrored hub id or can use the hub."""
-    if not hub_references(lease.spec):
+    if not hub_references(lease.spec) and not referenced_tasks(lease.spec):  # a chained task's base may be one
         return {}
     answer = await with_retries(lambda: client.mirror(lease.task_id, MirrorRequest(epoch=lease.epoch)), 120,
                                 "mirror")

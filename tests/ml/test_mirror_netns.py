@@ -96,6 +96,9 @@ def test_an_agent_without_hub_access_trains_the_readme_sft_from_the_mirror(
         assert "[mloc] mirror: mloc-test/tiny-gpt2@main" in system
         assert done["result"]["global_step"] == 3, done["result"]
         assert "adapter/adapter_model.safetensors" in artifacts(coord, done["id"])
+        config = coord.http.get(f"/api/v1/tasks/{done['id']}/artifacts/adapter/adapter_config.json",
+                                follow_redirects=True)
+        assert config.json()["base_model_name_or_path"] == MODEL_ID  # not the agent's folder of the copy
         held = agent.data_dir / "mirror" / "models" / MODEL_ID / "main"
         assert (held / "config.json").read_bytes() == (tiny_lm / "config.json").read_bytes()
     finally:

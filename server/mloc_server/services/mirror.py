@@ -13,6 +13,7 @@ import json
 import uuid
 from dataclasses import dataclass
 
+from mloc_shared.chaining import referenced_tasks
 from mloc_shared.errors import Forbidden, NotFound, PayloadTooLarge, ValidationFailed
 from mloc_shared.mirror import (
     MirroredFile,
@@ -39,6 +40,7 @@ from mloc_server.clock import Clock
 from mloc_server.services.auth import Principal
 from mloc_server.services.fleet import AgentState
 from mloc_server.services.leasing import Leasing
+from mloc_server.services.sources import MAX_SOURCES
 from mloc_server.store import Store
 from mloc_server.store.records import StoredMirror
 
@@ -112,7 +114,7 @@ class Mirror:
         if row is None:
             raise NotFound(f"no task {task_id}")
         snapshots: list[MirroredSnapshot] = []
-        for kind, hub_id, revision in hub_references(json.loads(row.spec)):
+        for kind, hub_id, revision in await self._references(row.owner, json.loads(row.spec)):
             found = await self.db.mirrored(kind, hub_id)  # the newest first
             match = next((m for m in found if revision is None or m.revision == revision), None)
             if match is None:
@@ -121,6 +123,17 @@ class Mirror:
             snapshots.append(MirroredSnapshot(kind=kind, hub_id=hub_id, revision=match.revision, files=[
                 MirroredFile(**f, url=self.store.download_url(prefix + f["path"])) for f in match.files]))
         return MirrorResponse(mode=self.mode, snapshots=snapshots)
+
+
+    async def _references(self, owner: str, spec: dict) -> list[tuple[str, str, str | None]]:
+        """The spec's hub ids, and the base models of the tasks it reads (an adapter's base: the chained
+        task's agent resolves it as that task's ``model.source``; the same owner's tasks only)."""
+        refs: list[tuple[str, str, str | None]] = list(hub_references(spec))
+        for ref in referenced_tasks(spec)[:MAX_SOURCES]:
+            src = await self.db.get_task(ref)
+            if src is not None and src.owner == owner:
+                refs += [r for r in hub_references(json.loads(src.spec)) if r[0] == "model" and r not in refs]
+        return refs
 
 
 def _entry(m: StoredMirror) -> MirrorEntry:

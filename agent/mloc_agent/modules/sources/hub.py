@@ -65,6 +65,25 @@ def mirrored(repo_id: str, repo_type: RepoType) -> str | None:
     return folder if isinstance(folder, str) and Path(folder).is_dir() else None
 
 
+def name_mirrored_base(adapter_config: Path) -> None:
+    """An adapter trained on a mirrored copy names the hub id as its base, as it would have without the
+    mirror (the copy's folder is this agent's alone; a user or another agent loads the hub id)."""
+    try:
+        folders = json.loads(os.environ.get(MIRRORED_VARIABLE) or "{}")
+        config = json.loads(adapter_config.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(folders, dict) or not isinstance(config, dict):
+        return
+    base = config.get("base_model_name_or_path")
+    for key, folder in folders.items():
+        if isinstance(key, str) and key.startswith("model:") and isinstance(base, str) and folder \
+                and os.path.realpath(base) == os.path.realpath(folder):
+            config["base_model_name_or_path"] = key.removeprefix("model:")
+            adapter_config.write_text(json.dumps(config, indent=2))
+            return
+
+
 def is_cached(repo_id: str, repo_type: RepoType) -> bool:
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
