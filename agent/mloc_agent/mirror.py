@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 from mloc_shared.chaining import referenced_tasks
+from mloc_shared.errors import NotFound
 from mloc_shared.mirror import ENV_VARIABLE, MirroredSnapshot, MirrorRequest, hub_references
 from mloc_shared.protocol import Lease
 
@@ -160,8 +161,11 @@ async def fetch_mirror(client: CoordinatorClient, lease: Lease, data_dir: Path, 
     hub is out of reach), or none when the task reads no mirrored hub id or can use the hub."""
     if not hub_references(lease.spec) and not referenced_tasks(lease.spec):  # a chained task's base may be one
         return {}
-    answer = await with_retries(lambda: client.mirror(lease.task_id, MirrorRequest(epoch=lease.epoch)), 120,
-                                "mirror")
+    try:
+        answer = await with_retries(lambda: client.mirror(lease.task_id, MirrorRequest(epoch=lease.epoch)), 120,
+                                    "mirror")
+    except NotFound:  # a coordinator older than the mirror: the task uses the hub as before
+        return {}
     if not answer.snapshots or answer.mode == "off":
         return {}
     reachable = True if answer.mode == "first" else await hub_reachable(env)
