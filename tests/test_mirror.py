@@ -16,7 +16,14 @@ import boto3
 import httpx
 import pytest
 from mloc_agent.client import CoordinatorClient
-from mloc_agent.mirror import MANIFEST, PART_SUFFIX, MirrorError, download_snapshot, hub_reachable
+from mloc_agent.mirror import (
+    MANIFEST,
+    PART_SUFFIX,
+    MirrorError,
+    MirrorStopped,
+    download_snapshot,
+    hub_reachable,
+)
 from mloc_server.artifacts.local import LocalStore
 from mloc_shared.api_client import ApiClient
 from mloc_shared.mirror import MirroredFile, MirroredSnapshot, hub_references
@@ -253,10 +260,10 @@ def test_a_file_that_does_not_match_its_sha256_is_refused(tmp_path: Path) -> Non
     url = f"http://127.0.0.1:{server.server_address[1]}/w.bin"
     good = MirroredFile(path="w.bin", size=5000, sha256=_sha(root / "w.bin"), url=url)
     try:
-        async def run(snap: MirroredSnapshot, data_dir: Path) -> tuple[Path, bool]:
+        async def run(snap: MirroredSnapshot, data_dir: Path, stopped=lambda: False) -> tuple[Path, bool]:
             client = CoordinatorClient("http://127.0.0.1:1")
             try:
-                return await download_snapshot(client, snap, data_dir, lambda line: None)
+                return await download_snapshot(client, snap, data_dir, lambda line: None, stopped)
             finally:
                 await client.close()
 
@@ -272,6 +279,10 @@ def test_a_file_that_does_not_match_its_sha256_is_refused(tmp_path: Path) -> Non
                                files=[good.model_copy(update={"sha256": "0" * 64})])
         with pytest.raises(MirrorError, match="sha256"):
             asyncio.run(run(bad, tmp_path / "b"))
+        # a cancelled lease stops the download at its next block; nothing is taken for finished
+        with pytest.raises(MirrorStopped):
+            asyncio.run(run(snap, tmp_path / "d", stopped=lambda: True))
+        assert not (tmp_path / "d" / "mirror" / "models" / "o" / "main" / MANIFEST).exists()
         leaving = MirroredSnapshot(kind="model", hub_id="o", revision="main",
                                    files=[good.model_copy(update={"path": "../../out.bin"})])
         with pytest.raises(MirrorError, match="leaves its folder"):

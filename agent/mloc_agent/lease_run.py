@@ -240,7 +240,8 @@ class LeaseRun:
             self.logs.write("system", f"[mloc] fetched the outputs of task(s) {names}\n")
         # hub ids the spec reads, from the coordinator's mirror when the hub is out of reach (mirror.py)
         mirror_env = await fetch_mirror(self.client, lease, settings.data_dir, env,
-                                        lambda line: self.logs.write("system", line))
+                                        lambda line: self.logs.write("system", line),
+                                        lambda: self.cancel_reason is not None or self.fenced is not None)
         module_cls = load(module_ref)
         self.preemption.can_checkpoint = module_cls.checkpoints_on_preempt(lease.spec)
         if self.preemption.notice is not None:  # asked to make room before it started: nothing to save

@@ -46,6 +46,10 @@ class MirrorError(Exception):
     """A mirrored file could not be fetched intact."""
 
 
+class MirrorStopped(Exception):
+    """The lease was cancelled or lost while a snapshot came down (its partial files stay, to resume)."""
+
+
 async def hub_reachable(env: Mapping[str, str], now: Callable[[], float] = time.monotonic) -> bool:
     """Whether the task would reach the hub: False when it is told to stay offline, else one HEAD of
     HF_ENDPOINT with a short timeout, its answer kept a minute (every task of a burst asks)."""
@@ -98,12 +102,15 @@ def _is_complete(folder: Path, snap: MirroredSnapshot) -> bool:
 class _Progress:
     """``[mloc] mirror: <id> 12/40 MB`` every few seconds, and once at the end."""
 
-    def __init__(self, label: str, total: int, write: Callable[[str], None]) -> None:
-        self.label, self.total, self.write = label, total, write
+    def __init__(self, label: str, total: int, write: Callable[[str], None],
+                 stopped: Callable[[], bool] = lambda: False) -> None:
+        self.label, self.total, self.write, self.stopped = label, total, write, stopped
         self.done = 0
         self.shown = time.monotonic()  # a snapshot fetched within seconds shows its last line only
 
     def add(self, n: int, force: bool = False) -> None:
+        if self.stopped():
+            raise MirrorStopped
         self.done += n
         now = time.monotonic()
         if force or now - self.shown >= PROGRESS_EVERY_S:
@@ -112,7 +119,8 @@ class _Progress:
 
 
 async def download_snapshot(client: CoordinatorClient, snap: MirroredSnapshot, data_dir: Path,
-                            write: Callable[[str], None]) -> tuple[Path, bool]:
+                            write: Callable[[str], None],
+                            stopped: Callable[[], bool] = lambda: False) -> tuple[Path, bool]:
     """The snapshot's folder on this agent, downloaded (or finished) now unless it already was; and
     whether anything was downloaded."""
     folder = snapshot_folder(data_dir, snap)
@@ -121,7 +129,7 @@ async def download_snapshot(client: CoordinatorClient, snap: MirroredSnapshot, d
         if _is_complete(folder, snap):
             return folder, False
         await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-        progress = _Progress(f"{snap.hub_id}@{snap.revision}", sum(f.size for f in snap.files), write)
+        progress = _Progress(f"{snap.hub_id}@{snap.revision}", sum(f.size for f in snap.files), write, stopped)
         for f in snap.files:
             target = _inside(folder, f.path)
             if target.is_file() and target.stat().st_size == f.size and await asyncio.to_thread(_sha256, target) \
@@ -156,9 +164,10 @@ async def _fetch_file(client: CoordinatorClient, url: str, part: Path, size: int
 
 
 async def fetch_mirror(client: CoordinatorClient, lease: Lease, data_dir: Path, env: Mapping[str, str],
-                       write: Callable[[str], None]) -> dict[str, str]:
+                       write: Callable[[str], None], stopped: Callable[[], bool] = lambda: False) -> dict[str, str]:
     """The variables to add to the task's environment: ``MLOC_MIRRORED`` (and offline flags when the
-    hub is out of reach), or none when the task reads no mirrored hub id or can use the hub."""
+    hub is out of reach), or none when the task reads no mirrored hub id or can use the hub, or when
+    ``stopped`` (a cancel, a lost lease) ended the download: the run then stops as it would have."""
     if not hub_references(lease.spec) and not referenced_tasks(lease.spec):  # a chained task's base may be one
         return {}
     try:
@@ -173,7 +182,11 @@ async def fetch_mirror(client: CoordinatorClient, lease: Lease, data_dir: Path, 
         return {}
     mapping: dict[str, str] = {}
     for snap in answer.snapshots:
-        folder, fetched = await download_snapshot(client, snap, data_dir, write)
+        try:
+            folder, fetched = await download_snapshot(client, snap, data_dir, write, stopped)
+        except MirrorStopped:
+            write(f"[mloc] mirror: stopped fetching {snap.hub_id}@{snap.revision}; its files resume next time\n")
+            return {}
         how = "downloaded" if fetched else "already on this agent"
         write(f"[mloc] mirror: {snap.kind} {snap.hub_id}@{snap.revision} from the coordinator's mirror ({how})\n")
         mapping[f"{snap.kind}:{snap.hub_id}"] = str(folder)

@@ -54,31 +54,34 @@ def _endpoint() -> str:
     return constants.ENDPOINT
 
 
-def mirrored(repo_id: str, repo_type: RepoType) -> str | None:
-    """The folder the agent put the mirrored copy of ``repo_id`` in for this task (agent/mirror.py), if any:
-    the spec keeps its hub id and the task loads the copy, without asking the hub."""
+def _mirrored_folders() -> dict[str, str]:
     try:
         folders = json.loads(os.environ.get(MIRRORED_VARIABLE) or "{}")
     except ValueError:
-        return None
-    folder = folders.get(f"{repo_type}:{repo_id}") if isinstance(folders, dict) else None
-    return folder if isinstance(folder, str) and Path(folder).is_dir() else None
+        return {}
+    return {k: v for k, v in folders.items() if isinstance(v, str)} if isinstance(folders, dict) else {}
+
+
+def mirrored(repo_id: str, repo_type: RepoType) -> str | None:
+    """The folder the agent put the mirrored copy of ``repo_id`` in for this task (agent/mirror.py), if any:
+    the spec keeps its hub id and the task loads the copy, without asking the hub."""
+    folder = _mirrored_folders().get(f"{repo_type}:{repo_id}")
+    return folder if folder is not None and Path(folder).is_dir() else None
 
 
 def name_mirrored_base(adapter_config: Path) -> None:
     """An adapter trained on a mirrored copy names the hub id as its base, as it would have without the
     mirror (the copy's folder is this agent's alone; a user or another agent loads the hub id)."""
+    folders = _mirrored_folders()
     try:
-        folders = json.loads(os.environ.get(MIRRORED_VARIABLE) or "{}")
-        config = json.loads(adapter_config.read_text())
+        config = json.loads(adapter_config.read_text()) if folders else None
     except (OSError, ValueError):
         return
-    if not isinstance(folders, dict) or not isinstance(config, dict):
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not isinstance(base, str):
         return
-    base = config.get("base_model_name_or_path")
     for key, folder in folders.items():
-        if isinstance(key, str) and key.startswith("model:") and isinstance(base, str) and folder \
-                and os.path.realpath(base) == os.path.realpath(folder):
+        if key.startswith("model:") and os.path.realpath(base) == os.path.realpath(folder):
             config["base_model_name_or_path"] = key.removeprefix("model:")
             adapter_config.write_text(json.dumps(config, indent=2))
             return
