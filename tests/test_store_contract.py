@@ -22,6 +22,7 @@ from mloc_server.store.records import (
     PendingUpload,
     PointBatch,
     StoredAgent,
+    StoredMirror,
     StoredToken,
 )
 from mloc_shared.errors import Conflict, NotFound
@@ -474,6 +475,33 @@ class StoreContract(StoreUnderTest):
         assert sorted(await store.tasks_with_secrets()) == [("gone", "gone"), ("t1", "queued")]
         await store.write(lambda tx: tx.delete_secrets(["gone", "t1"]))
         assert await store.tasks_with_secrets() == [] and await store.secrets_ciphertext("t1") is None
+
+
+    # -- the model and dataset mirror -----------------------------------------------------------
+
+    async def test_a_mirror_push_is_listed_once_committed_and_replaces_its_revision(self, store: Store) -> None:
+        def push(push_id: str, revision: str = "main", *, at: float = T0, kind: str = "model") -> StoredMirror:
+            return StoredMirror(id=push_id, kind=kind, hub_id="org/m", revision=revision,
+                                files=[{"path": "config.json", "size": 2, "sha256": push_id * 4}], bytes=2,
+                                uploads={"config.json": f"mp-{push_id}"}, created_at=at, pushed_by="ann", ready=False)
+
+        await store.write(lambda tx: [tx.insert_mirror_push(push("p1")), tx.insert_mirror_push(push("p2"))])
+        assert await store.mirrored() == []  # nothing before a commit
+        pending = await store.mirror_push("p1")
+        assert pending is not None and pending.uploads == {"config.json": "mp-p1"} and not pending.ready
+        done = await store.write(lambda tx: tx.commit_mirror_push("p1", T0 + 5))
+        assert done is not None and done.ready and done.created_at == T0 + 5
+        assert await store.write(lambda tx: tx.commit_mirror_push("p1", T0 + 6)) is None  # once
+        assert await store.mirror_push("p1") is None
+        await store.write(lambda tx: tx.commit_mirror_push("p2", T0 + 7))  # the same revision: replaces p1
+        [only] = await store.mirrored("model", "org/m")
+        assert only.id == "p2" and only.files[0]["sha256"] == "p2" * 4
+        await store.write(lambda tx: [tx.insert_mirror_push(push("p3", "v2")), tx.insert_mirror_push(
+            push("d1", kind="dataset"))])
+        await store.write(lambda tx: [tx.commit_mirror_push("p3", T0 + 9), tx.commit_mirror_push("d1", T0 + 9)])
+        assert [m.revision for m in await store.mirrored("model", "org/m")] == ["v2", "main"]  # newest first
+        assert [m.id for m in await store.mirrored("dataset")] == ["d1"]
+        assert await store.mirrored("model", "org/other") == []
 
 
 class TestSqliteStore(StoreContract):

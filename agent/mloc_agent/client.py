@@ -13,13 +13,14 @@ import contextlib
 import json
 import os
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urljoin
 
 import aiohttp
 import httpx
 from mloc_shared.errors import TransportFault, error_from_body
+from mloc_shared.mirror import MirrorRequest, MirrorResponse
 from mloc_shared.protocol import (
     Completion,
     CompletionBatch,
@@ -134,6 +135,9 @@ class CoordinatorClient:
     async def sources(self, task_id: str, req: SourcesRequest) -> SourcesResponse:
         return await self._post(f"api/v1/leases/{task_id}/sources", req, SourcesResponse)
 
+    async def mirror(self, task_id: str, req: MirrorRequest) -> MirrorResponse:
+        return await self._post(f"api/v1/leases/{task_id}/mirror", req, MirrorResponse)
+
     async def secrets(self, task_id: str, req: SecretsRequest) -> SecretsResponse:
         return await self._post(f"api/v1/leases/{task_id}/secrets", req, SecretsResponse)
 
@@ -172,6 +176,28 @@ class CoordinatorClient:
                         fh.write(block)
                         size += len(block)
         return size
+
+
+    async def download_resuming(self, url: str, dest: str, on_bytes: Callable[[int], None]) -> int:
+        """GET ``url`` into ``dest``, continuing a partial ``dest`` with a Range request (a server that
+        answers 200 instead of 206 sends it all again); returns the file's size."""
+        have = os.path.getsize(dest) if os.path.exists(dest) else 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        with _blob_faults():
+            async with self._blobs.stream("GET", self.absolute(url), headers=headers) as resp:
+                if resp.status_code == 416 and have:  # nothing after what we have: it is all here
+                    return have
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    raise error_from_body(resp.status_code, _error_payload(resp.status_code, resp.content))
+                if resp.status_code != 206:
+                    have = 0
+                with open(dest, "ab" if have else "wb") as fh:
+                    async for block in resp.aiter_bytes(1 << 20):
+                        fh.write(block)
+                        have += len(block)
+                        on_bytes(len(block))
+        return have
 
 
 def _error_payload(status: int, raw: bytes) -> Any:

@@ -38,6 +38,7 @@ from mloc_agent.launch import (
 from mloc_agent.lease_preemption import LeasePreemption
 from mloc_agent.lease_uploads import LeaseUploads
 from mloc_agent.log_streamer import LogStreamer
+from mloc_agent.mirror import fetch_mirror
 from mloc_agent.model_cache import ModelCache, model_line
 from mloc_agent.modules.registry import load
 from mloc_agent.progress_points import ProgressPoints
@@ -245,6 +246,10 @@ class LeaseRun:
         if sources_dir is not None:  # outputs of the finished tasks this one reads (model.source type task)
             names = ", ".join(sorted(p.name for p in sources_dir.iterdir()))
             self.logs.write("system", f"[mloc] fetched the outputs of task(s) {names}\n")
+        # hub ids the spec reads, from the coordinator's mirror when the hub is out of reach (mirror.py)
+        mirror_env = await fetch_mirror(self.client, lease, settings.data_dir, env,
+                                        lambda line: self.logs.write("system", line),
+                                        lambda: self.cancel_reason is not None or self.fenced is not None)
         module_cls = load(module_ref)
         self.preemption.can_checkpoint = module_cls.checkpoints_on_preempt(lease.spec)
         if self.preemption.notice is not None:  # asked to make room before it started: nothing to save
@@ -285,6 +290,7 @@ class LeaseRun:
             allow_private_urls=settings.allow_private_urls, coordinator_url=settings.coordinator_url,
             path_roots=tuple(settings.task_read_roots), preempt_file=self.workdir / "preempt",
         ).to_env())  # last: a spec's env cannot change what the agent tells the task
+        env.update(mirror_env)
         if image:
             own = set(lease.spec.get("env") or {}) | set(secret_env)
             direct, env = self._containerize(image, direct, env, own)

@@ -12,6 +12,7 @@ from aiohttp import web
 from mloc_server.api import agents as agents_api
 from mloc_server.api import artifacts as artifacts_api
 from mloc_server.api import metrics as metrics_api
+from mloc_server.api import mirror as mirror_api
 from mloc_server.api import openapi as openapi_api
 from mloc_server.api import pages as pages_api
 from mloc_server.api import queue as queue_api
@@ -30,6 +31,7 @@ from mloc_server.services.fleet import Fleet
 from mloc_server.services.gangs import Gangs
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.logs import Logs
+from mloc_server.services.mirror import Mirror
 from mloc_server.services.polling import Polling
 from mloc_server.services.queue_admin import QueueAdmin
 from mloc_server.services.quotas import Quotas
@@ -67,6 +69,7 @@ def create_app(settings: CoordinatorSettings, clock: Clock | None = None) -> web
     app.add_routes(system_api.routes)
     app.add_routes(secrets_api.routes)
     app.add_routes(queue_api.routes)
+    app.add_routes(mirror_api.routes)
     app.add_routes(pages_api.routes)
     metrics_api.install(app)
     app.add_routes(openapi_api.routes)
@@ -105,6 +108,7 @@ async def open_state(settings: CoordinatorSettings, clock: Clock, resources: con
         artifacts=Artifacts(db, leasing, store, int(settings.max_artifact_gb * (1 << 30))), logs=Logs(db, leasing),
         secrets=secrets, artifact_store=store, started_at=clock.time(), clock=clock,
         queue_admin=QueueAdmin(db, fleet, leasing, settings, clock),
+        mirror=Mirror(db, leasing, store, clock, settings.model_mirror, int(settings.max_artifact_gb * (1 << 30))),
     )
     resources.push_async_callback(_flush_quietly, st.reaper)  # runs before the database closes
     return st

@@ -119,6 +119,9 @@ class CoordinatorSettings(MlocSettings):
     multipart_threshold_mb: int = Field(64, ge=5)
     multipart_part_mb: int = Field(64, ge=5)
     presign_expiry_s: int = Field(3600, ge=60)
+    # the model and dataset mirror (docs/models.md): fallback = agents use the hub when they reach it,
+    # the mirrored copy when not; first = the mirrored copy whenever there is one; off = never
+    model_mirror: Literal["fallback", "first", "off"] = "fallback"
 
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -14,6 +14,7 @@ from mloc_server.services.auth import Auth
 from mloc_server.services.fleet import Fleet
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.logs import Logs
+from mloc_server.services.mirror import Mirror
 from mloc_server.services.polling import Polling
 from mloc_server.services.queue_admin import QueueAdmin
 from mloc_server.services.reaper import Reaper
@@ -43,6 +44,7 @@ class AppState:
     started_at: float
     clock: Clock  # every service reads the time from it (tests pass a ManualClock)
     queue_admin: QueueAdmin  # the queue's listing with reasons, priority changes
+    mirror: Mirror  # hub snapshots in the artifact store (docs/models.md)
 
 
 STATE = web.AppKey("mloc_state", AppState)

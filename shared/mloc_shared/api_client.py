@@ -14,6 +14,8 @@ class ApiClient:
     def __init__(self, base_url: str, token: str | None = None, ca_bundle: str | None = None,
                  timeout: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.base_url = base_url.rstrip("/")
+        self.verify: str | bool = ca_bundle if ca_bundle else True
         self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers,
                                   verify=ca_bundle if ca_bundle else True, timeout=timeout)
 

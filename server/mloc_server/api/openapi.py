@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from mloc_shared import mirror as mr
 from mloc_shared import protocol as p
 from mloc_shared.taskspec import TaskSpec
 from mloc_shared.version import PROTOCOL_HEADER, PROTOCOL_VERSION, __version__
@@ -184,6 +185,16 @@ OPERATIONS: tuple[Op, ...] = (
     Op("GET", "/api/v1/tokens", "List tokens (never their secrets)", "admin", {200: s.TokenList}),
     Op("DELETE", "/api/v1/tokens/{token_id}", "Revoke a token", "admin", {200: s.TokenRevoked}, errors=(404,)),
     Op("GET", OPENAPI_PATH, "This document", "none", {200: {"application/json": {"type": "object"}}}),
+    # -- the model and dataset mirror (api/mirror.py, docs/models.md) ---------------------------------
+    Op("GET", "/api/v1/mirror", "What the mirror holds: kind, hub id, revision, files, size, when, by whom",
+       "user", {200: mr.MirrorListing},
+       params=(Param("kind", "query", {"type": "string", "enum": ["model", "dataset"]}),), errors=(422,)),
+    Op("POST", "/api/v1/mirror/pushes", "Plan a push of a snapshot's files: presigned PUT URL(s) per file",
+       "user", {201: mr.PushPlan}, body=mr.PushRequest, errors=(403, 413, 422)),
+    Op("POST", "/api/v1/mirror/pushes/{push_id}/commit", "Check the pushed files arrived and list the snapshot",
+       "user", {200: mr.MirrorEntry}, body=mr.PushCommit, errors=(403, 404, 422)),
+    Op("POST", "/api/v1/leases/{task_id}/mirror", "Presigned downloads of the mirrored hub ids this lease reads",
+       "agent", {200: mr.MirrorResponse}, body=mr.MirrorRequest, errors=(404, 409)),
     # routes of api/secrets.py, api/pages.py and api/metrics.py
     Op("POST", "/api/v1/leases/{task_id}/secrets", "The values of the secrets a lease's spec names", "agent",
        {200: p.SecretsResponse}, body=p.SecretsRequest, errors=(409,)),
@@ -215,7 +226,7 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     s.BlobStored, s.Health, s.WorkerList, s.Worker, s.Stats, s.TokenCreated, s.TokenList, s.TokenRevoked,
     s.CompletionState, s.LogsAccepted, s.UploadCommitted, p.RegisterResponse, p.PollResponse, p.CompletionResults,
     p.HeartbeatResponse, p.UploadPlan, p.SourcesResponse, p.SecretsResponse, s.Overview, s.QueueListing,
-    s.PriorityChanged,
+    s.PriorityChanged, mr.MirrorListing, mr.PushPlan, mr.MirrorEntry, mr.MirrorResponse,
 )
 
 
@@ -279,6 +290,8 @@ def _tag(op: Op) -> str:
         return "agent protocol"
     if "/artifacts" in op.path or "/blobs/" in op.path:
         return "artifacts"
+    if op.path.startswith("/api/v1/mirror"):
+        return "mirror"
     return "tasks" if op.path.startswith("/api/v1/tasks") else "system"
 
 
@@ -311,7 +324,8 @@ def document() -> dict[str, Any]:
                               "description": "the fleet's join token (MLOC_JOIN_TOKEN)"},
             },
         },
-        "tags": [{"name": "tasks"}, {"name": "artifacts"}, {"name": "agent protocol"}, {"name": "system"}],
+        "tags": [{"name": "tasks"}, {"name": "artifacts"}, {"name": "mirror"}, {"name": "agent protocol"},
+                 {"name": "system"}],
     }
 
 

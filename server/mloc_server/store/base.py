@@ -33,6 +33,7 @@ from mloc_server.store.records import (
     StoredArtifact,
     StoredAttempt,
     StoredLogChunk,
+    StoredMirror,
     StoredTask,
     StoredToken,
     Usage,
@@ -169,6 +170,17 @@ class StoreTx(ABC):
     def delete_secrets(self, task_ids: Iterable[str]) -> None:
         """Forget the secrets of tasks that ended."""
 
+    # -- the model and dataset mirror -----------------------------------------------------------
+
+    @abstractmethod
+    def insert_mirror_push(self, push: StoredMirror) -> None:
+        """A push of a hub snapshot whose files are being uploaded (not listed until committed)."""
+
+    @abstractmethod
+    def commit_mirror_push(self, push_id: str, now: float) -> StoredMirror | None:
+        """The push's snapshot becomes the mirrored one of its (kind, hub id, revision), replacing an
+        earlier one; None when the push is unknown or was committed already."""
+
 
 class Store(ABC):
     """The coordinator's durable state: reads, and ``write`` for a transaction of ``StoreTx`` writes."""
@@ -280,6 +292,14 @@ class Store(ABC):
     async def task_logs(self, task_id: str, attempt: int | None, after: tuple[int, int],
                         limit: int = 1000) -> list[StoredLogChunk]:
         """Chunks after the (attempt, seq) cursor in order; with ``attempt``, that attempt's only."""
+
+    @abstractmethod
+    async def mirror_push(self, push_id: str) -> StoredMirror | None:
+        """A push not committed yet."""
+
+    @abstractmethod
+    async def mirrored(self, kind: str | None = None, hub_id: str | None = None) -> list[StoredMirror]:
+        """The committed snapshots (by kind and hub id, the newest first per id)."""
 
     @abstractmethod
     async def secrets_ciphertext(self, task_id: str) -> str | None:

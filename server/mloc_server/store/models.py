@@ -170,6 +170,24 @@ class TaskSecretRow(SQLModel, table=True):
     created_at: float
 
 
+class MirrorRow(SQLModel, table=True):
+    """A mirrored hub snapshot (docs/models.md), or one being pushed (``ready`` false until its commit).
+    One ready row per (kind, hub id, revision): a commit replaces the earlier one."""
+
+    __tablename__ = "mirror"
+
+    id: str = Field(primary_key=True)  # the push id
+    kind: str = Field(index=True)  # model | dataset
+    hub_id: str = Field(index=True)
+    revision: str
+    files: str  # JSON: [{"path", "size", "sha256"}]
+    bytes: int
+    uploads: str = "{}"  # JSON: path -> multipart upload id, for the files that go up in parts
+    created_at: float
+    pushed_by: str
+    ready: bool = False
+
+
 class MetaRow(SQLModel, table=True):
     __tablename__ = "meta"
 

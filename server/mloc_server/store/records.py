@@ -9,7 +9,7 @@ a claim hands to an agent unchanged. The API's answers are described apart, in m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from mloc_shared.protocol import Inventory
 from pydantic import BaseModel, Field
@@ -195,6 +195,21 @@ class StoredArtifact(BaseModel):
     attempt: int
     storage_key: str
     created_at: float
+
+
+class StoredMirror(BaseModel):
+    """A mirrored snapshot, or a push of one not committed yet (``ready`` false)."""
+
+    id: str
+    kind: str
+    hub_id: str
+    revision: str
+    files: list[dict[str, Any]]
+    bytes: int
+    uploads: dict[str, str]
+    created_at: float
+    pushed_by: str
+    ready: bool
 
 
 class StoredLogChunk(BaseModel):

@@ -104,6 +104,12 @@ class SqliteTx(StoreTx):
     def delete_secrets(self, task_ids: Iterable[str]) -> None:
         repo.delete_secrets(self.con, task_ids)
 
+    def insert_mirror_push(self, push: rec.StoredMirror) -> None:
+        repo.insert_mirror_push(self.con, push)
+
+    def commit_mirror_push(self, push_id: str, now: float) -> rec.StoredMirror | None:
+        return repo.commit_mirror_push(self.con, push_id, now)
+
 
 class SqliteStore(Store):
     """The store in one SQLite file (WAL): one writer thread with group commit, one async reader."""
@@ -191,6 +197,12 @@ class SqliteStore(Store):
     async def task_logs(self, task_id: str, attempt: int | None, after: tuple[int, int],
                         limit: int = 1000) -> list[rec.StoredLogChunk]:
         return await repo.task_logs(self.database, task_id, attempt, after, limit)
+
+    async def mirror_push(self, push_id: str) -> rec.StoredMirror | None:
+        return await repo.mirror_push(self.database, push_id)
+
+    async def mirrored(self, kind: str | None = None, hub_id: str | None = None) -> list[rec.StoredMirror]:
+        return await repo.mirrored(self.database, kind, hub_id)
 
     async def secrets_ciphertext(self, task_id: str) -> str | None:
         return await repo.secrets_ciphertext(self.database, task_id)

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from mloc_shared.api_client import ApiClient
+from mloc_shared.cli import models as models_cli
 from mloc_shared.cli import nodes
 from mloc_shared.cli.options import CONFIG
 from mloc_shared.comparison import format_table
@@ -28,6 +29,7 @@ app = typer.Typer(help="MLOC: run LLM work on a fleet of GPU boxes behind NAT.",
                   pretty_exceptions_enable=False)
 token_app = typer.Typer(help="Manage API and join tokens (admin).", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+app.add_typer(models_cli.app, name="models")
 console = Console()
 err = Console(stderr=True)
 

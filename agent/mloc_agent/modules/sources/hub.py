@@ -9,6 +9,7 @@ libraries load from the cache at once; if it is not cached, the task fails with 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -32,6 +33,7 @@ HUB_DATASET_FIX = ("put the data on the agent (dataset.path) or give the agent n
 _REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 _NETWORK_MODULES = {"httpx", "httpx2", "requests", "urllib3", "aiohttp"}
 _NETWORK_WORDS = ("Connect", "Timeout", "Network", "Proxy", "Protocol")
+MIRRORED_VARIABLE = "MLOC_MIRRORED"  # mloc_shared.mirror.ENV_VARIABLE (this module imports no mloc_shared)
 
 
 def looks_like_repo_id(name: str) -> bool:
@@ -50,6 +52,39 @@ def _endpoint() -> str:
     from huggingface_hub import constants
 
     return constants.ENDPOINT
+
+
+def _mirrored_folders() -> dict[str, str]:
+    try:
+        folders = json.loads(os.environ.get(MIRRORED_VARIABLE) or "{}")
+    except ValueError:
+        return {}
+    return {k: v for k, v in folders.items() if isinstance(v, str)} if isinstance(folders, dict) else {}
+
+
+def mirrored(repo_id: str, repo_type: RepoType) -> str | None:
+    """The folder the agent put the mirrored copy of ``repo_id`` in for this task (agent/mirror.py), if any:
+    the spec keeps its hub id and the task loads the copy, without asking the hub."""
+    folder = _mirrored_folders().get(f"{repo_type}:{repo_id}")
+    return folder if folder is not None and Path(folder).is_dir() else None
+
+
+def name_mirrored_base(adapter_config: Path) -> None:
+    """An adapter trained on a mirrored copy names the hub id as its base, as it would have without the
+    mirror (the copy's folder is this agent's alone; a user or another agent loads the hub id)."""
+    folders = _mirrored_folders()
+    try:
+        config = json.loads(adapter_config.read_text()) if folders else None
+    except (OSError, ValueError):
+        return
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not isinstance(base, str):
+        return
+    for key, folder in folders.items():
+        if key.startswith("model:") and os.path.realpath(base) == os.path.realpath(folder):
+            config["base_model_name_or_path"] = key.removeprefix("model:")
+            adapter_config.write_text(json.dumps(config, indent=2))
+            return
 
 
 def is_cached(repo_id: str, repo_type: RepoType) -> bool:
@@ -78,6 +113,8 @@ def check_repo(repo_id: str, *, repo_type: RepoType = "model", revision: str | N
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     fix = HUB_MODEL_FIX if repo_type == "model" else HUB_DATASET_FIX
+    if mirrored(repo_id, repo_type) is not None:
+        return
     if constants.is_offline_mode():
         if is_cached(repo_id, repo_type):
             return
@@ -121,6 +158,9 @@ def model_name(identifier: str, revision: str | None = None, *, paths: PathPolic
     if not looks_like_repo_id(identifier):
         raise ModelSourceError(f"{field}: {identifier} does not exist on agent {socket.gethostname()} and is not a "
                                "Hugging Face Hub id")
+    folder = mirrored(identifier, "model")
+    if folder is not None:
+        return folder
     check_repo(identifier, revision=revision, field=field)
     return identifier
 
@@ -129,5 +169,8 @@ def load_dataset(name: str, subset: str | None, split: str, revision: str | None
     """``datasets.load_dataset`` for ``dataset.hub``, checked first (its own retries take half a minute)."""
     from datasets import load_dataset as hub_load
 
+    folder = mirrored(name, "dataset")
+    if folder is not None:  # a local folder of the repo's files: datasets reads them without the hub
+        return hub_load(folder, subset, split=split)
     check_repo(name, repo_type="dataset", revision=revision, field="dataset.hub")
     return hub_load(name, subset, split=split, revision=revision)

@@ -19,6 +19,7 @@ from mloc_shared.hyperparams import TrainingHyperparameters
 
 from mloc_agent.modules.base import TaskContext
 from mloc_agent.modules.errors import TaskInputError
+from mloc_agent.modules.sources import hub
 
 log = logging.getLogger(__name__)
 TRAINING_REQUIRES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate")
@@ -168,6 +169,8 @@ def save_outputs(trainer: Any, ctx: TaskContext, *, adapter: bool, merge: bool, 
         return {name: name + "/"}
     for junk in ("training_args.bin", "README.md"):
         (target / junk).unlink(missing_ok=True)
+    if adapter:
+        hub.name_mirrored_base(target / "adapter_config.json")
     (ctx.output_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1, default=str))
     outputs = {name: name + "/"}
     if merge and adapter:

@@ -23,6 +23,7 @@ from mloc_server.store.repo.fleet import (
     use_join_token,
 )
 from mloc_server.store.repo.logs import insert_logs, task_logs
+from mloc_server.store.repo.mirror import commit_mirror_push, insert_mirror_push, mirror_push, mirrored
 from mloc_server.store.repo.progress import add_progress_points, progress_points
 from mloc_server.store.repo.secrets import delete_secrets, insert_secrets, secrets_ciphertext, tasks_with_secrets
 from mloc_server.store.repo.stats import attempt_usage, count_tasks_by_state, finished_since, usage
@@ -59,6 +60,7 @@ __all__ = [
     "cancel_queued",
     "claim_gang",
     "claim_tasks",
+    "commit_mirror_push",
     "commit_upload",
     "count_tasks_by_state",
     "delete_agent",
@@ -67,12 +69,15 @@ __all__ = [
     "finished_since",
     "get_task",
     "insert_logs",
+    "insert_mirror_push",
     "insert_secrets",
     "insert_task",
     "insert_token",
     "insert_upload",
     "list_tasks",
     "list_tokens",
+    "mirror_push",
+    "mirrored",
     "pending_upload",
     "progress_points",
     "request_cancel",
