@@ -260,6 +260,12 @@ class AgentInferenceHyperparameters(Hyperparameters):
     output_file: str = "answers.jsonl"
 
 
+class EvalHyperparameters(Hyperparameters):
+    """An eval task's measures are its own ``eval:`` block (eval_settings.py); only the watchdog's setting is here."""
+
+    stall_timeout_s: float | None = _STALL_FIELD
+
+
 HYPERPARAMETERS: dict[str, type[Hyperparameters]] = {
     "sft": SFTHyperparameters,
     "dpo": DPOHyperparameters,
@@ -269,6 +275,7 @@ HYPERPARAMETERS: dict[str, type[Hyperparameters]] = {
     "inference": InferenceHyperparameters,
     "rag_inference": RagInferenceHyperparameters,
     "agent_inference": AgentInferenceHyperparameters,
+    "eval": EvalHyperparameters,
 }
 
 
