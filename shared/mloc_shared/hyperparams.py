@@ -261,9 +261,10 @@ class AgentInferenceHyperparameters(Hyperparameters):
 
 
 class EvalHyperparameters(Hyperparameters):
-    """An eval task's measures are its own ``eval:`` block (eval_settings.py); only the watchdog's setting is here."""
+    """An eval task's measures are its own ``eval:`` block (eval_settings.py); only the watchdog's setting is here,
+    off unless asked: an lm_eval run reports no step while it works."""
 
-    stall_timeout_s: float | None = _STALL_FIELD
+    stall_timeout_s: float | None = Field(None, gt=0, le=30 * 86400)
 
 
 HYPERPARAMETERS: dict[str, type[Hyperparameters]] = {

@@ -21,7 +21,7 @@ from mloc_agent.modules.base import BaseModule, ProgressCallback
 
 class EvalModule(BaseModule):
     task_type = "eval"
-    requires: ClassVar[tuple[str, ...]] = ("torch", "transformers")
+    requires: ClassVar[tuple[str, ...]] = ("torch", "transformers", "datasets")  # datasets: the rows (and lm_eval's)
 
     async def execute(self, progress_callback: ProgressCallback | None = None) -> dict[str, Any]:
         from mloc_shared.hyperparams import InferenceHyperparameters
