@@ -28,9 +28,14 @@ def test_dataset_types_are_ml_types() -> None:
     assert DATASET_TYPES <= ML_TASK_TYPES and "rag_inference" not in DATASET_TYPES
 
 
+# what a type needs beyond its name to be a valid spec
+MINIMAL = {"command": {"command": "true"},
+           "eval": {"model": {"source": {"identifier": "m"}}, "dataset": {"rows": [{"text": "t"}]}}}
+
+
 @pytest.mark.parametrize("task_type", BUILTIN_TASK_TYPES)
 def test_a_spec_without_resources_gets_its_types_default_gpus(task_type: str) -> None:
-    spec = TaskSpec.model_validate({"taskType": task_type, **({"command": "true"} if task_type == "command" else {})})
+    spec = TaskSpec.model_validate({"taskType": task_type, **MINIMAL.get(task_type, {})})
     assert spec.required_gpus() == TASK_TYPES[task_type].default_gpus == default_gpus(task_type)
 
 

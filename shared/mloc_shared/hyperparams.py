@@ -260,6 +260,13 @@ class AgentInferenceHyperparameters(Hyperparameters):
     output_file: str = "answers.jsonl"
 
 
+class EvalHyperparameters(Hyperparameters):
+    """An eval task's measures are its own ``eval:`` block (eval_settings.py); only the watchdog's setting is here,
+    off unless asked: an lm_eval run reports no step while it works."""
+
+    stall_timeout_s: float | None = Field(None, gt=0, le=30 * 86400)
+
+
 HYPERPARAMETERS: dict[str, type[Hyperparameters]] = {
     "sft": SFTHyperparameters,
     "dpo": DPOHyperparameters,
@@ -269,6 +276,7 @@ HYPERPARAMETERS: dict[str, type[Hyperparameters]] = {
     "inference": InferenceHyperparameters,
     "rag_inference": RagInferenceHyperparameters,
     "agent_inference": AgentInferenceHyperparameters,
+    "eval": EvalHyperparameters,
 }
 
 

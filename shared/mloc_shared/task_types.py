@@ -29,6 +29,8 @@ _TABLE = (
     TaskType("grpo", "training", default_gpus=1, takes_dataset=True),
     TaskType("reward_model", "training", default_gpus=1, takes_dataset=True),
     TaskType("inference", "inference", default_gpus=1, takes_dataset=True),
+    # perplexity, generation metrics and lm-eval on a model (modules/eval): it runs a model, trains none
+    TaskType("eval", "inference", default_gpus=1, takes_dataset=True),
     TaskType("rag_inference", "inference", default_gpus=1, takes_dataset=False),
     # its model is an endpoint: no GPU on the box unless asked
     TaskType("agent_inference", "inference", default_gpus=0, takes_dataset=False),

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from mloc_shared.distributed import Distributed, problem
 from mloc_shared.env_policy import refused_variable
+from mloc_shared.eval_settings import EvalSettings
 from mloc_shared.hyperparams import check_dataset, check_hyperparameters
 from mloc_shared.task_types import BUILTIN_TASK_TYPES as BUILTIN_TASK_TYPES  # re-exported for the coordinator
 from mloc_shared.task_types import default_gpus
@@ -105,6 +106,8 @@ class TaskSpec(SpecModel):
     model: ModelSpec | None = None
     dataset: dict[str, Any] | None = None
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    # taskType eval only: what to measure (eval_settings.py, docs/eval.md)
+    evaluation: EvalSettings | None = Field(None, alias="eval")
     command: str | list[str] | None = None
     # a command opts in to checkpoint on preemption: it handles SIGUSR1 / $MLOC_PREEMPT_FILE (docs/modules.md)
     checkpoint_on_preempt: bool | None = None
@@ -193,6 +196,26 @@ class TaskSpec(SpecModel):
         if self.checkpoint_on_preempt is not None and self.task_type != "command":
             raise FieldError("checkpoint_on_preempt", "'checkpoint_on_preempt' is for taskType 'command' only "
                                                       "(training tasks always checkpoint when preempted)")
+        return self
+
+    @model_validator(mode="after")
+    def _eval_block_fits(self) -> TaskSpec:
+        """An eval task needs a model and something to measure; the eval block is for eval tasks only."""
+        if self.task_type != "eval":
+            if self.evaluation is not None:
+                raise FieldError("eval", f"'eval' is only allowed with taskType 'eval', not {self.task_type!r}")
+            return self
+        if self.model is None:
+            raise FieldError("model", "taskType 'eval' needs model.source: the model to measure (a hub id, a "
+                                      "local path, or {type: task, identifier: <id>} for a fine-tune's output)")
+        settings = self.evaluation or EvalSettings()
+        if self.dataset is None:
+            if settings.generation is not None or settings.perplexity:
+                field = "eval.generation" if settings.generation is not None else "eval.perplexity"
+                raise FieldError("dataset", f"{field} reads rows: give a 'dataset' (path, uri, hub or rows)")
+            if settings.lm_eval is None:
+                raise FieldError("dataset", "taskType 'eval' needs a 'dataset' to measure perplexity or "
+                                            "generations on, or eval.lm_eval tasks")
         return self
 
     @model_validator(mode="after")

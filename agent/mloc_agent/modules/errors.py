@@ -7,7 +7,8 @@
     │   ├── HubUnreachable    hub_unreachable final      the agent cannot reach the Hugging Face Hub
     │   ├── HubAccessDenied   hub_access     final       a gated or private repo, no HF_TOKEN for it
     │   ├── UrlRefused        url_refused    final       a URL to a private address or the coordinator
-    │   └── PathRefused       path_refused   final       a path outside the roots the agent lets tasks read
+    │   ├── PathRefused       path_refused   final       a path outside the roots the agent lets tasks read
+    │   └── Unavailable       unavailable    final       a package or data the task asks for is not on this agent
     └── TransientError      transient        retryable   a fault that may pass (a download's 503)
 
 An input error fails the task on its first attempt: another attempt would read the same spec.
@@ -69,6 +70,13 @@ class PathRefused(TaskInputError):
     """The agent does not read this path for a task (sources/path_policy.py)."""
 
     code = "path_refused"
+
+
+class Unavailable(TaskInputError):
+    """An optional package (lm_eval, rouge-score) or its data is missing here: another attempt on this agent
+    fails the same, so the message names what to install or place."""
+
+    code = "unavailable"
 
 
 class TransientError(TaskError):

@@ -26,6 +26,7 @@ BUILTIN: dict[str, str] = {  # mloc_shared.task_types names -> 'package.module:C
     "reward_model": "mloc_agent.modules.training.reward_model:RewardModelModule",
     "ppo": "mloc_agent.modules.ppo.ppo:PPOModule",
     "inference": "mloc_agent.modules.inference.inference:InferenceModule",
+    "eval": "mloc_agent.modules.eval.evaluate:EvalModule",
 }
 
 
