@@ -11,9 +11,11 @@ from mloc_server.clock import Clock
 from mloc_server.services.agents import Agents
 from mloc_server.services.artifacts import Artifacts
 from mloc_server.services.auth import Auth
+from mloc_server.services.dependencies import Dependencies
 from mloc_server.services.fleet import Fleet
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.logs import Logs
+from mloc_server.services.pipelines import Pipelines
 from mloc_server.services.polling import Polling
 from mloc_server.services.queue_admin import QueueAdmin
 from mloc_server.services.reaper import Reaper
@@ -43,6 +45,8 @@ class AppState:
     started_at: float
     clock: Clock  # every service reads the time from it (tests pass a ManualClock)
     queue_admin: QueueAdmin  # the queue's listing with reasons, priority changes
+    dependencies: Dependencies  # blocked tasks: released or cancelled as the tasks they wait on end
+    pipelines: Pipelines  # pipeline files and sweeps: many tasks under one id
 
 
 STATE = web.AppKey("mloc_state", AppState)

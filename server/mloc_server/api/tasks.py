@@ -8,6 +8,7 @@ import logging
 
 from aiohttp import web
 from mloc_shared.errors import BadRequest, ValidationFailed
+from mloc_shared.pipelines import is_multi
 from mloc_shared.protocol import FINAL_STATES
 from mloc_shared.spec_parsing import parse_document, validate_spec
 
@@ -15,7 +16,7 @@ from mloc_server.api.common import int_query, ok, state, user
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
-STATES = ("queued", "running", *sorted(FINAL_STATES))
+STATES = ("blocked", "queued", "running", *sorted(FINAL_STATES))
 MAX_BULK = 5000
 INLINE_PARSE = 8 << 10  # bytes
 
@@ -28,6 +29,10 @@ async def submit(request: web.Request) -> web.Response:
     # a task file parses in microseconds; a large YAML body can take seconds: keep those off the event loop
     data, node = parse_document(body) if len(body) <= INLINE_PARSE else await asyncio.to_thread(parse_document, body)
     st = state(request)
+    if is_multi(data):
+        raise ValidationFailed("this is a pipeline file or a sweep: it makes several tasks",
+                               field="sweep" if "sweep" in data else "tasks",
+                               hint="POST it to /api/v1/pipelines (mloc submit FILE does)")
     if isinstance(data, dict) and isinstance(data.get("tasks"), list) and "taskType" not in data:
         data = data["tasks"]
     if isinstance(data, list):

@@ -21,6 +21,7 @@ from mloc_server.store.records import (
     AttemptUsage,
     Claim,
     Claimed,
+    DependencyState,
     FinishedTask,
     GangMember,
     NewTask,
@@ -29,6 +30,7 @@ from mloc_server.store.records import (
     StoredArtifact,
     StoredAttempt,
     StoredLogChunk,
+    StoredPipeline,
     StoredTask,
     StoredToken,
     Usage,
@@ -94,6 +96,41 @@ class StoreTx(ABC):
     def save_progress(self, items: Iterable[tuple[str, int, dict[str, Any]]]) -> None:
         """(task id, epoch, progress) of running tasks, from heartbeats gathered in memory; a stale
         epoch is skipped."""
+
+    # -- dependencies and pipelines (services/dependencies.py) -----------------------------------
+
+    @abstractmethod
+    def find_task_ref(self, owner: str, ref: str) -> tuple[str, str, str] | None:
+        """(id, name, state) of ``owner``'s task with id ``ref``, else of the newest one named ``ref``."""
+
+    @abstractmethod
+    def task_dependencies(self, task_id: str) -> list[DependencyState]:
+        """What a task waits on, with each parent's current state (a parent gone reads as cancelled)."""
+
+    @abstractmethod
+    def blocked_dependents(self, parent_id: str) -> list[str]:
+        """The blocked tasks that wait on ``parent_id``, oldest first."""
+
+    @abstractmethod
+    def pipeline_slots(self, task_id: str) -> tuple[str, int, int, list[str]] | None:
+        """For a task of a pipeline with max_parallel: (pipeline id, max_parallel, children queued or
+        running, blocked children in order); None for any other task."""
+
+    @abstractmethod
+    def unblock(self, task_id: str, now: float) -> bool:
+        """A blocked task becomes queued; False when it is no longer blocked."""
+
+    @abstractmethod
+    def set_blocked_reason(self, task_id: str, reason: str) -> None:
+        """What a blocked task now waits on."""
+
+    @abstractmethod
+    def cancel_blocked(self, task_id: str, reason: str, now: float) -> bool:
+        """End a blocked task as cancelled with ``reason``; False when it is no longer blocked."""
+
+    @abstractmethod
+    def insert_pipeline(self, pipeline: StoredPipeline) -> None:
+        """A new pipeline or sweep (its tasks are inserted in the same transaction)."""
 
     # -- agents ---------------------------------------------------------------------------------
 
@@ -225,6 +262,26 @@ class Store(ABC):
     async def usage(self, owner: str | None, start: float | None, end: float | None, now: float) -> Usage:
         """Tasks created in [start, end) by state, type and owner, with their GPU-hours (an attempt
         still running counts until ``now``) and average queue wait."""
+
+    @abstractmethod
+    async def blocked_tasks(self) -> list[str]:
+        """Every blocked task's id, oldest first (re-decided at start)."""
+
+    @abstractmethod
+    async def dependencies_of(self, task_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Each of these tasks' dependencies as the API shows them: [{task, condition}]."""
+
+    @abstractmethod
+    async def get_pipeline(self, pipeline_id: str) -> StoredPipeline | None:
+        """One pipeline or sweep by id."""
+
+    @abstractmethod
+    async def list_pipelines(self, owner: str | None, page: int, page_size: int) -> tuple[list[StoredPipeline], int]:
+        """One page of pipelines (an owner's only, when given), newest first, and how many in all."""
+
+    @abstractmethod
+    async def pipeline_tasks(self, pipeline_ids: list[str]) -> list[StoredTask]:
+        """The tasks of these pipelines, in step order."""
 
     # -- agents and tokens ----------------------------------------------------------------------
 
