@@ -300,3 +300,13 @@ def _set_path(spec: dict[str, Any], path: str, value: Any, node: yaml.Node | Non
                         f"sweep.{path}", node, ())
         here = nxt
     here[parts[-1]] = value
+
+
+def check_document(data: dict[str, Any], node: yaml.Node | None) -> Plan:
+    """Validate a whole pipeline or sweep without a coordinator (steps bound to stand-in ids): what a
+    test of an example file, or a client before sending it, can check."""
+    plan = plan_document(data, node)
+    ids = {s.name: f"step-{s.name}" for s in plan.steps}
+    for s in plan.steps:
+        bind(Step(s.name, s.index, copy.deepcopy(s.data), s.node, s.where, s.values, s.needs), ids)
+    return plan
