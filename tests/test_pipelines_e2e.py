@@ -83,6 +83,8 @@ def test_cancelling_a_pipeline_stops_its_running_and_blocked_steps(coordinator: 
     record = resp.json()
     long_id = record["steps"][0]["task_id"]
     coordinator.wait_state(long_id, "running")
+    queue = coordinator.http.get("/api/v1/queue").json()
+    assert (queue["total"], queue["blocked"]) == (0, 1)  # the blocked step counts, but is not in the queue
     out = cli(coordinator, "pipeline", record["id"], "--cancel")
     assert out.returncode == 0 and "cancelled 1, stopping 1" in out.stdout, out.stdout + out.stderr
     coordinator.wait_state(long_id, "cancelled", timeout=30)

@@ -122,6 +122,8 @@ class QueueEntry(BaseModel):
 class QueueListing(BaseModel):
     tasks: list[QueueEntry] = Field(description="in order; a user sees their own tasks only, at their places")
     total: int = Field(description="tasks queued in all")
+    blocked: int = Field(0, description="tasks waiting on other tasks (depends_on), not queued yet: yours, or "
+                                        "everyone's for an admin")
 
 
 class PriorityChange(BaseModel):

@@ -235,7 +235,8 @@ def queue(limit: int = typer.Option(200, help="how many places to show"), config
         table.add_row(str(t["position"]), t["id"], who, t["priority_class"], str(t["priority"]), str(t["gpus"]),
                       f"{now - t['queued_at']:.0f}s", t["reason"])
     console.print(table)
-    console.print(f"{data['total']} task(s) queued")
+    blocked = f", {data['blocked']} blocked on other tasks" if data.get("blocked") else ""
+    console.print(f"{data['total']} task(s) queued{blocked}")
 
 
 @app.command()
