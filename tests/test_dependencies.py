@@ -269,6 +269,9 @@ async def test_blocked_tasks_whose_parent_ended_before_a_restart_are_decided_at_
         st.leasing.on_task_final.remove(st.dependencies.task_ended)  # as if it stopped right after the end
         await run_next(st, agent)
         assert (await state_of(st, child["id"]))["state"] == "blocked"
+        later = await submit(st, cmd(depends_on=[child["id"]], secrets={"API_KEY": "s3cret-value"}))
     async with coordinator_on(settings, ManualClock()) as st:
         assert (await state_of(st, child["id"]))["state"] == "queued"
         assert st.fleet.queue.get(child["id"]) is not None
+        assert (await state_of(st, later["id"]))["state"] == "blocked"
+        assert await st.db.secrets_ciphertext(later["id"]) is not None  # still waiting: its secrets are kept
