@@ -31,8 +31,9 @@ def task_dependencies(con: sqlite3.Connection, task_id: str) -> list[DependencyS
 
 
 def blocked_dependents(con: sqlite3.Connection, parent_id: str) -> list[str]:
+    # CROSS JOIN keeps SQLite on the parent_id index: left to choose, it walks every blocked task (state index)
     rows = con.execute(
-        "SELECT t.id FROM task_deps d JOIN tasks t ON t.id = d.task_id "
+        "SELECT t.id FROM task_deps d CROSS JOIN tasks t ON t.id = d.task_id "
         "WHERE d.parent_id=? AND t.state='blocked' ORDER BY t.created_at, t.step_index, t.id", (parent_id,)).fetchall()
     return [r["id"] for r in rows]
 
@@ -45,9 +46,10 @@ def pipeline_slots(con: sqlite3.Connection, task_id: str) -> tuple[str, int, int
         "WHERE t.id=? AND p.max_parallel IS NOT NULL", (task_id,)).fetchone()
     if row is None:
         return None
-    active = con.execute("SELECT COUNT(*) AS n FROM tasks WHERE pipeline_id=? AND state IN ('queued', 'running')",
+    # +state: on the pipeline_id index, not the state one (which would walk every queued or blocked task)
+    active = con.execute("SELECT COUNT(*) AS n FROM tasks WHERE pipeline_id=? AND +state IN ('queued', 'running')",
                          (row["id"],)).fetchone()["n"]
-    blocked = con.execute("SELECT id FROM tasks WHERE pipeline_id=? AND state='blocked' ORDER BY step_index, id",
+    blocked = con.execute("SELECT id FROM tasks WHERE pipeline_id=? AND +state='blocked' ORDER BY step_index, id",
                           (row["id"],)).fetchall()
     return row["id"], int(row["max_parallel"]), int(active), [r["id"] for r in blocked]
 
