@@ -119,3 +119,10 @@ def test_a_sweep_gives_each_child_its_values_and_index_and_max_parallel_runs_one
     refused = coordinator.http.post("/api/v1/pipelines", content=SWEEP.replace("env.LR", "nosuch.LR"))
     assert refused.status_code == 422 and refused.json()["error"]["field"] == "sweep.list.0.nosuch.LR"
     assert coordinator.http.post("/api/v1/tasks", content=SWEEP).status_code == 422  # said where to send it
+    unknown = coordinator.http.post("/api/v1/tasks", content="taskType: command\ncommand: 'true'\n"
+                                                             "depends_on:\n  - no-such-task\n")
+    assert unknown.status_code == 422, unknown.text
+    assert (unknown.json()["error"]["field"], unknown.json()["error"]["line"]) == ("depends_on.0", 4)
+    in_step = coordinator.http.post("/api/v1/pipelines", content=PIPELINE.replace("[prep]", "[prep, nope]"))
+    assert in_step.status_code == 422, in_step.text
+    assert (in_step.json()["error"]["field"], in_step.json()["error"]["line"]) == ("tasks.train.depends_on.1", 11)

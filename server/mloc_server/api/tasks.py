@@ -10,7 +10,7 @@ from aiohttp import web
 from mloc_shared.errors import BadRequest, ValidationFailed
 from mloc_shared.pipelines import is_multi
 from mloc_shared.protocol import FINAL_STATES
-from mloc_shared.spec_parsing import parse_document, validate_spec
+from mloc_shared.spec_parsing import parse_document, validate_spec, with_line
 
 from mloc_server.api.common import int_query, ok, state, user
 
@@ -51,7 +51,10 @@ async def submit(request: web.Request) -> web.Response:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (1 <= len(key) <= 200 and key.isascii() and key.isprintable()):
         raise ValidationFailed("Idempotency-Key must be 1..200 printable ASCII characters", field="Idempotency-Key")
-    record, created = await st.tasks.submit(spec, principal, key)
+    try:
+        record, created = await st.tasks.submit(spec, principal, key)
+    except ValidationFailed as exc:  # found against the stored tasks (depends_on): point at its line too
+        raise with_line(exc, node) from None
     return ok(record, status=201 if created else 200)
 
 

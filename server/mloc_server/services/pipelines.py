@@ -17,6 +17,7 @@ import yaml
 from mloc_shared.errors import Conflict, NotFound, ValidationFailed
 from mloc_shared.pipelines import Plan, Step, bind, plan_document
 from mloc_shared.protocol import FINAL_STATES
+from mloc_shared.spec_parsing import with_line
 from mloc_shared.taskspec import TaskSpec
 
 from mloc_server.services.auth import Principal
@@ -93,7 +94,10 @@ class Pipelines:
             tx.insert_pipeline(pipeline)
             active = 0
             for step, spec, wire, new, sealed in prepared:
-                found = resolve(tx, owner, spec, wire, prefix=step.where)
+                try:
+                    found = resolve(tx, owner, spec, wire, prefix=step.where)
+                except ValidationFailed as exc:
+                    raise with_line(exc, step.node, step.where) from None
                 new.spec = json.dumps(wire, sort_keys=True)
                 new.depends = [dep for dep, _ in found]
                 state, reason = decide([st for _, st in found])
