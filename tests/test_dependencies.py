@@ -275,3 +275,15 @@ async def test_blocked_tasks_whose_parent_ended_before_a_restart_are_decided_at_
         assert st.fleet.queue.get(child["id"]) is not None
         assert (await state_of(st, later["id"]))["state"] == "blocked"
         assert await st.db.secrets_ciphertext(later["id"]) is not None  # still waiting: its secrets are kept
+
+
+async def test_a_retried_submit_returns_the_first_task_even_after_its_parent_ended(tmp_path: Path) -> None:
+    async with coordinator_on(settings_for(tmp_path), ManualClock()) as st:
+        agent = await gpu_agent(st, "box")
+        parent = await submit(st, cmd())
+        spec = validate_spec(cmd(depends_on=[parent["id"]]))
+        first, created = await st.tasks.submit(spec, ALICE, "retry-me")
+        assert created and first["state"] == "blocked"
+        await run_next(st, agent, "failed")  # the dependent is cancelled; a new submit would be refused
+        again, created = await st.tasks.submit(spec, ALICE, "retry-me")
+        assert not created and again["id"] == first["id"] and again["state"] == "cancelled"

@@ -106,7 +106,8 @@ class Tasks:
         hand = None if waits else handoff.reserve(self.fleet, self.leasing, new.id, req, meta)
 
         def write(tx: StoreTx) -> tuple[StoredTask, bool, list[Claimed]]:
-            if waits:
+            # a retried submit (its key already used) answers with the first task, whatever its parents did since
+            if waits and not (new.idempotency_key and tx.keyed_task(new.idempotency_key)):
                 self._wait_on(tx, new, spec, wire)
             task_id, created = tx.insert_task(new)
             if created and sealed:

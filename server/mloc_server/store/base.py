@@ -100,6 +100,10 @@ class StoreTx(ABC):
     # -- dependencies and pipelines (services/dependencies.py) -----------------------------------
 
     @abstractmethod
+    def keyed_task(self, idempotency_key: str) -> str | None:
+        """The id of the task an idempotency key already created, if any."""
+
+    @abstractmethod
     def find_task_ref(self, owner: str, ref: str) -> tuple[str, str, str] | None:
         """(id, name, state) of ``owner``'s task with id ``ref``, else of the newest one named ``ref``."""
 

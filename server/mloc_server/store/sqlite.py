@@ -61,6 +61,9 @@ class SqliteTx(StoreTx):
     def save_progress(self, items: Iterable[tuple[str, int, dict[str, Any]]]) -> None:
         repo.save_progress(self.con, items)
 
+    def keyed_task(self, idempotency_key: str) -> str | None:
+        return prepo.keyed_task(self.con, idempotency_key)
+
     def find_task_ref(self, owner: str, ref: str) -> tuple[str, str, str] | None:
         row = prepo.find_task_ref(self.con, owner, ref)
         return (row["id"], row["name"], row["state"]) if row is not None else None

@@ -12,6 +12,11 @@ from mloc_server.store.repo.tasks import TASK_COLUMNS
 PIPELINE_COLUMNS = "id, name, kind, owner, team, created_at, max_parallel"
 
 
+def keyed_task(con: sqlite3.Connection, idempotency_key: str) -> str | None:
+    row = con.execute("SELECT id FROM tasks WHERE idempotency_key=?", (idempotency_key,)).fetchone()
+    return row["id"] if row is not None else None
+
+
 def find_task_ref(con: sqlite3.Connection, owner: str, ref: str) -> sqlite3.Row | None:
     """``ref`` as an id of ``owner``'s task, else the newest of their tasks whose spec has that ``name``."""
     row = con.execute("SELECT id, name, state FROM tasks WHERE id=? AND owner=?", (ref, owner)).fetchone()
