@@ -149,6 +149,7 @@ class StoreContract(StoreUnderTest):
             await store.write(lambda tx: tx.insert_task(new_task("t3", key="k", body='{"other": 1}')))
         assert err.value.field == "Idempotency-Key"
         assert await store.get_task("t2") is None and await store.get_task("t3") is None
+        assert await store.write(lambda tx: (tx.keyed_task("k"), tx.keyed_task("unused"))) == ("t1", None)
 
     async def test_a_claim_leases_a_queued_task_once(self, store: Store) -> None:
         await self.insert(store, new_task("t1"))
