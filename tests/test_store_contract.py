@@ -17,12 +17,15 @@ import pytest
 from mloc_server.store import SqliteStore, Store, StoreTx
 from mloc_server.store.records import (
     Claim,
+    Dependency,
+    DependencyState,
     NewPoint,
     NewTask,
     PendingUpload,
     PointBatch,
     StoredAgent,
     StoredMirror,
+    StoredPipeline,
     StoredToken,
 )
 from mloc_shared.errors import Conflict, NotFound
@@ -149,6 +152,7 @@ class StoreContract(StoreUnderTest):
             await store.write(lambda tx: tx.insert_task(new_task("t3", key="k", body='{"other": 1}')))
         assert err.value.field == "Idempotency-Key"
         assert await store.get_task("t2") is None and await store.get_task("t3") is None
+        assert await store.write(lambda tx: (tx.keyed_task("k"), tx.keyed_task("unused"))) == ("t1", None)
 
     async def test_a_claim_leases_a_queued_task_once(self, store: Store) -> None:
         await self.insert(store, new_task("t1"))
@@ -210,6 +214,73 @@ class StoreContract(StoreUnderTest):
         assert marked is not None and (marked.state, marked.cancel_requested) == ("running", True)
         # a lost lease of a task asked to cancel ends it rather than queueing it again
         assert await store.write(lambda tx: tx.requeue_task("running", epoch, "gone", T0 + 9, T0 + 4)) == "cancelled"
+
+    async def test_a_blocked_task_keeps_its_edges_and_moves_on_only_from_blocked(self, store: Store) -> None:
+        parent = new_task("p1", created_at=T0)
+        child = new_task("c1", created_at=T0 + 1)
+        child.state, child.blocked_reason = "blocked", "waits for task p1"
+        child.depends = [Dependency("p1", "succeeded"), Dependency("gone", "finished")]
+        other = new_task("c2", created_at=T0 + 2)
+        other.state, other.depends = "blocked", [Dependency("p1", "failed")]
+        await self.insert(store, parent, child, other)
+        row = await store.get_task("c1")
+        assert row is not None and (row.state, row.blocked_reason) == ("blocked", "waits for task p1")
+        assert await store.write(lambda tx: tx.blocked_dependents("p1")) == ["c1", "c2"]  # oldest first
+        deps = await store.write(lambda tx: tx.task_dependencies("c1"))
+        assert deps == [DependencyState("p1", "succeeded", "name-p1", "queued"),
+                        DependencyState("gone", "finished", "", "cancelled")]  # a parent gone reads as cancelled
+        assert await store.dependencies_of(["c1"]) == {"c1": [{"task": "p1", "condition": "succeeded"},
+                                                                {"task": "gone", "condition": "finished"}]}
+        assert await store.blocked_tasks() == ["c1", "c2"]
+        assert await store.write(lambda tx: tx.unblock("p1", T0 + 5)) is False  # not blocked
+        assert await store.write(lambda tx: tx.unblock("c1", T0 + 5)) is True
+        assert await store.write(lambda tx: tx.cancel_blocked("c1", "late", T0 + 6)) is False  # queued now
+        assert await store.write(lambda tx: tx.cancel_blocked("c2", "p1 succeeded", T0 + 6)) is True
+        queued, cancelled = await store.get_task("c1"), await store.get_task("c2")
+        assert queued is not None
+        assert (queued.state, queued.queued_at, queued.blocked_reason) == ("queued", T0 + 5, None)
+        assert cancelled is not None and (cancelled.state, cancelled.error) == ("cancelled", "p1 succeeded")
+        assert await store.write(lambda tx: tx.blocked_dependents("p1")) == []
+
+    async def test_task_refs_resolve_ids_then_the_newest_task_named_so_of_that_owner(self, store: Store) -> None:
+        named = [new_task("old", created_at=T0, body='{"name": "prep"}'),
+                 new_task("new", created_at=T0 + 1, body='{"name": "prep"}'),
+                 new_task("bobs", owner="bob", created_at=T0 + 2, body='{"name": "prep"}'),
+                 new_task("typed", created_at=T0 + 3, body='{"taskType": "command"}')]  # named after its type only
+        for t in named:
+            t.name = "prep"
+        await self.insert(store, *named)
+        assert await store.write(lambda tx: tx.find_task_ref("ann", "old")) == ("old", "prep", "queued")
+        assert await store.write(lambda tx: tx.find_task_ref("ann", "prep")) == ("new", "prep", "queued")
+        assert await store.write(lambda tx: tx.find_task_ref("ann", "bobs")) is None  # another owner's id
+        assert await store.write(lambda tx: tx.find_task_ref("bob", "prep")) == ("bobs", "prep", "queued")
+
+    async def test_a_pipeline_lists_its_tasks_in_step_order_and_counts_a_sweeps_slots(self, store: Store) -> None:
+        pipe = StoredPipeline(id="pl", name="lr", kind="sweep", owner="ann", team=None, created_at=T0, max_parallel=1)
+        steps = []
+        for i in range(3):
+            t = new_task(f"s{i}", created_at=T0 + 3 - i)  # created in reverse: step order wins
+            t.pipeline_id, t.step, t.step_index, t.sweep_values = "pl", f"lr[{i}]", i, f'{{"x": {i}}}'
+            t.state = "queued" if i == 0 else "blocked"
+            steps.append(t)
+
+        def write(tx) -> None:
+            tx.insert_pipeline(pipe)
+            for t in steps:
+                tx.insert_task(t)
+
+        await store.write(write)
+        assert await store.get_pipeline("pl") == pipe
+        rows = await store.pipeline_tasks(["pl"])
+        assert [(r.id, r.step, r.sweep_values) for r in rows] == [("s0", "lr[0]", '{"x": 0}'),
+                                                                  ("s1", "lr[1]", '{"x": 1}'),
+                                                                  ("s2", "lr[2]", '{"x": 2}')]
+        assert await store.write(lambda tx: tx.pipeline_slots("s2")) == ("pl", 1, 1, ["s1", "s2"])
+        await self.insert(store, new_task("loose"))
+        assert await store.write(lambda tx: tx.pipeline_slots("loose")) is None
+        listed, total = await store.list_pipelines("ann", 1, 10)
+        assert [p.id for p in listed] == ["pl"] and total == 1
+        assert await store.list_pipelines("bob", 1, 10) == ([], 0)
 
     async def test_progress_is_saved_only_for_the_current_epoch(self, store: Store) -> None:
         await self.insert(store, new_task("t1"), new_task("t2"))

@@ -49,6 +49,7 @@ from mloc_agent.task_contract import (
     Preempted,
     ProgressReport,
     TaskEnv,
+    array_env,
     decode,
     host_argv,
 )
@@ -230,6 +231,7 @@ class LeaseRun:
         await asyncio.to_thread(make_dirs, output_dir, ckpt_dir)
         env = dict(self.deps.task_env)
         env.update(lease.spec.get("env") or {})
+        env.update(array_env(lease.spec))  # a sweep's child: its index among its siblings
         secret_env = await fetch_secrets(self.client, lease)  # only here, in the child's environment
         self.logs.redactor.add(secret_env.values())
         env.update(secret_env)

@@ -39,11 +39,22 @@ AGENT_INSTANCE = "MLOC_AGENT_INSTANCE"  # the warden's mark: inherited by everyt
 TASK_OWNER = "MLOC_TASK_OWNER"  # the task's user: what the task keeps on the agent (RAG collections) is scoped to it
 ALLOW_PRIVATE_URLS = "MLOC_ALLOW_PRIVATE_URLS"  # "true": task URLs may reach loopback and private addresses
 COORDINATOR_URL = "MLOC_COORDINATOR_ORIGIN"  # where the coordinator is: no task URL may reach it (url_policy.py)
+# a sweep's child (docs/pipelines.md): its place among the sweep's tasks, 0-based, and how many there are
+ARRAY_INDEX = "MLOC_ARRAY_INDEX"
+ARRAY_COUNT = "MLOC_ARRAY_COUNT"
 TASK_PATH_ROOTS = "MLOC_TASK_PATH_ROOTS"  # the folders task-named paths must lie in, os.pathsep-separated
 # preemption (docs/modules.md): the agent writes this file ({"grace_s", "reason"}) and sends PREEMPT_SIGNAL to
 # every process of the task; the task checkpoints, sends ``Preempted`` and exits within the grace
 PREEMPT_FILE = "MLOC_PREEMPT_FILE"
 PREEMPT_SIGNAL_NAME = "SIGUSR1"
+
+
+def array_env(spec: Mapping[str, Any]) -> dict[str, str]:
+    """MLOC_ARRAY_INDEX / MLOC_ARRAY_COUNT of a sweep's child (the coordinator puts ``array`` in its spec)."""
+    array = spec.get("array")
+    if not isinstance(array, dict) or "index" not in array or "count" not in array:
+        return {}
+    return {ARRAY_INDEX: str(int(array["index"])), ARRAY_COUNT: str(int(array["count"]))}
 
 
 @dataclass(frozen=True)

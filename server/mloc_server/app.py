@@ -15,6 +15,7 @@ from mloc_server.api import metrics as metrics_api
 from mloc_server.api import mirror as mirror_api
 from mloc_server.api import openapi as openapi_api
 from mloc_server.api import pages as pages_api
+from mloc_server.api import pipelines as pipelines_api
 from mloc_server.api import queue as queue_api
 from mloc_server.api import secrets as secrets_api
 from mloc_server.api import system as system_api
@@ -26,12 +27,14 @@ from mloc_server.clock import Clock, SystemClock
 from mloc_server.services.agents import Agents
 from mloc_server.services.artifacts import Artifacts
 from mloc_server.services.auth import Auth
+from mloc_server.services.dependencies import Dependencies
 from mloc_server.services.fairshare import FairShare, SharePolicy
 from mloc_server.services.fleet import Fleet
 from mloc_server.services.gangs import Gangs
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.logs import Logs
 from mloc_server.services.mirror import Mirror
+from mloc_server.services.pipelines import Pipelines
 from mloc_server.services.polling import Polling
 from mloc_server.services.queue_admin import QueueAdmin
 from mloc_server.services.quotas import Quotas
@@ -64,6 +67,7 @@ def create_app(settings: CoordinatorSettings, clock: Clock | None = None) -> web
     """The coordinator's app; ``clock`` is the real one unless a test brings its own."""
     app = web.Application(middlewares=[errors], client_max_size=int(settings.max_body_mb * (1 << 20)))
     app.add_routes(tasks_api.routes)
+    app.add_routes(pipelines_api.routes)
     app.add_routes(agents_api.routes)
     app.add_routes(artifacts_api.routes)
     app.add_routes(system_api.routes)
@@ -97,18 +101,22 @@ async def open_state(settings: CoordinatorSettings, clock: Clock, resources: con
     leasing = Leasing(db, fleet, settings, clock, resume_url=store.download_url)
     Gangs(db, fleet, leasing, settings, clock)  # sets itself on leasing (tasks on several agents)
     await load_state(db, fleet, leasing, settings, clock)
+    deps = Dependencies(db, fleet, leasing, clock)  # hooks itself on leasing's task ends
+    await deps.settle_all()
     secrets = TaskSecrets(db, leasing, settings.data_dir / "secrets.key")
     await secrets.load()
     agents = Agents(db, fleet, settings, clock)
+    tasks = Tasks(db, fleet, leasing, secrets, clock)
     st = AppState(
         settings=settings, db=db, auth=auth, fleet=fleet, leasing=leasing,
-        polling=Polling(fleet, leasing, settings, clock), tasks=Tasks(db, fleet, leasing, secrets, clock),
+        polling=Polling(fleet, leasing, settings, clock), tasks=tasks,
         agents=agents, registration=Registration(db, agents, auth, clock, settings.registration_refusals_per_min),
         reaper=Reaper(db, fleet, leasing, settings, clock),
         artifacts=Artifacts(db, leasing, store, int(settings.max_artifact_gb * (1 << 30))), logs=Logs(db, leasing),
         secrets=secrets, artifact_store=store, started_at=clock.time(), clock=clock,
         queue_admin=QueueAdmin(db, fleet, leasing, settings, clock),
         mirror=Mirror(db, leasing, store, clock, settings.model_mirror, int(settings.max_artifact_gb * (1 << 30))),
+        dependencies=deps, pipelines=Pipelines(tasks),
     )
     resources.push_async_callback(_flush_quietly, st.reaper)  # runs before the database closes
     return st

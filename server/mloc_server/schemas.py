@@ -56,6 +56,17 @@ class AttemptView(BaseModel):
                                                         "(model.source); null when the spec names none")
 
 
+class DependencyView(BaseModel):
+    task: str
+    condition: Literal["succeeded", "finished", "failed"]
+
+
+class PipelineRef(BaseModel):
+    id: str
+    step: str | None
+    index: int | None
+
+
 class TaskRecord(BaseModel):
     """A task as users see it: state, attempts, live lease and progress, result."""
 
@@ -84,7 +95,12 @@ class TaskRecord(BaseModel):
     agent: str | None = Field(None, description="the agent that ran the final attempt")
     last_checkpoint: CheckpointView | None = None
     pending_reason: str | None = Field(None, description="while queued: why it has not started, or that it is next "
-                                                         "(fair share, quotas: docs/fairshare.md)")
+                                                         "(fair share, quotas: docs/fairshare.md); while blocked: "
+                                                         "the task it waits on")
+    depends_on: list[DependencyView] | None = Field(None, description="on GET of one task: what it waits on, "
+                                                    "its own depends_on and the tasks whose outputs it reads")
+    pipeline: PipelineRef | None = Field(None, description="the pipeline or sweep it belongs to")
+    values: dict[str, Any] | None = Field(None, description="a sweep's child: the values it was given")
     team: str | None = Field(None, description="the submitting token's team")
     warnings: list[str] | None = Field(None, description="on submit: accepted, but worth knowing")
     attempt_history: list[AttemptView] | None = Field(None, description="on GET of one task")
@@ -108,6 +124,8 @@ class QueueEntry(BaseModel):
 class QueueListing(BaseModel):
     tasks: list[QueueEntry] = Field(description="in order; a user sees their own tasks only, at their places")
     total: int = Field(description="tasks queued in all")
+    blocked: int = Field(0, description="tasks waiting on other tasks (depends_on), not queued yet: yours, or "
+                                        "everyone's for an admin")
 
 
 class PriorityChange(BaseModel):
@@ -131,6 +149,65 @@ class TaskPage(BaseModel):
     page_size: int
     total: int
     pages: int
+
+
+PipelineState = Literal["blocked", "queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class PipelineStep(BaseModel):
+    """One task of a pipeline or sweep, with what a comparison needs."""
+
+    name: str | None
+    index: int | None
+    task_id: str
+    task_type: str
+    state: TaskState
+    values: dict[str, Any] | None = Field(None, description="a sweep's child: {dotted spec path: value}")
+    final: dict[str, float] = Field(description="its last progress loss/metrics, then its result's metrics")
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    progress: dict[str, Any] | None
+    pending_reason: str | None = None
+
+
+class RollupRow(BaseModel):
+    name: str | None
+    task_id: str
+    state: TaskState
+    values: dict[str, Any] | None = None
+    final: dict[str, float]
+
+
+class PipelineSummary(BaseModel):
+    id: str
+    name: str
+    kind: Literal["pipeline", "sweep"]
+    user: str
+    state: PipelineState = Field(description="running if any step runs; queued, blocked while any waits; then "
+                                             "succeeded when all did, failed when any failed, else cancelled")
+    created_at: float
+    max_parallel: int | None = Field(None, description="a sweep's: at most this many children queued or running")
+    counts: dict[str, int] = Field(description="its tasks by state")
+
+
+class PipelineRecord(PipelineSummary):
+    steps: list[PipelineStep] = Field(description="in file order (a sweep's: by array index)")
+    rollup: list[RollupRow] = Field(description="each step's values and final metrics, for a comparison table")
+    metrics: list[str] = Field(description="every metric name some step reported")
+
+
+class PipelinePage(BaseModel):
+    pipelines: list[PipelineSummary]
+    page: int
+    page_size: int
+    total: int
+    pages: int
+
+
+class PipelineCancelled(PipelineSummary):
+    cancelled: list[str] = Field(description="tasks ended by this cancel")
+    cancelling: list[str] = Field(description="running tasks whose agents were told to stop them")
 
 
 class TaskAccepted(BaseModel):

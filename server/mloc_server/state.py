@@ -11,10 +11,12 @@ from mloc_server.clock import Clock
 from mloc_server.services.agents import Agents
 from mloc_server.services.artifacts import Artifacts
 from mloc_server.services.auth import Auth
+from mloc_server.services.dependencies import Dependencies
 from mloc_server.services.fleet import Fleet
 from mloc_server.services.leasing import Leasing
 from mloc_server.services.logs import Logs
 from mloc_server.services.mirror import Mirror
+from mloc_server.services.pipelines import Pipelines
 from mloc_server.services.polling import Polling
 from mloc_server.services.queue_admin import QueueAdmin
 from mloc_server.services.reaper import Reaper
@@ -45,6 +47,8 @@ class AppState:
     clock: Clock  # every service reads the time from it (tests pass a ManualClock)
     queue_admin: QueueAdmin  # the queue's listing with reasons, priority changes
     mirror: Mirror  # hub snapshots in the artifact store (docs/models.md)
+    dependencies: Dependencies  # blocked tasks: released or cancelled as the tasks they wait on end
+    pipelines: Pipelines  # pipeline files and sweeps: many tasks under one id
 
 
 STATE = web.AppKey("mloc_state", AppState)

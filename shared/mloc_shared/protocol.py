@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mloc_shared.version import PROTOCOL_VERSION
 
-TaskState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+# "blocked": waiting on other tasks (depends_on, the outputs it reads, a sweep's max_parallel); never leased
+TaskState = Literal["blocked", "queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 # "preempted": the task stopped (having checkpointed) because the coordinator or its agent asked it to
 # make room; the coordinator queues it again at once, and it is not a failed attempt

@@ -203,6 +203,17 @@ def line_of(node: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
     return line
 
 
+def with_line(exc: ValidationFailed, node: yaml.Node | None, prefix: str = "") -> ValidationFailed:
+    """Give an error found after validation (a depends_on id that is no task) the YAML line of its
+    field; ``prefix`` is the part of the field name above ``node`` (``tasks.sft.``)."""
+    if exc.line is None and exc.field and node is not None and exc.field.startswith(prefix):
+        path = tuple(int(p) if p.isdigit() else p for p in exc.field[len(prefix):].split("."))
+        exc.line = line_of(node, path)
+        if exc.line is not None and f"line {exc.line}" not in exc.message:
+            exc.message = f"{exc.message} (line {exc.line})"
+    return exc
+
+
 def validate_spec(data: Any, node: yaml.Node | None = None) -> TaskSpec:
     """Validate plain data as a TaskSpec; the first error names its field path and line."""
     if not isinstance(data, dict):

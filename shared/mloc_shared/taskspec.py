@@ -97,6 +97,17 @@ class RetryPolicy(SpecModel):
     on_failure: bool = Field(False, description="also retry when the task itself fails, not only when its box is lost")
 
 
+class Dependency(SpecModel):
+    """``depends_on`` entry: wait for ``task`` (an id, a task name, or in a pipeline a step name)."""
+
+    task: str = Field(min_length=1, max_length=200)
+    # succeeded: run only if it succeeded; failed: only if it failed; finished: whatever its end
+    condition: Literal["succeeded", "finished", "failed"] = "succeeded"
+
+
+MAX_DEPENDENCIES = 64
+
+
 class TaskSpec(SpecModel):
     """One task as a user writes it (YAML or JSON)."""
 
@@ -125,6 +136,16 @@ class TaskSpec(SpecModel):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     timeout_s: float | None = Field(None, gt=0, le=30 * 86400)
     user: str | None = Field(None, max_length=100)
+    # wait in state "blocked" until these tasks end as their condition asks (docs/pipelines.md)
+    depends_on: list[Dependency] = Field(default_factory=list, max_length=MAX_DEPENDENCIES)
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _dependency_shapes(cls, value: Any) -> Any:
+        """A bare string is the id or name of a task whose success this one needs."""
+        if isinstance(value, list):
+            return [{"task": v} if isinstance(v, str) else v for v in value]
+        return value
 
     @field_validator("task_type")
     @classmethod

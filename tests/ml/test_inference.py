@@ -72,16 +72,19 @@ def test_batch_inference_runs_the_adapter_of_a_finished_fine_tune(
     assert not all(r["generation"].strip().startswith("answer") for r in base_rows)
 
 
-def test_a_task_source_that_does_not_exist_or_did_not_succeed_fails_the_task_by_name(
+def test_a_task_source_that_does_not_exist_or_did_not_succeed_is_refused_at_submit_by_name(
     coordinator: Coordinator, start_agent
 ) -> None:
+    """A task that reads another's outputs depends on it (docs/pipelines.md): a source that is none of
+    the user's tasks, or one that already failed, can never be read, so the submit is refused (422)."""
     start_agent("box")
     failed = coordinator.submit({"taskType": "command", "command": "exit 3", "resources": {"gpus": 0}})
     coordinator.wait_state(failed["id"], "failed")
-    for identifier, words in (("0000000000000000nosuchtask", "does not exist"), (failed["id"], "which is failed")):
-        task = coordinator.submit(inference_spec({"type": "task", "identifier": identifier}))
-        done = coordinator.wait_state(task["id"], {"succeeded", "failed"}, timeout=60)
-        assert done["state"] == "failed" and words in done["error"] and identifier in done["error"], done["error"]
+    for identifier, words in (("0000000000000000nosuchtask", "no task"), (failed["id"], "already failed")):
+        resp = coordinator.http.post("/api/v1/tasks", json=inference_spec({"type": "task", "identifier": identifier}))
+        error = resp.json()["error"]
+        assert resp.status_code == 422 and error["field"] == "model.source.identifier", resp.text
+        assert words in error["message"] and identifier in error["message"], error
 
 
 @pytest.fixture(scope="session")

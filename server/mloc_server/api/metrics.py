@@ -24,7 +24,7 @@ from mloc_server.services.overview import AGENT_STATES, finished_tasks, fleet_co
 from mloc_server.state import AppState
 
 routes = web.RouteTableDef()
-TASK_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+TASK_STATES = ("blocked", "queued", "running", "succeeded", "failed", "cancelled")
 # the agent protocol's routes, by canonical path: only these are timed
 CALLS = {
     "/api/v1/agents/poll": "poll",

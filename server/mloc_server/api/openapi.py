@@ -80,6 +80,14 @@ TASK_BODY = {
             "type": "array", "items": {"$ref": REF.format(model="TaskSpec")}, "minItems": 1, "maxItems": MAX_BULK}}},
     ],
 }
+PIPELINE_BODY = {
+    "type": "object",
+    "description": "a pipeline: {name?, tasks: {step: TaskSpec}}, where a step names earlier steps in "
+                   "depends_on and model.source {type: step}; or a TaskSpec with sweep: {grid: {path: [values]} | "
+                   "list: [{path: value}], max_parallel?} (docs/pipelines.md)",
+    "properties": {"name": {"type": "string"}, "tasks": {"type": "object", "additionalProperties": {
+        "$ref": REF.format(model="TaskSpec")}}, "sweep": {"type": "object"}},
+}
 SUBMIT_CONTENT = {
     "application/json": {"schema": TASK_BODY, "example": SUBMIT_EXAMPLE},
     "application/yaml": {"schema": TASK_BODY, "example": SUBMIT_EXAMPLE},
@@ -112,6 +120,21 @@ OPERATIONS: tuple[Op, ...] = (
     Op("PATCH", "/api/v1/tasks/{task_id}", "Change a queued or running task's priority class or priority "
        "(a queued one moves in the queue at once)", "admin", {200: s.PriorityChanged}, body=s.PriorityChange,
        errors=(404, 409)),
+    # -- pipelines and sweeps (api/pipelines.py) -------------------------------------------------------
+    Op("POST", "/api/v1/pipelines", "Submit a pipeline file (tasks: step name -> task spec) or a task spec with a "
+       "sweep block: all of its tasks in one transaction", "user", {201: s.PipelineRecord},
+       body={"application/yaml": {"schema": PIPELINE_BODY}, "application/json": {"schema": PIPELINE_BODY},
+             "text/plain": {"schema": {"type": "string", "description": "YAML or JSON text"}}},
+       errors=(403, 429)),
+    Op("GET", "/api/v1/pipelines", "List pipelines and sweeps, newest first", "user", {200: s.PipelinePage},
+       params=(Param("page", "query", _int(1, 10_000_000)), Param("page_size", "query", _int(1, 500))),
+       errors=(422,)),
+    Op("GET", "/api/v1/pipelines/{pipeline_id}", "A pipeline or sweep: each step's state, values and final "
+       "metrics, and the rolled-up state", "user", {200: s.PipelineRecord}, errors=(404,)),
+    Op("POST", "/api/v1/pipelines/{pipeline_id}/cancel", "Cancel every unfinished step", "user",
+       {200: s.PipelineCancelled}, errors=(404,)),
+    Op("DELETE", "/api/v1/pipelines/{pipeline_id}", "Cancel every unfinished step", "user",
+       {200: s.PipelineCancelled}, errors=(404,)),
     Op("GET", "/api/v1/queue", "The queue in the order picks take it, each task with why it is next or waits",
        "user", {200: s.QueueListing}, params=(Param("limit", "query", _int(1, MAX_LISTED)),), errors=(422,)),
     Op("GET", "/api/v1/tasks/{task_id}/logs",
@@ -227,6 +250,7 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     s.CompletionState, s.LogsAccepted, s.UploadCommitted, p.RegisterResponse, p.PollResponse, p.CompletionResults,
     p.HeartbeatResponse, p.UploadPlan, p.SourcesResponse, p.SecretsResponse, s.Overview, s.QueueListing,
     s.PriorityChanged, mr.MirrorListing, mr.PushPlan, mr.MirrorEntry, mr.MirrorResponse,
+    s.PriorityChanged, s.PipelineRecord, s.PipelinePage, s.PipelineCancelled,
 )
 
 
@@ -292,6 +316,8 @@ def _tag(op: Op) -> str:
         return "artifacts"
     if op.path.startswith("/api/v1/mirror"):
         return "mirror"
+    if op.path.startswith("/api/v1/pipelines"):
+        return "pipelines"
     return "tasks" if op.path.startswith("/api/v1/tasks") else "system"
 
 
@@ -324,8 +350,8 @@ def document() -> dict[str, Any]:
                               "description": "the fleet's join token (MLOC_JOIN_TOKEN)"},
             },
         },
-        "tags": [{"name": "tasks"}, {"name": "artifacts"}, {"name": "mirror"}, {"name": "agent protocol"},
-                 {"name": "system"}],
+        "tags": [{"name": "tasks"}, {"name": "pipelines"}, {"name": "artifacts"}, {"name": "mirror"},
+                 {"name": "agent protocol"}, {"name": "system"}],
     }
 
 

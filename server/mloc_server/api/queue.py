@@ -16,7 +16,12 @@ MAX_LISTED = 5000
 @routes.get("/api/v1/queue")
 async def queue(request: web.Request) -> web.Response:
     limit = int_query(request, "limit", 200, 1, MAX_LISTED)
-    return ok(state(request).queue_admin.listing(user(request), limit))
+    principal, st = user(request), state(request)
+    listing = st.queue_admin.listing(principal, limit)
+    # blocked tasks are not in the queue (never leased): counted here, listed with GET /api/v1/tasks?state=blocked
+    counts = await st.db.count_tasks_by_state(None if principal.is_admin else principal.user)
+    listing.blocked = counts.get("blocked", 0)
+    return ok(listing)
 
 
 @routes.patch("/api/v1/tasks/{task_id}")

@@ -10,14 +10,15 @@ import math
 from aiohttp import web
 from mloc_shared.comparison import MAX_TASKS as MAX_COMPARED
 from mloc_shared.errors import BadRequest, ValidationFailed
+from mloc_shared.pipelines import is_multi
 from mloc_shared.protocol import FINAL_STATES
-from mloc_shared.spec_parsing import parse_document, validate_spec
+from mloc_shared.spec_parsing import parse_document, validate_spec, with_line
 
 from mloc_server.api.common import int_query, ok, state, user
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
-STATES = ("queued", "running", *sorted(FINAL_STATES))
+STATES = ("blocked", "queued", "running", *sorted(FINAL_STATES))
 MAX_BULK = 5000
 INLINE_PARSE = 8 << 10  # bytes
 
@@ -30,6 +31,10 @@ async def submit(request: web.Request) -> web.Response:
     # a task file parses in microseconds; a large YAML body can take seconds: keep those off the event loop
     data, node = parse_document(body) if len(body) <= INLINE_PARSE else await asyncio.to_thread(parse_document, body)
     st = state(request)
+    if is_multi(data):
+        raise ValidationFailed("this is a pipeline file or a sweep: it makes several tasks",
+                               field="sweep" if "sweep" in data else "tasks",
+                               hint="POST it to /api/v1/pipelines (mloc submit FILE does)")
     if isinstance(data, dict) and isinstance(data.get("tasks"), list) and "taskType" not in data:
         data = data["tasks"]
     if isinstance(data, list):
@@ -48,7 +53,10 @@ async def submit(request: web.Request) -> web.Response:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (1 <= len(key) <= 200 and key.isascii() and key.isprintable()):
         raise ValidationFailed("Idempotency-Key must be 1..200 printable ASCII characters", field="Idempotency-Key")
-    record, created = await st.tasks.submit(spec, principal, key)
+    try:
+        record, created = await st.tasks.submit(spec, principal, key)
+    except ValidationFailed as exc:  # found against the stored tasks (depends_on): point at its line too
+        raise with_line(exc, node) from None
     return ok(record, status=201 if created else 200)
 
 

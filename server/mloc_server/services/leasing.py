@@ -306,6 +306,10 @@ class Leasing:
         for callback in self.on_task_final:
             callback(task_id, state)
 
+    def announce_final(self, task_id: str, state: str) -> None:
+        """A task another service ended (a blocked one cancelled): the same hooks as any end."""
+        self._notify_final(task_id, state)
+
     # -- cancel -------------------------------------------------------------------------------
 
     async def cancel(self, task_id: str) -> str:
@@ -327,6 +331,9 @@ class Leasing:
             lease.cancel_requested = True
             self.fleet.wake_agent(lease.agent_id, "cancel")
             return "cancelling"
+        if await self._db.write(lambda tx: tx.cancel_blocked(task_id, "cancelled before it started", now)):
+            self._notify_final(task_id, "cancelled")  # it waited on other tasks (services/dependencies.py)
+            return "cancelled"
         await self.raise_not_active(task_id)
 
     async def raise_not_active(self, task_id: str) -> NoReturn:

@@ -61,7 +61,7 @@ class TaskSecrets:
         """Forget the secrets of tasks that ended while the coordinator was down."""
         ended = []
         for task_id, state in await self.db.tasks_with_secrets():
-            if state in ("queued", "running"):
+            if state in ("blocked", "queued", "running"):  # blocked: waits on other tasks, runs later
                 self._held.add(task_id)
             else:
                 ended.append(task_id)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mloc_shared import comparison
+from mloc_shared.chaining import referenced_tasks
 from mloc_shared.errors import Forbidden, NotFound, ValidationFailed
 from mloc_shared.protocol import FINAL_STATES
 from mloc_shared.taskspec import BUILTIN_TASK_TYPES, TaskSpec
@@ -21,6 +22,7 @@ from mloc_shared.taskspec import BUILTIN_TASK_TYPES, TaskSpec
 from mloc_server.clock import Clock
 from mloc_server.services import handoff
 from mloc_server.services.auth import Principal
+from mloc_server.services.dependencies import decide, resolve
 from mloc_server.services.fairshare import ReasonContext, queue_reason
 from mloc_server.services.fleet import Fleet
 from mloc_server.services.leasing import Leasing
@@ -100,9 +102,14 @@ class Tasks:
             body_hash=hashlib.sha256(body.encode()).hexdigest(), team=team,
         )
         meta = self._meta(wire, owner, team)
-        hand = handoff.reserve(self.fleet, self.leasing, new.id, req, meta)  # an agent's poll is waiting: claim it now
+        waits = bool(spec.depends_on or referenced_tasks(wire))  # it may be blocked: decided in the transaction
+        # an agent's poll is waiting: claim it now
+        hand = None if waits else handoff.reserve(self.fleet, self.leasing, new.id, req, meta)
 
         def write(tx: StoreTx) -> tuple[StoredTask, bool, list[Claimed]]:
+            # a retried submit (its key already used) answers with the first task, whatever its parents did since
+            if waits and not (new.idempotency_key and tx.keyed_task(new.idempotency_key)):
+                self._wait_on(tx, new, spec, wire)
             task_id, created = tx.insert_task(new)
             if created and sealed:
                 self.secrets.insert(tx, task_id, sealed, now)
@@ -123,7 +130,7 @@ class Tasks:
         handed = hand.settle(claimed) if hand is not None else False
         if handed:  # let the woken poll send the lease before this reply is built: the agent is waiting on it
             await asyncio.sleep(0)
-        if created:
+        if created and row.state == "queued":
             if not handed:
                 self.fleet.enqueue(QueuedTask.make(row.id, req, meta, now), self.clock.time())
                 self.preempter.check()  # it may fit nowhere: make room from a lower, preemptible class
@@ -143,10 +150,19 @@ class Tasks:
             record["warnings"] = warnings
         return record, created
 
+    @staticmethod
+    def _wait_on(tx: StoreTx, new: NewTask, spec: TaskSpec, wire: dict[str, Any]) -> None:
+        """Resolve the new task's dependencies in its submit's transaction: blocked until they hold."""
+        found = resolve(tx, new.owner, spec, wire)
+        new.spec = json.dumps(wire, sort_keys=True)  # depends_on as ids
+        new.depends = [dep for dep, _ in found]
+        state, reason = decide([st for _, st in found])
+        new.state, new.blocked_reason = ("blocked", reason) if state == "blocked" else ("queued", None)
+
     async def submit_many(self, specs: list[TaskSpec], principal: Principal) -> list[dict[str, Any]]:
         """Bulk submit: one transaction for all tasks (the fast path for many small tasks)."""
         now = self.clock.time()
-        rows, shapes, sealed = [], [], {}
+        rows, shapes, sealed, waiting = [], [], {}, {}
         for spec in specs:
             if spec.user and spec.user != principal.user and not principal.is_admin:
                 raise Forbidden(f"you cannot submit tasks as user {spec.user!r}", field="user")
@@ -162,8 +178,17 @@ class Tasks:
                 created_at=now, max_attempts=spec.retry.max_attempts, gpus_required=req.gpus,
                 requirement=req.to_json(), idempotency_key=None, body_hash=None, team=team))
             shapes.append((req, self._meta(wire, owner, team)))
+            if spec.depends_on or referenced_tasks(wire):
+                waiting[len(rows) - 1] = (spec, wire)
 
         def write(tx: StoreTx) -> list[str]:
+            for i, (spec, wire) in waiting.items():
+                try:
+                    self._wait_on(tx, rows[i], spec, wire)
+                except ValidationFailed as exc:
+                    exc.field = f"tasks[{i}].{exc.field}" if exc.field else f"tasks[{i}]"
+                    exc.message = f"tasks[{i}]: {exc.message}"
+                    raise
             ids = [tx.insert_task(r)[0] for r in rows]
             for i, blob in sealed.items():
                 self.secrets.insert(tx, ids[i], blob, now)
@@ -173,10 +198,11 @@ class Tasks:
             ids = await self.db.write(write)
         for i in sealed:
             self.secrets.stored(ids[i])
-        for task_id, (req, meta) in zip(ids, shapes, strict=True):
-            self.fleet.enqueue(QueuedTask.make(task_id, req, meta, now), self.clock.time())
+        for task_id, row, (req, meta) in zip(ids, rows, shapes, strict=True):
+            if row.state == "queued":
+                self.fleet.enqueue(QueuedTask.make(task_id, req, meta, now), self.clock.time())
         self.preempter.check()
-        return [{"id": task_id, "state": "queued"} for task_id in ids]
+        return [{"id": task_id, "state": row.state} for task_id, row in zip(ids, rows, strict=True)]
 
     def _visible(self, row: StoredTask | None, principal: Principal, task_id: str) -> StoredTask:
         if row is None or (not principal.is_admin and row.owner != principal.user):
@@ -195,6 +221,7 @@ class Tasks:
             for a in await self.db.task_attempts(task_id)
         ]
         # what retry.max_attempts counts: preempted attempts are not among them
+        record["depends_on"] = (await self.db.dependencies_of([task_id])).get(task_id, [])
         record["failed_attempts"] = sum(1 for a in record["attempt_history"] if a["outcome"] in ("failed", "lost"))
         return record
 
@@ -254,6 +281,12 @@ class Tasks:
             record["last_checkpoint"] = {"name": ck["name"], "step": ck.get("step")}
         if row.state == "queued":
             record["pending_reason"] = self.pending_reason(row, reasons, ctx)
+        elif row.state == "blocked":
+            record["pending_reason"] = row.blocked_reason
+        if row.pipeline_id:
+            record["pipeline"] = {"id": row.pipeline_id, "step": row.step, "index": row.step_index}
+        if row.sweep_values:
+            record["values"] = json.loads(row.sweep_values)
         return record
 
     def pending_reason(self, row: StoredTask, reasons: dict[str, str | None] | None = None,

@@ -71,7 +71,8 @@
     const item = (label, value) => el("span", {}, label + " ", el("b", { text: String(value) }));
     $("counts").replaceChildren(
       item("agents", o.agents.active + "/" + o.agents_total), item("GPUs free", o.gpus.free + "/" + o.gpus.total),
-      item("queued", t.queued || 0), item("running", t.running || 0), item("succeeded", t.succeeded || 0),
+      item("queued", t.queued || 0), item("blocked", t.blocked || 0), item("running", t.running || 0),
+      item("succeeded", t.succeeded || 0),
       item("failed", t.failed || 0));
   }
 
@@ -87,7 +88,7 @@
     const sent = Date.now() / 1000;
     const [o, agents, running, queue, finished] = await Promise.all([
       api("/api/v1/overview"), api(agentsQuery()), api(tasksQuery("running", "running")),
-      api(tasksQuery("queue", "queued")), api(tasksQuery("finished", $("finished-state").value)),
+      api(tasksQuery("queue", "queued,blocked")), api(tasksQuery("finished", $("finished-state").value)),
     ]);
     MLOC.setServerTime(o.server_time, sent);
     MLOC.showWho(o);

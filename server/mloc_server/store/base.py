@@ -23,6 +23,7 @@ from mloc_server.store.records import (
     AttemptUsage,
     Claim,
     Claimed,
+    DependencyState,
     FinishedTask,
     GangMember,
     NewTask,
@@ -34,6 +35,7 @@ from mloc_server.store.records import (
     StoredAttempt,
     StoredLogChunk,
     StoredMirror,
+    StoredPipeline,
     StoredTask,
     StoredToken,
     Usage,
@@ -104,6 +106,44 @@ class StoreTx(ABC):
     def add_progress_points(self, batches: Iterable[PointBatch]) -> dict[tuple[str, int], int]:
         """Append to task attempts' progress history (a step sent again replaces its point), thinning an
         attempt's older points past a bound; returns the rows each (task id, attempt) holds now."""
+    # -- dependencies and pipelines (services/dependencies.py) -----------------------------------
+
+    @abstractmethod
+    def keyed_task(self, idempotency_key: str) -> str | None:
+        """The id of the task an idempotency key already created, if any."""
+
+    @abstractmethod
+    def find_task_ref(self, owner: str, ref: str) -> tuple[str, str, str] | None:
+        """(id, name, state) of ``owner``'s task with id ``ref``, else of the newest one named ``ref``."""
+
+    @abstractmethod
+    def task_dependencies(self, task_id: str) -> list[DependencyState]:
+        """What a task waits on, with each parent's current state (a parent gone reads as cancelled)."""
+
+    @abstractmethod
+    def blocked_dependents(self, parent_id: str) -> list[str]:
+        """The blocked tasks that wait on ``parent_id``, oldest first."""
+
+    @abstractmethod
+    def pipeline_slots(self, task_id: str) -> tuple[str, int, int, list[str]] | None:
+        """For a task of a pipeline with max_parallel: (pipeline id, max_parallel, children queued or
+        running, blocked children in order); None for any other task."""
+
+    @abstractmethod
+    def unblock(self, task_id: str, now: float) -> bool:
+        """A blocked task becomes queued; False when it is no longer blocked."""
+
+    @abstractmethod
+    def set_blocked_reason(self, task_id: str, reason: str) -> None:
+        """What a blocked task now waits on."""
+
+    @abstractmethod
+    def cancel_blocked(self, task_id: str, reason: str, now: float) -> bool:
+        """End a blocked task as cancelled with ``reason``; False when it is no longer blocked."""
+
+    @abstractmethod
+    def insert_pipeline(self, pipeline: StoredPipeline) -> None:
+        """A new pipeline or sweep (its tasks are inserted in the same transaction)."""
 
     # -- agents ---------------------------------------------------------------------------------
 
@@ -255,6 +295,26 @@ class Store(ABC):
     async def progress_points(self, task_id: str, since: float | None = None,
                               limit: int = 10_000) -> list[ProgressPoint]:
         """A task's progress history received after ``since`` (every point without it), by attempt, then step."""
+
+    @abstractmethod
+    async def blocked_tasks(self) -> list[str]:
+        """Every blocked task's id, oldest first (re-decided at start)."""
+
+    @abstractmethod
+    async def dependencies_of(self, task_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Each of these tasks' dependencies as the API shows them: [{task, condition}]."""
+
+    @abstractmethod
+    async def get_pipeline(self, pipeline_id: str) -> StoredPipeline | None:
+        """One pipeline or sweep by id."""
+
+    @abstractmethod
+    async def list_pipelines(self, owner: str | None, page: int, page_size: int) -> tuple[list[StoredPipeline], int]:
+        """One page of pipelines (an owner's only, when given), newest first, and how many in all."""
+
+    @abstractmethod
+    async def pipeline_tasks(self, pipeline_ids: list[str]) -> list[StoredTask]:
+        """The tasks of these pipelines, in step order."""
 
     # -- agents and tokens ----------------------------------------------------------------------
 

@@ -45,6 +45,37 @@ class TaskRow(SQLModel, table=True):
     team: str | None = None  # the submitting token's team (fair share and quotas)
     # a gang's members (JSON: [{"agent_id", "gpus"}] by node rank, "network"), while it runs on several agents
     gang: str | None = None
+    # dependencies and pipelines (services/dependencies.py, services/pipelines.py)
+    pipeline_id: str | None = Field(default=None, index=True)
+    step: str | None = None  # its step name in the pipeline
+    step_index: int | None = None  # its place in the pipeline (a sweep child's array index)
+    sweep_values: str | None = None  # JSON: a sweep child's {dotted path: value}
+    blocked_reason: str | None = None  # while blocked: what it waits on
+
+
+class TaskDepRow(SQLModel, table=True):
+    """One edge "task waits on parent": ``condition`` is succeeded | finished | failed."""
+
+    __tablename__ = "task_deps"
+
+    task_id: str = Field(primary_key=True)
+    parent_id: str = Field(primary_key=True, index=True)
+    condition: str = "succeeded"
+    field: str = "depends_on"  # the spec field that named it (for messages)
+
+
+class PipelineRow(SQLModel, table=True):
+    """A pipeline file's or a sweep's tasks under one id; its state is rolled up from theirs."""
+
+    __tablename__ = "pipelines"
+
+    id: str = Field(primary_key=True)
+    name: str
+    kind: str = "pipeline"  # pipeline | sweep
+    owner: str = Field(index=True)
+    team: str | None = None
+    created_at: float = Field(index=True)
+    max_parallel: int | None = None  # a sweep's: at most this many children queued or running
 
 
 class AttemptRow(SQLModel, table=True):

@@ -49,6 +49,11 @@ class StoredTask(BaseModel):
     preemptions: int | None = Field(None, description="attempts that ended preempted (not failed ones)")
     team: str | None = None
     gang: str | None = Field(None, description="JSON: a running gang's members by node rank and network")
+    pipeline_id: str | None = None
+    step: str | None = None
+    step_index: int | None = None
+    sweep_values: str | None = Field(None, description="JSON: a sweep child's {dotted path: value}")
+    blocked_reason: str | None = None
 
 
 class StoredAttempt(BaseModel):
@@ -83,6 +88,42 @@ class NewTask:
     idempotency_key: str | None
     body_hash: str | None
     team: str | None = None
+    state: str = "queued"  # or "blocked": it waits on ``depends`` (services/dependencies.py)
+    depends: list[Dependency] | None = None
+    pipeline_id: str | None = None
+    step: str | None = None
+    step_index: int | None = None
+    sweep_values: str | None = None
+    blocked_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """The task waits until ``parent_id`` ends in a way ``condition`` accepts."""
+
+    parent_id: str
+    condition: str = "succeeded"  # succeeded | finished | failed
+    field: str = "depends_on"
+
+
+@dataclass(frozen=True)
+class DependencyState:
+    """A dependency with its parent's current name and state (what deciding a blocked task reads)."""
+
+    parent_id: str
+    condition: str
+    parent_name: str
+    parent_state: str
+
+
+class StoredPipeline(BaseModel):
+    id: str
+    name: str
+    kind: str
+    owner: str
+    team: str | None
+    created_at: float
+    max_parallel: int | None
 
 
 @dataclass

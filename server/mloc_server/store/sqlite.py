@@ -13,6 +13,7 @@ from mloc_server.store import records as rec
 from mloc_server.store import repo
 from mloc_server.store.base import Store, StoreTx
 from mloc_server.store.database import Database
+from mloc_server.store.repo import pipelines as prepo
 
 T = TypeVar("T")
 
@@ -64,6 +65,34 @@ class SqliteTx(StoreTx):
 
     def add_progress_points(self, batches: Iterable[rec.PointBatch]) -> dict[tuple[str, int], int]:
         return repo.add_progress_points(self.con, batches)
+
+    def keyed_task(self, idempotency_key: str) -> str | None:
+        return prepo.keyed_task(self.con, idempotency_key)
+
+    def find_task_ref(self, owner: str, ref: str) -> tuple[str, str, str] | None:
+        row = prepo.find_task_ref(self.con, owner, ref)
+        return (row["id"], row["name"], row["state"]) if row is not None else None
+
+    def task_dependencies(self, task_id: str) -> list[rec.DependencyState]:
+        return prepo.task_dependencies(self.con, task_id)
+
+    def blocked_dependents(self, parent_id: str) -> list[str]:
+        return prepo.blocked_dependents(self.con, parent_id)
+
+    def pipeline_slots(self, task_id: str) -> tuple[str, int, int, list[str]] | None:
+        return prepo.pipeline_slots(self.con, task_id)
+
+    def unblock(self, task_id: str, now: float) -> bool:
+        return prepo.unblock(self.con, task_id, now)
+
+    def set_blocked_reason(self, task_id: str, reason: str) -> None:
+        prepo.set_blocked_reason(self.con, task_id, reason)
+
+    def cancel_blocked(self, task_id: str, reason: str, now: float) -> bool:
+        return prepo.cancel_blocked(self.con, task_id, reason, now)
+
+    def insert_pipeline(self, pipeline: rec.StoredPipeline) -> None:
+        prepo.insert_pipeline(self.con, pipeline)
 
     def save_agent(self, agent: rec.StoredAgent) -> None:
         repo.save_agent(self.con, agent)
@@ -172,6 +201,22 @@ class SqliteStore(Store):
     async def progress_points(self, task_id: str, since: float | None = None,
                               limit: int = 10_000) -> list[rec.ProgressPoint]:
         return await repo.progress_points(self.database, task_id, since, limit)
+
+    async def blocked_tasks(self) -> list[str]:
+        return await prepo.blocked_tasks(self.database)
+
+    async def dependencies_of(self, task_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        return await prepo.dependencies_of(self.database, task_ids)
+
+    async def get_pipeline(self, pipeline_id: str) -> rec.StoredPipeline | None:
+        return await prepo.get_pipeline(self.database, pipeline_id)
+
+    async def list_pipelines(self, owner: str | None, page: int,
+                             page_size: int) -> tuple[list[rec.StoredPipeline], int]:
+        return await prepo.list_pipelines(self.database, owner, page, page_size)
+
+    async def pipeline_tasks(self, pipeline_ids: list[str]) -> list[rec.StoredTask]:
+        return [rec.StoredTask.model_validate(dict(r)) for r in await prepo.pipeline_tasks(self.database, pipeline_ids)]
 
     async def all_agents(self) -> list[rec.StoredAgent]:
         return await repo.all_agents(self.database)

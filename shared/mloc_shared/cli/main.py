@@ -19,6 +19,7 @@ from rich.table import Table
 from mloc_shared.api_client import ApiClient
 from mloc_shared.cli import models as models_cli
 from mloc_shared.cli import nodes
+from mloc_shared.cli import pipelines as pipeline_cli
 from mloc_shared.cli.options import CONFIG
 from mloc_shared.comparison import format_table
 from mloc_shared.errors import MlocError
@@ -142,9 +143,13 @@ def submit(
     idempotency_key: str | None = typer.Option(None, help="makes a retried submit safe"),
     config: Path | None = ConfigOpt,
 ) -> None:
-    """Submit a task file (sent unchanged: line breaks and all)."""
+    """Submit a task file (sent unchanged: line breaks and all), a pipeline file or a sweep."""
     client = _client(config)
-    task = _call(client.submit, file.read_bytes(), idempotency_key)
+    body = file.read_bytes()
+    if pipeline_cli.is_multi_file(body):
+        _submit_pipeline(client, body, wait or follow)
+        return
+    task = _call(client.submit, body, idempotency_key)
     console.print(f"submitted [bold]{task['id']}[/bold] ({task['task_type']}) state={task['state']}")
     for warning in task.get("warnings", []):
         err.print(f"[yellow]note:[/yellow] {warning}")
@@ -157,9 +162,52 @@ def submit(
             raise typer.Exit(1)
 
 
+def _submit_pipeline(client: ApiClient, body: bytes, follow: bool) -> None:
+    record = _call(pipeline_cli.submit, client, body)
+    console.print(f"submitted {record['kind']} [bold]{record['id']}[/bold] ({len(record['steps'])} tasks) "
+                  f"state={record['state']}")
+    if not follow:
+        console.print(pipeline_cli.table(record))
+        return
+    record = pipeline_cli.follow(client, record["id"], console, _call)
+    console.print(pipeline_cli.table(record))
+    if record["state"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command("pipelines")
+def list_pipelines(page: int = typer.Option(1), page_size: int = typer.Option(20),
+                   config: Path | None = ConfigOpt) -> None:
+    """List pipelines and sweeps, newest first."""
+    data = _call(_client(config).get, "/api/v1/pipelines", page=page, page_size=page_size)
+    table = Table("id", "name", "kind", "user", "state", "tasks by state")
+    for p in data["pipelines"]:
+        table.add_row(p["id"], p["name"], p["kind"], p["user"], p["state"],
+                      ", ".join(f"{k} {v}" for k, v in sorted(p["counts"].items())))
+    console.print(table)
+    console.print(f"page {data['page']}/{max(1, data['pages'])}, {data['total']} pipeline(s)")
+
+
+@app.command("pipeline")
+def show_pipeline(pipeline_id: str, follow: bool = typer.Option(False, "--follow", "-f",
+                                                                  help="show step changes until all end"),
+                  cancel_all: bool = typer.Option(False, "--cancel", help="cancel every unfinished step"),
+                  config: Path | None = ConfigOpt) -> None:
+    """One pipeline or sweep: each step's state, values and final metrics."""
+    client = _client(config)
+    if cancel_all:
+        done = _call(client.post, f"/api/v1/pipelines/{pipeline_id}/cancel")
+        console.print(f"pipeline {pipeline_id}: cancelled {len(done['cancelled'])}, "
+                      f"stopping {len(done['cancelling'])}")
+        return
+    record = (pipeline_cli.follow(client, pipeline_id, console, _call) if follow
+              else _call(client.get, f"/api/v1/pipelines/{pipeline_id}"))
+    console.print(pipeline_cli.table(record))
+
+
 @app.command("tasks")
 def list_tasks(
-    state: str | None = typer.Option(None, help="queued, running, succeeded, failed, cancelled"),
+    state: str | None = typer.Option(None, help="blocked, queued, running, succeeded, failed, cancelled"),
     user: str | None = typer.Option(None),
     task_type: str | None = typer.Option(None, "--type"),
     page: int = typer.Option(1),
@@ -191,7 +239,8 @@ def queue(limit: int = typer.Option(200, help="how many places to show"), config
         table.add_row(str(t["position"]), t["id"], who, t["priority_class"], str(t["priority"]), str(t["gpus"]),
                       f"{now - t['queued_at']:.0f}s", t["reason"])
     console.print(table)
-    console.print(f"{data['total']} task(s) queued")
+    blocked = f", {data['blocked']} blocked on other tasks" if data.get("blocked") else ""
+    console.print(f"{data['total']} task(s) queued{blocked}")
 
 
 @app.command()

@@ -16,7 +16,7 @@ TASK_COLUMNS = (
     "id, name, task_type, owner, spec, state, priority, created_at, updated_at, queued_at, started_at, "
     "finished_at, attempts, max_attempts, not_before, gpus_required, requirement, agent_id, epoch, "
     "lease_gpus, claim_id, progress, result, error, exit_code, cancel_requested, idempotency_key, "
-    "last_checkpoint, preemptions, team, gang"
+    "last_checkpoint, preemptions, team, gang, pipeline_id, step, step_index, sweep_values, blocked_reason"
 )
 
 def insert_task(con: sqlite3.Connection, t: NewTask) -> tuple[str, bool]:
@@ -39,14 +39,20 @@ def insert_task(con: sqlite3.Connection, t: NewTask) -> tuple[str, bool]:
     con.execute(
         "INSERT INTO tasks(id, name, task_type, owner, spec, state, priority, created_at, updated_at, "
         "queued_at, attempts, max_attempts, not_before, gpus_required, requirement, epoch, lease_gpus, "
-        "cancel_requested, idempotency_key, body_hash, team) "
-        "VALUES(?,?,?,?,?,'queued',?,?,?,?,0,?,0,?,?,0,'[]',0,?,?,?)",
+        "cancel_requested, idempotency_key, body_hash, team, pipeline_id, step, step_index, sweep_values, "
+        "blocked_reason) "
+        "VALUES(?,?,?,?,?,?,?,?,?,?,0,?,0,?,?,0,'[]',0,?,?,?,?,?,?,?,?)",
         (
-            t.id, t.name, t.task_type, t.owner, t.spec, t.priority, t.created_at, t.created_at,
+            t.id, t.name, t.task_type, t.owner, t.spec, t.state, t.priority, t.created_at, t.created_at,
             t.created_at, t.max_attempts, t.gpus_required, t.requirement, t.idempotency_key, t.body_hash,
-            t.team or None,
+            t.team or None, t.pipeline_id, t.step, t.step_index, t.sweep_values, t.blocked_reason,
         ),
     )
+    if t.depends:
+        con.executemany(
+            "INSERT OR IGNORE INTO task_deps(task_id, parent_id, condition, field) VALUES(?,?,?,?)",
+            [(t.id, d.parent_id, d.condition, d.field) for d in t.depends],
+        )
     return t.id, True
 
 def task_row(con: sqlite3.Connection, task_id: str) -> sqlite3.Row:
