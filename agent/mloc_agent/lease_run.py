@@ -393,6 +393,7 @@ class LeaseRun:
             return
         if self.progress is not None and completion.result is not None:
             completion.result.setdefault("progress", self.progress.model_dump(exclude_none=True))
+        completion.points = self.points.pending() or None  # the steps no heartbeat carried yet
         if completion.error:  # the task's own output may echo a secret
             completion.error = self.logs.redactor.mask(completion.error)
         if completion.result:

@@ -130,6 +130,9 @@ class GpuStat(WireModel):
     memory_used_mb: int | None = None
 
 
+MAX_HEARTBEAT_POINTS = 100  # progress points one heartbeat or completion carries
+
+
 class Completion(WireModel):
     epoch: int
     outcome: Outcome
@@ -140,6 +143,8 @@ class Completion(WireModel):
     # error code), and False when another attempt would fail the same (an input error)
     error_code: str | None = Field(None, max_length=64)
     retryable: bool | None = None
+    # the progress steps no heartbeat carried yet (HeartbeatRequest.points): the curve's last seconds
+    points: list[Progress] | None = Field(None, max_length=MAX_HEARTBEAT_POINTS)
 
 
 class CompletionRef(Completion):
@@ -244,9 +249,6 @@ class Progress(WireModel):
     eta_s: float | None = None
     message: str | None = Field(None, max_length=500)
     metrics: dict[str, float] | None = None
-
-
-MAX_HEARTBEAT_POINTS = 100
 
 
 class HeartbeatRequest(WireModel):

@@ -228,6 +228,8 @@ OPERATIONS: tuple[Op, ...] = (
     Op("GET", "/tasks/{task_id}", "The status page of one task", "none", {200: {"text/html": TEXT}}),
     Op("GET", "/compare", "The status page comparing tasks (?ids=a,b,c): curves and final metrics", "none",
        {200: {"text/html": TEXT}}),
+    Op("GET", "/pipelines/{pipeline_id}", "The status page of a pipeline or sweep: its steps, their curves and "
+       "final metrics", "none", {200: {"text/html": TEXT}}),
 )
 
 AUTH_ERRORS = {"user": (401,), "admin": (401, 403), "agent": (401, 426), "register": (401, 426), "none": ()}

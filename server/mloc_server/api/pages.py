@@ -45,6 +45,12 @@ async def compare_page(request: web.Request) -> web.FileResponse:
     return _shell("compare.html")
 
 
+@routes.get("/pipelines/{pipeline_id}")
+async def pipeline_page(request: web.Request) -> web.FileResponse:
+    """A pipeline's or sweep's steps, one cancel, and the comparison view over its tasks (docs/pages.md)."""
+    return _shell("pipeline.html")
+
+
 @routes.get("/api/v1/overview")
 async def overview(request: web.Request) -> web.Response:
     """Counts for the page's header: the fleet from memory, tasks by state (a user's own only)."""

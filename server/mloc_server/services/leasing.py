@@ -202,6 +202,9 @@ class Leasing:
             batch.append((i, lease, c, state, error))
         if batch:
             now = self.clock.time()
+            for _, lease, c, *_rest in batch:
+                for point in c.points or ():
+                    keep_point(lease, point, now)
             points = take_points(lease for _, lease, *_rest in batch)
 
             def write(tx: StoreTx) -> list[bool]:

@@ -33,12 +33,15 @@
         "× (not counted against the attempts)" : "")]];
     if (t.lease) rows.push(["running on", t.lease.agent + " · GPUs " + (t.lease.gpus.join(",") || "none") + " · epoch " + t.lease.epoch]);
     if (t.lease && t.lease.preempting) rows.push(["preempting", t.lease.preempting + " — checkpointing, then back to the queue"]);
+    if (t.pipeline) rows.push(["pipeline", el("a", { href: "/pipelines/" + encodeURIComponent(t.pipeline.id), id: "task-pipeline" },
+      t.pipeline.id + " · step " + t.pipeline.step)]);
+    if (t.values) rows.push(["values", Object.entries(t.values).map(([k, v]) => k + "=" + v).join(", ")]);
     if (t.pending_reason) rows.push(["why it waits", t.pending_reason]);
     if (t.last_checkpoint) rows.push(["last checkpoint", t.last_checkpoint.name + " (step " + t.last_checkpoint.step + ")"]);
     if (t.exit_code != null) rows.push(["exit code", t.exit_code]);
     if (t.error) rows.push(["error", t.error]);
     if (t.result) rows.push(["result", JSON.stringify(t.result)]);
-    $("task-facts").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { class: "mono", text: String(v) })]));
+    $("task-facts").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), v instanceof Node ? el("dd", {}, v) : el("dd", { class: "mono", text: String(v) })]));
   }
 
   function render(t) {
