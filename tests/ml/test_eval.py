@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Coordinator
-from tests.ml.conftest import run_to_end
-from tests.ml.test_inference import fine_tune
+from tests.harness import Coordinator, wait_for
+from tests.ml.conftest import train_spec
+from tests.ml.test_inference import CHAT_ROWS, generations, inference_spec
 from tests.test_eval_metrics import needs
 
 pytestmark = pytest.mark.ml
@@ -35,22 +35,50 @@ def artifact(coordinator: Coordinator, task_id: str, name: str) -> str:
     return resp.text
 
 
-@pytest.mark.timeout(600)  # three tasks that each import torch and load a model: a loaded box needs more than 300 s
-def test_a_fine_tune_has_lower_perplexity_than_its_base_on_held_out_rows(
+@pytest.mark.timeout(600)  # four tasks that each import torch and load a model: a loaded box needs more than 300 s
+def test_a_pipeline_fine_tunes_then_evaluates_both_models_and_serves_the_adapter(
     coordinator: Coordinator, start_agent, tiny_lm: Path
 ) -> None:
+    """One pipeline file (issue 15's must-show): sft -> eval of the fine-tune -> inference on it, with the base
+    model's eval beside it. The steps that read the sft wait blocked until it succeeds; the fine-tune's
+    perplexity on held-out rows of its distribution is lower than the base model's."""
     needs("rouge")
     needs("bleu")
+    pytest.importorskip("trl", reason="the ML training stack is not installed (make venv-ml)")
     start_agent("box")
-    sft = fine_tune(coordinator, tiny_lm)
-    base = run_to_end(coordinator, eval_spec({"type": "local", "identifier": str(tiny_lm)}))
-    tuned = run_to_end(coordinator, eval_spec({"type": "task", "identifier": sft["id"]}))
+    step_sft = {"type": "step", "identifier": "sft"}
+    doc = {"name": "tune-and-measure", "tasks": {
+        "sft": train_spec("sft", tiny_lm, {"rows": CHAT_ROWS}, {"max_steps": 30, "learning_rate": 5e-3,
+                                                                "save_steps": 1000}),
+        "base": eval_spec({"type": "local", "identifier": str(tiny_lm)}),
+        "tuned": eval_spec(step_sft),
+        "serve": inference_spec(step_sft)}}
+    resp = coordinator.http.post("/api/v1/pipelines", json=doc)
+    assert resp.status_code == 201, resp.text
+    pipeline = resp.json()
+    steps = {s["name"]: s for s in pipeline["steps"]}
+    assert steps["tuned"]["state"] == steps["serve"]["state"] == "blocked"
+    assert steps["sft"]["task_id"] in steps["tuned"]["pending_reason"]
+
+    def ended() -> dict[str, Any] | None:
+        r = coordinator.http.get(f"/api/v1/pipelines/{pipeline['id']}").json()
+        return r if r["state"] in ("succeeded", "failed", "cancelled") else None
+
+    done = wait_for(ended, 540, "the pipeline to end")
+    by_name = {s["name"]: coordinator.task(s["task_id"]) for s in done["steps"]}
+    assert done["state"] == "succeeded", {n: (t["state"], t.get("error")) for n, t in by_name.items()}
+    sft, base, tuned = by_name["sft"], by_name["base"], by_name["tuned"]
+    assert tuned["started_at"] >= sft["finished_at"] and by_name["serve"]["started_at"] >= sft["finished_at"]
     b, t = base["result"]["metrics"], tuned["result"]["metrics"]
     assert t["perplexity"] < b["perplexity"] and t["loss"] < b["loss"], (b, t)
     assert math.isclose(t["perplexity"], math.exp(t["loss"]))
     assert t["rouge1"] > b["rouge1"], (b, t)  # the adapter's replies open with 'answer', as the references do
     assert set(t) == {"loss", "perplexity", "exact_match", "rouge1", "rouge2", "rougeL", "bleu"}
     assert tuned["result"]["adapter"].endswith(f"{sft['id']}/adapter") and base["result"]["adapter"] is None
+    rollup = {r["name"]: r["final"] for r in done["rollup"]}
+    assert rollup["tuned"]["perplexity"] == t["perplexity"]  # the roll-up reads the eval's metrics
+    served = generations(coordinator, by_name["serve"]["id"])
+    assert served and all(r["generation"].strip().startswith("answer") for r in served), served
 
     assert json.loads(artifact(coordinator, tuned["id"], "metrics.json"))["metrics"] == t
     rows = [json.loads(line) for line in artifact(coordinator, tuned["id"], "examples.jsonl").splitlines()]
