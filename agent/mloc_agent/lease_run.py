@@ -53,6 +53,7 @@ from mloc_agent.task_outcome import base_result, completion_of, read_result_file
 from mloc_agent.task_secrets import fetch_secrets
 from mloc_agent.uploads import fetch_checkpoint
 from mloc_agent.warden import Warden
+from mloc_agent.warm_runtimes import ColdStart, WarmRuntimes
 from mloc_agent.watchdog import StallWatchdog
 from mloc_agent.workdirs import Janitor, make_dirs
 
@@ -76,6 +77,7 @@ class LeaseDeps:
     heartbeat_s: float
     spawn: Callable[[Coroutine[Any, Any, None]], None]  # runs a coroutine in the background
     containers: ContainerRuntime | None = None  # runs image: tasks (None: this agent takes none)
+    warm: WarmRuntimes | None = None  # hosted tasks' warm starts (warm_runtimes.py; None: always cold)
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class LeaseRun:
         self.watchdog = StallWatchdog(timeout) if timeout else None
         self.container: RunningContainer | None = None  # an image: task's container, once it is started
         self.stalled: str | None = None  # the watchdog's one-line error once it stopped the task
+        self.start_kind: str | None = None  # "warm" | "cold" once its process started (Completion.start)
 
     # -- control from the agent -------------------------------------------------------------
 
@@ -191,6 +194,8 @@ class LeaseRun:
             log.exception("task %s failed on the agent", self.task_id)
             completion = Completion(epoch=self.lease.epoch, outcome="failed", error=f"agent error: {exc}")
         finally:
+            if completion is not None and self.proc is not None:
+                completion.start = self.start_kind
             self.started.set()
             self.done.set()
             if self.proc is not None:
@@ -282,8 +287,12 @@ class LeaseRun:
             direct, env = self._containerize(image, direct, env, own)
         channel = LineSplitter(self._on_channel_line)
         try:
-            self.proc = TaskProcess.start(direct, env, self.workdir, self.deps.warden, self.logs.feed, channel.feed,
-                                          leaves_group=plan.many_ranks or bool(image))
+            if task_file is not None and not image and not plan.torchrun and not plan.many_ranks:
+                self.proc = await self._start_warm(direct[0], env, channel.feed)  # one process: it may fork warm
+            if self.proc is None:
+                self.proc = TaskProcess.start(direct, env, self.workdir, self.deps.warden, self.logs.feed,
+                                              channel.feed, leaves_group=plan.many_ranks or bool(image))
+                self.start_kind = "cold"
         except BaseException:
             if ranks is not None:
                 await ranks.close(0)
@@ -321,6 +330,25 @@ class LeaseRun:
             return self.preemption.completion(lease.epoch, code, result)
         return completion_of(lease.epoch, code, outcome, result, stalled=self.stalled,
                              cancel_reason=self.cancel_reason, stderr_tail=self.logs.tail["stderr"])
+
+    async def _start_warm(self, python: str, env: dict[str, str], on_channel: Callable[[bytes], None]) \
+            -> TaskProcess | None:
+        """The task host forked from ``python``'s warm template (warm_runtimes.py), or None (with a system
+        line saying why) for a cold start."""
+        if self.deps.warm is None:
+            return None
+        try:
+            proc, ms = await self.deps.warm.start(python, env, self.workdir, self.logs.feed, on_channel)
+        except ColdStart as exc:
+            self.logs.write("system", f"[mloc] cold start: {exc}\n")
+            return None
+        except Exception as exc:  # whatever went wrong on the way, a cold start still runs the task
+            log.warning("task %s: warm start failed: %s", self.task_id, exc)
+            self.logs.write("system", f"[mloc] cold start: the warm start failed ({type(exc).__name__}: {exc})\n")
+            return None
+        self.start_kind = "warm"
+        self.logs.write("system", f"[mloc] warm start: forked from the {python} template in {ms:.0f} ms\n")
+        return proc
 
     async def _upload_dir_as_checkpoint(self, ckpt_dir: Path) -> None:
         """A command's $MLOC_CHECKPOINT_DIR, when it holds anything, as the checkpoint to resume from."""

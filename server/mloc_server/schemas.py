@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from mloc_shared.protocol import Gpu, TaskState
+from mloc_shared.protocol import Gpu, TaskState, WarmRuntimeStat
 from pydantic import BaseModel, Field
 
 from mloc_server.store.records import StoredArtifact, StoredToken, Usage
@@ -52,6 +52,8 @@ class AttemptView(BaseModel):
     ended_at: float | None
     outcome: str | None
     error: str | None
+    start: str | None = Field(None, description="warm | cold: whether the attempt's process was forked from a warm "
+                                                "runtime's template or started fresh (docs/warm-starts.md)")
 
 
 class TaskRecord(BaseModel):
@@ -231,6 +233,8 @@ class Worker(BaseModel):
     memory_mb: int
     gpus: list[WorkerGpu]
     leases: list[WorkerLease]
+    warm_runtimes: list[WarmRuntimeStat] | None = Field(
+        None, description="its warm runtimes' templates: state and resident memory (docs/warm-starts.md)")
 
 
 class WorkerList(BaseModel):

@@ -119,6 +119,9 @@ class Completion(WireModel):
     # error code), and False when another attempt would fail the same (an input error)
     error_code: str | None = Field(None, max_length=64)
     retryable: bool | None = None
+    # how its process started (docs/warm-starts.md): forked from a warm runtime's template, or exec'd;
+    # None: it never started one (or an older agent)
+    start: Literal["warm", "cold"] | None = None
 
 
 class CompletionRef(Completion):
@@ -144,6 +147,15 @@ class CompletionResults(WireModel):
     results: list[CompletionResult]
 
 
+class WarmRuntimeStat(WireModel):
+    """One warm runtime's template on an agent (docs/warm-starts.md): its state and resident memory."""
+
+    python: str = Field(max_length=4096)
+    state: str = Field(max_length=32)  # starting | ready | dead
+    pid: int | None = None
+    rss_mb: float | None = None
+
+
 class PollRequest(WireModel):
     poll_id: str = Field(min_length=8, max_length=64, description="agent-chosen; a retry returns the same leases")
     free_slots: int = Field(ge=0, le=1024)
@@ -151,6 +163,7 @@ class PollRequest(WireModel):
     completions: list[CompletionRef] = Field(default_factory=list)
     draining: bool = False
     gpu_stats: list[GpuStat] | None = None
+    warm_runtimes: list[WarmRuntimeStat] | None = Field(None, max_length=64)  # None: warm starts off (or older)
 
 
 class Checkpoint(WireModel):

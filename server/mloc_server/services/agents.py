@@ -133,6 +133,7 @@ class Agents:
             hostname=agent.inventory.hostname, cpu_count=agent.inventory.cpu_count,
             memory_mb=agent.inventory.memory_mb, gpus=gpus,
             leases=[_lease_view(lease, viewer) for lease in agent.leases.values() if lease.epoch >= 0],
+            warm_runtimes=agent.warm_runtimes,
         )
 
     def listing(self, viewer: Principal) -> list[Worker]:

@@ -44,6 +44,7 @@ class Polling:
         agent.self_draining = req.draining
         if req.gpu_stats is not None:
             agent.gpu_stats = req.gpu_stats
+        agent.warm_runtimes = req.warm_runtimes
         agent.wake("superseded")  # an older poll of this agent still held: answer it empty
         lost, reoffer = await self._reconcile(agent, req)
         agent.freed_since_poll = 0

@@ -62,6 +62,7 @@ class AttemptRow(SQLModel, table=True):
     outcome: str | None = None
     error: str | None = None
     members: str | None = None  # a gang's attempt: JSON list of agent ids, by node rank
+    start: str | None = None  # "warm" | "cold": how the agent started its process (docs/warm-starts.md)
 
 
 class AgentRow(SQLModel, table=True):

@@ -62,6 +62,7 @@ class StoredAttempt(BaseModel):
     outcome: str | None
     error: str | None
     members: str | None = Field(None, description="JSON list of a gang attempt's agent ids, by node rank")
+    start: str | None = Field(None, description="warm | cold: how the agent started the attempt's process")
 
 
 @dataclass
