@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mloc_shared.task_types import BUILTIN_TASK_TYPES
 
 from tests.harness import Agent, Coordinator, wait_for
 
@@ -58,7 +59,10 @@ def plugin_site(tmp_path: Path) -> Path:
 
 
 def warm_agent(coordinator: Coordinator, name: str, site: Path, **env: str) -> Agent:
-    settings = {"PYTHONPATH": str(site), "MLOC_WARM_RUNTIMES": "true", **env}
+    """An agent with warm runtimes on whose one hosted task type is the probe (the built-in ML types, served by
+    the same runtime, would have its template import torch and the rest)."""
+    others = ",".join(t for t in BUILTIN_TASK_TYPES if t != "command")
+    settings = {"PYTHONPATH": str(site), "MLOC_WARM_RUNTIMES": "true", "MLOC_DISABLED_TASK_TYPES": others, **env}
     return Agent(coordinator, name, gpus=GPUS, extra_env=settings)
 
 
