@@ -69,7 +69,7 @@ def rss_mb(pid: int) -> float:
 
 
 def measure(coord: Coordinator, name: str, model: Path, n: int, env: dict[str, str]) -> dict[str, Any]:
-    agent = Agent(coord, name, extra_env=env).start()
+    agent = Agent(coord, name, extra_env={"MLOC_TASK_PATH_ROOTS": str(model.parent), **env}).start()
     try:
         out: dict[str, Any] = {}
         if env.get("MLOC_WARM_RUNTIMES") == "true":

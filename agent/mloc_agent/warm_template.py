@@ -137,7 +137,14 @@ class Template:
                         for fd in fds:
                             os.close(fd)
                         return 0
-                    self.fork(json.loads(data), fds)
+                    try:
+                        request = json.loads(data)
+                    except ValueError:
+                        request = {}
+                    try:
+                        self.fork(request, fds)
+                    except Exception as exc:  # fork() itself failing (no memory, no pids): this task goes cold
+                        self.send({"id": request.get("id"), "refused": f"{type(exc).__name__}: {exc}"})
                 else:
                     self.reap(key.fd)
 
@@ -151,6 +158,8 @@ class Template:
     def fork(self, request: dict[str, Any], fds: list[int]) -> None:
         rid = request.get("id")
         reason = unsafe_to_fork() if len(fds) == 4 else f"expected 4 fds, got {len(fds)}"
+        if reason is None and not isinstance(request.get("env"), dict):
+            reason = "the request was not understood"
         if reason is not None:
             for fd in fds:
                 os.close(fd)
