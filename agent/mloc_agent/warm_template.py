@@ -31,6 +31,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import gc
 import hashlib
 import importlib
 import json
@@ -117,6 +118,10 @@ class Template:
                 load(ref)
             except Exception as exc:
                 missing.append(f"{ref}: {type(exc).__name__}: {exc}"[:300])
+        # what the imports built stays out of every later collection: a task's gc.collect (accelerate calls
+        # one as training starts) would otherwise walk, and so copy-on-write copy, the whole imported heap
+        gc.collect()
+        gc.freeze()
         return {"ready": True, "pid": os.getpid(), "dirs": dirs, "fingerprint": fp, "imported": imported,
                 "missing": missing, "import_ms": round((time.monotonic() - started) * 1000)}
 
