@@ -195,3 +195,22 @@ def test_a_template_running_a_thread_refuses_and_the_task_starts_cold(coordinato
     assert done["attempt_history"][0]["start"] == "cold"
     assert not done["result"]["heavy_preloaded"]
     assert "refused to fork: the template runs 2 threads" in coordinator.logs(done["id"], "system")
+
+
+def test_each_runtime_gets_a_plan_of_its_hosted_modules_imports() -> None:
+    """command runs its argv directly (nothing to keep warm); a task type given its own interpreter
+    (MLOC_RUNTIMES) is planned under that one; the imports are the union of the modules' warm_imports."""
+    from mloc_agent.modules.inference.inference import InferenceModule
+    from mloc_agent.modules.registry import BUILTIN
+    from mloc_agent.modules.training.dpo import DPOModule
+    from mloc_agent.modules.training.sft import SFTModule
+    from mloc_agent.warm_runtimes import plan_runtimes
+
+    modules = {t: BUILTIN[t] for t in ("command", "sft", "dpo", "inference")}
+    plans = plan_runtimes(modules, {"inference": "/opt/vllm/bin/python"}, "/usr/bin/python3")
+    assert set(plans) == {"/usr/bin/python3", "/opt/vllm/bin/python"}
+    main, vllm = plans["/usr/bin/python3"], plans["/opt/vllm/bin/python"]
+    assert sorted(main.modules) == sorted([BUILTIN["sft"], BUILTIN["dpo"]]) and vllm.modules == [BUILTIN["inference"]]
+    assert set(main.imports) == set(SFTModule.warm_imports) | set(DPOModule.warm_imports)
+    assert len(main.imports) == len(set(main.imports))
+    assert vllm.imports == list(InferenceModule.warm_imports)
