@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -79,7 +80,6 @@ class WarmTemplate:
         self.state = "starting"  # starting | ready | dead
         self.why_dead = ""
         self.info: dict[str, Any] = {}
-        self.ready = asyncio.get_running_loop().create_future()
         self._next_id = 0
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._exits: dict[int, Callable[[int], None]] = {}
@@ -91,10 +91,11 @@ class WarmTemplate:
         self.sock = ours
         config = {"imports": plan.imports, "modules": plan.modules, "python_path": list(python_path)}
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / f"template-{os.getpid()}-{int(time.time() * 1000)}.log"
+        # one log per runtime, started afresh with each template (a rebuilt one replaces the last one's)
+        self.log_path = log_dir / f"template-{hashlib.sha256(plan.python.encode()).hexdigest()[:12]}.log"
         started = time.monotonic()
         try:
-            with open(self.log_path, "ab") as out:
+            with open(self.log_path, "wb") as out:
                 self.proc = subprocess.Popen(
                     [plan.python, "-I", "-u", "-m", "mloc_agent.warm_template", str(theirs.fileno()),
                      json.dumps(config)],
@@ -144,8 +145,6 @@ class WarmTemplate:
             if message.get("ready"):
                 self.info = message
                 self.state = "ready"
-                if not self.ready.done():
-                    self.ready.set_result(None)
                 log.info("warm runtime %s ready in %.1fs (pid %d, imported %s%s)", self.name,
                          time.monotonic() - self.started, self.pid, ", ".join(message["imported"]) or "nothing",
                          f"; not importable: {'; '.join(message['missing'])}" if message.get("missing") else "")
@@ -168,8 +167,6 @@ class WarmTemplate:
         with contextlib.suppress(ValueError, OSError):
             self._loop.remove_reader(self.sock.fileno())
         self.sock.close()
-        if not self.ready.done():
-            self.ready.set_result(None)
         for waiter in self._pending.values():
             if not waiter.done():
                 waiter.set_exception(ColdStart(f"the {self.name} template {why}"))
