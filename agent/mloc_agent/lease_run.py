@@ -53,7 +53,7 @@ from mloc_agent.task_outcome import base_result, completion_of, read_result_file
 from mloc_agent.task_secrets import fetch_secrets
 from mloc_agent.uploads import fetch_checkpoint
 from mloc_agent.warden import Warden
-from mloc_agent.warm_runtimes import ColdStart, WarmRuntimes
+from mloc_agent.warm_runtimes import WarmRuntimes
 from mloc_agent.watchdog import StallWatchdog
 from mloc_agent.workdirs import Janitor, make_dirs
 
@@ -333,21 +333,13 @@ class LeaseRun:
 
     async def _start_warm(self, python: str, env: dict[str, str], on_channel: Callable[[bytes], None]) \
             -> TaskProcess | None:
-        """The task host forked from ``python``'s warm template (warm_runtimes.py), or None (with a system
-        line saying why) for a cold start."""
+        """The task host forked from ``python``'s warm template, or None for a cold start (warm_runtimes.py);
+        the system log says which and why."""
         if self.deps.warm is None:
             return None
-        try:
-            proc, ms = await self.deps.warm.start(python, env, self.workdir, self.logs.feed, on_channel)
-        except ColdStart as exc:
-            self.logs.write("system", f"[mloc] cold start: {exc}\n")
-            return None
-        except Exception as exc:  # whatever went wrong on the way, a cold start still runs the task
-            log.warning("task %s: warm start failed: %s", self.task_id, exc)
-            self.logs.write("system", f"[mloc] cold start: the warm start failed ({type(exc).__name__}: {exc})\n")
-            return None
-        self.start_kind = "warm"
-        self.logs.write("system", f"[mloc] warm start: forked from the {python} template in {ms:.0f} ms\n")
+        proc, line = await self.deps.warm.try_start(python, env, self.workdir, self.logs.feed, on_channel)
+        self.logs.write("system", line)
+        self.start_kind = "warm" if proc is not None else None
         return proc
 
     async def _upload_dir_as_checkpoint(self, ckpt_dir: Path) -> None:

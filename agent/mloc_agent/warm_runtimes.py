@@ -283,6 +283,18 @@ class WarmRuntimes:
         proc = await TaskProcess.start_forked(template, env, cwd, self.warden, on_output, on_channel)
         return proc, (time.monotonic() - started) * 1000
 
+    async def try_start(self, python: str, env: dict[str, str], cwd: Path, on_output: Callable[[str, bytes], None],
+                        on_channel: Callable[[bytes], None]) -> tuple[TaskProcess | None, str]:
+        """``start``, or None for a cold start; with the task's system log line saying which (and why)."""
+        try:
+            proc, ms = await self.start(python, env, cwd, on_output, on_channel)
+        except ColdStart as exc:
+            return None, f"[mloc] cold start: {exc}\n"
+        except Exception as exc:  # whatever went wrong on the way, a cold start still runs the task
+            log.warning("warm start from %s failed: %s", python, exc)
+            return None, f"[mloc] cold start: the warm start failed ({type(exc).__name__}: {exc})\n"
+        return proc, f"[mloc] warm start: forked from the {python} template in {ms:.0f} ms\n"
+
     def stats(self) -> list[WarmRuntimeStat]:
         """For the poll's agent stats (GET /v1/agents): each template's state and memory."""
         return [WarmRuntimeStat(python=python, state=t.state, pid=t.pid if t.state != "dead" else None,
