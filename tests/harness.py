@@ -193,6 +193,8 @@ class Agent:
             MLOC_COORDINATOR_URL=coordinator_url or coordinator.url, MLOC_JOIN_TOKEN=coordinator.join_token,
             MLOC_AGENT_NAME=name, MLOC_DATA_DIR=str(self.data_dir), MLOC_LOG_LEVEL="INFO",
             MLOC_CANCEL_GRACE_S="3", MLOC_LOG_FLUSH_S="0.2",
+            # a test opts in (extra_env): otherwise every agent would build a template (imports) in the background
+            MLOC_WARM_RUNTIMES="false",
         )
         if gpus is not None:
             self.env["MLOC_DECLARED_GPUS"] = json.dumps(gpus)

@@ -57,6 +57,7 @@ from mloc_agent.task_outcome import base_result, completion_of, read_result_file
 from mloc_agent.task_secrets import fetch_secrets
 from mloc_agent.uploads import fetch_checkpoint
 from mloc_agent.warden import Warden
+from mloc_agent.warm_runtimes import WarmRuntimes
 from mloc_agent.watchdog import StallWatchdog
 from mloc_agent.workdirs import Janitor, make_dirs
 
@@ -81,6 +82,7 @@ class LeaseDeps:
     spawn: Callable[[Coroutine[Any, Any, None]], None]  # runs a coroutine in the background
     containers: ContainerRuntime | None = None  # runs image: tasks (None: this agent takes none)
     model_cache: ModelCache | None = None  # what the agent holds, for the task's log (model_cache.py)
+    warm: WarmRuntimes | None = None  # hosted tasks' warm starts (warm_runtimes.py; None: always cold)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ class LeaseRun:
         self.watchdog = StallWatchdog(timeout) if timeout else None
         self.container: RunningContainer | None = None  # an image: task's container, once it is started
         self.stalled: str | None = None  # the watchdog's one-line error once it stopped the task
+        self.start_kind: str | None = None  # "warm" | "cold" once its process started (Completion.start)
 
     # -- control from the agent -------------------------------------------------------------
 
@@ -197,6 +200,8 @@ class LeaseRun:
             log.exception("task %s failed on the agent", self.task_id)
             completion = Completion(epoch=self.lease.epoch, outcome="failed", error=f"agent error: {exc}")
         finally:
+            if completion is not None and self.proc is not None:
+                completion.start = self.start_kind
             self.started.set()
             self.done.set()
             if self.proc is not None:
@@ -298,8 +303,12 @@ class LeaseRun:
             direct, env = self._containerize(image, direct, env, own)
         channel = LineSplitter(self._on_channel_line)
         try:
-            self.proc = TaskProcess.start(direct, env, self.workdir, self.deps.warden, self.logs.feed, channel.feed,
-                                          leaves_group=plan.many_ranks or bool(image))
+            if task_file is not None and not image and not plan.torchrun and not plan.many_ranks:
+                self.proc = await self._start_warm(direct[0], env, channel.feed)  # one process: it may fork warm
+            if self.proc is None:
+                self.proc = TaskProcess.start(direct, env, self.workdir, self.deps.warden, self.logs.feed,
+                                              channel.feed, leaves_group=plan.many_ranks or bool(image))
+                self.start_kind = "cold"
         except BaseException:
             if ranks is not None:
                 await ranks.close(0)
@@ -337,6 +346,17 @@ class LeaseRun:
             return self.preemption.completion(lease.epoch, code, result)
         return completion_of(lease.epoch, code, outcome, result, stalled=self.stalled,
                              cancel_reason=self.cancel_reason, stderr_tail=self.logs.tail["stderr"])
+
+    async def _start_warm(self, python: str, env: dict[str, str], on_channel: Callable[[bytes], None]) \
+            -> TaskProcess | None:
+        """The task host forked from ``python``'s warm template, or None for a cold start (warm_runtimes.py);
+        the system log says which and why."""
+        if self.deps.warm is None:
+            return None
+        proc, line = await self.deps.warm.try_start(python, env, self.workdir, self.logs.feed, on_channel)
+        self.logs.write("system", line)
+        self.start_kind = "warm" if proc is not None else None
+        return proc
 
     async def _upload_dir_as_checkpoint(self, ckpt_dir: Path) -> None:
         """A command's $MLOC_CHECKPOINT_DIR, when it holds anything, as the checkpoint to resume from."""

@@ -33,6 +33,7 @@ from mloc_agent.retries import Backoff, retryable, retryable_registration
 from mloc_agent.settings import AgentSettings
 from mloc_agent.task_contract import base_env, host_python_path
 from mloc_agent.warden import Warden
+from mloc_agent.warm_runtimes import WarmRuntimes, plan_runtimes
 from mloc_agent.workdirs import Janitor, set_aside_stale
 
 log = logging.getLogger("mloc.agent")
@@ -65,6 +66,7 @@ class Agent:
         self._repoll = asyncio.Event()  # set when the held poll no longer says the right thing
         self._background: set[asyncio.Task[None]] = set()
         self._last_gpu_stats = 0.0
+        self.warm: WarmRuntimes | None = None  # once the modules are known (run)
         self.lease_deps = self._lease_deps()  # rebuilt once registration sets the timings
 
     # -- registration -------------------------------------------------------------------------
@@ -158,6 +160,12 @@ class Agent:
         held = asyncio.create_task(self.model_cache.refresh())  # in a thread, while the rest starts
         _use_pidfd_child_watcher(loop)
         await self.warden.start()
+        self.warm = WarmRuntimes(plan_runtimes(self.modules, self.settings.runtimes, sys.executable),
+                                 self.host_python_path, self.task_env, self.warden, self.settings.data_dir,
+                                 enabled=self.settings.warm_runtimes, eager=self.settings.warm_start == "eager")
+        if self.warm.eager:
+            self.warm.start_all()
+        self.lease_deps = self._lease_deps()
         self.completions.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.drain)
@@ -189,6 +197,7 @@ class Agent:
                 poll_id=poll_id, free_slots=0 if self.draining else max(0, self.max_tasks - len(self.runs)),
                 running=[LeaseRef(task_id=r.task_id, epoch=self._held_epoch(r)) for r in self.runs.values()],
                 draining=self.draining, gpu_stats=self._gpu_stats(), **_held_fields(held),
+                warm_runtimes=self.warm.stats() if self.warm is not None and self.warm.enabled else None,
             )
             self._repoll.clear()
             poll = asyncio.create_task(self.client.poll(req))
@@ -268,7 +277,7 @@ class Agent:
             client=self.client, settings=self.settings, modules=self.modules, task_env=self.task_env,
             host_python_path=self.host_python_path,
             warden=self.warden, janitor=self.janitor, completions=self.completions,
-            heartbeat_s=self.timings.heartbeat_s, spawn=self.spawn, containers=self.containers,
+            heartbeat_s=self.timings.heartbeat_s, spawn=self.spawn, containers=self.containers, warm=self.warm,
             model_cache=self.model_cache,
         )
 
@@ -316,6 +325,8 @@ class Agent:
         for run in list(self.runs.values()):
             await run.fence("agent shutting down")
         await self.completions.stop()
+        if self.warm is not None:
+            self.warm.close()
         await self.warden.stop()
         await asyncio.to_thread(self.janitor.close)
         await self.client.close()

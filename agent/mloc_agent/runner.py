@@ -5,7 +5,8 @@ Why not ``asyncio.create_subprocess_exec``: it costs several event-loop round tr
 connected) before the child is even counted as started, and a task per stream afterwards. Here the
 child is started with one ``Popen`` (vfork), its pipes are followed with ``add_reader`` callbacks,
 and its exit is seen through a pidfd: starting a task is a few hundred microseconds, on the hot path
-of every lease.
+of every lease. A warm start (warm_runtimes.py) gets the same pipes and interface, from a fork of a
+template process instead of an exec; only where its exit code comes from differs.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from mloc_agent.task_contract import TASK_ID, agent_mark, channel_env
 from mloc_agent.warden import Warden, marked_pids
+from mloc_agent.warm_template import CHANNEL_FD
 
 log = logging.getLogger(__name__)
 READ_SIZE = 64 * 1024
@@ -81,13 +84,23 @@ def _devnull() -> int:
     return _DEVNULL_FD
 
 
-class TaskProcess:
-    """One running task process (the leader of its own process group)."""
+class ForkServer(Protocol):
+    """Where a warm start comes from (warm_runtimes.WarmTemplate): forks a task host with these fds
+    (stdin, stdout, stderr, the channel), and reports the child's exit code."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], pipes: list[PipeFollower],
-                 marks: tuple[bytes, ...] = ()) -> None:
+    async def fork(self, env: dict[str, str], cwd: Path, fds: list[int]) -> int: ...
+
+    def on_exit(self, pid: int, callback: Callable[[int], None]) -> None: ...
+
+
+class TaskProcess:
+    """One running task process (the leader of its own process group), started cold (``start``: Popen,
+    its exit seen through a pidfd) or warm (``start_forked``: forked by a template, which reports its exit)."""
+
+    def __init__(self, pid: int, pipes: list[PipeFollower], marks: tuple[bytes, ...] = (),
+                 popen: subprocess.Popen[bytes] | None = None) -> None:
         self.popen = popen
-        self.pid = self.pgid = popen.pid
+        self.pid = self.pgid = pid
         self.pipes = pipes
         # set when the task's processes leave its group (torchrun starts each rank in a session of its
         # own): then signals and the final kill also go to every process carrying these marks
@@ -95,6 +108,10 @@ class TaskProcess:
         loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[int] = loop.create_future()
         self._reaped = False
+        if popen is not None:
+            self._watch(loop, popen)
+
+    def _watch(self, loop: asyncio.AbstractEventLoop, popen: subprocess.Popen[bytes]) -> None:
         try:
             pidfd = os.pidfd_open(popen.pid)
         except (AttributeError, OSError):  # no pidfds (old kernel, not Linux): a thread waits instead
@@ -142,7 +159,38 @@ class TaskProcess:
             PipeFollower(loop, read_fd, on_channel),
         ]
         marks = (agent_mark(warden.instance).encode(), f"{TASK_ID}={env.get(TASK_ID, '')}".encode())
-        return cls(popen, pipes, marks if leaves_group and env.get(TASK_ID) else ())
+        return cls(popen.pid, pipes, marks if leaves_group and env.get(TASK_ID) else (), popen=popen)
+
+    @classmethod
+    async def start_forked(
+        cls, template: ForkServer, env: dict[str, str], cwd: Path, warden: Warden,
+        on_output: Callable[[str, bytes], None], on_channel: Callable[[bytes], None],
+    ) -> TaskProcess:
+        """Start the task host warm: forked by ``template`` (warm_template.py) with the same pipes, marked
+        environment and working dir a cold start gets; the channel sits at fd CHANNEL_FD. Raises what the
+        template's refusal or failure raises (the caller then starts it cold)."""
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        read_fd, write_fd = os.pipe()
+        env = warden.mark({**env, **channel_env(CHANNEL_FD)})
+        try:
+            pid = await template.fork(env, cwd, [_devnull(), out_w, err_w, write_fd])
+        except BaseException:
+            for fd in (out_r, err_r, read_fd):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (out_w, err_w, write_fd):
+                os.close(fd)
+        loop = asyncio.get_running_loop()
+        pipes = [
+            PipeFollower(loop, out_r, lambda b: on_output("stdout", b)),
+            PipeFollower(loop, err_r, lambda b: on_output("stderr", b)),
+            PipeFollower(loop, read_fd, on_channel),
+        ]
+        proc = cls(pid, pipes)
+        template.on_exit(pid, proc._set_exit)
+        return proc
 
     def _set_exit(self, code: int) -> None:
         if not self.exited.done():

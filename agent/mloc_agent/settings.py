@@ -51,6 +51,10 @@ class AgentSettings(MlocSettings):
     container_runtime: Literal["podman", "docker"] | None = None
     container_pids_limit: int = Field(8192, ge=64)
     container_args: Annotated[list[str], NoDecode] = Field(default_factory=list)  # e.g. --memory=64g --cpus=16
+    # warm runtimes (docs/warm-starts.md): hosted Python tasks fork from a template that imported their libraries;
+    # lazy: a runtime's template starts with its first hosted task (which starts cold), eager: at agent start
+    warm_runtimes: bool = True
+    warm_start: Literal["lazy", "eager"] = "lazy"
 
     @field_validator("agent_labels", mode="before")
     @classmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from mloc_shared.protocol import Gpu, HeldModel, TaskState
+from mloc_shared.protocol import Gpu, HeldModel, TaskState, WarmRuntimeStat
 from pydantic import BaseModel, Field
 
 from mloc_server.store.records import StoredArtifact, StoredToken, Usage
@@ -54,6 +54,8 @@ class AttemptView(BaseModel):
     error: str | None
     model_cached: bool | None = Field(None, description="its agent already held the task's hub model "
                                                         "(model.source); null when the spec names none")
+    start: str | None = Field(None, description="warm | cold: whether the attempt's process was forked from a warm "
+                                                "runtime's template or started fresh (docs/warm-starts.md)")
 
 
 class DependencyView(BaseModel):
@@ -348,6 +350,8 @@ class Worker(BaseModel):
     disk_free_bytes: int | None = Field(None, description="free bytes on its data dir's disk, as last reported")
     models: list[HeldModel] | None = Field(None, description="what it holds (id, kind, bytes, where): shown to "
                                                              "admins only, as a private repo's name can be telling")
+    warm_runtimes: list[WarmRuntimeStat] | None = Field(
+        None, description="its warm runtimes' templates: state and resident memory (docs/warm-starts.md)")
 
 
 class WorkerList(BaseModel):

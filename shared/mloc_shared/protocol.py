@@ -145,6 +145,9 @@ class Completion(WireModel):
     retryable: bool | None = None
     # the progress steps no heartbeat carried yet (HeartbeatRequest.points): the curve's last seconds
     points: list[Progress] | None = Field(None, max_length=MAX_HEARTBEAT_POINTS)
+    # how its process started (docs/warm-starts.md): forked from a warm runtime's template, or exec'd;
+    # None: it never started one (or an older agent)
+    start: Literal["warm", "cold"] | None = None
 
 
 class CompletionRef(Completion):
@@ -170,6 +173,15 @@ class CompletionResults(WireModel):
     results: list[CompletionResult]
 
 
+class WarmRuntimeStat(WireModel):
+    """One warm runtime's template on an agent (docs/warm-starts.md): its state and resident memory."""
+
+    python: str = Field(max_length=4096)
+    state: str = Field(max_length=32)  # starting | ready | dead
+    pid: int | None = None
+    rss_mb: float | None = None
+
+
 class PollRequest(WireModel):
     poll_id: str = Field(min_length=8, max_length=64, description="agent-chosen; a retry returns the same leases")
     free_slots: int = Field(ge=0, le=1024)
@@ -181,6 +193,7 @@ class PollRequest(WireModel):
     # the coordinator replaces the inventory's ``models`` and ``disk_free_bytes`` with them
     models: list[HeldModel] | None = Field(None, max_length=MAX_HELD_MODELS)
     disk_free_bytes: Int64 | None = None
+    warm_runtimes: list[WarmRuntimeStat] | None = Field(None, max_length=64)  # None: warm starts off (or older)
 
 
 class Checkpoint(WireModel):

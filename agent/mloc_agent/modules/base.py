@@ -77,6 +77,9 @@ class BaseModule:
 
     task_type: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()  # importable names the module needs (checked without import)
+    # what a warm runtime's template imports before it forks this module's tasks (docs/warm-starts.md): the
+    # heavy libraries ``execute`` imports; a name the runtime lacks is skipped
+    warm_imports: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, ctx: TaskContext) -> None:
         self.ctx = ctx

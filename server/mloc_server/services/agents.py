@@ -137,6 +137,7 @@ class Agents:
             leases=[_lease_view(lease, viewer) for lease in agent.leases.values() if lease.epoch >= 0],
             model_count=len(held), model_bytes=sum(m.bytes for m in held),
             disk_free_bytes=agent.inventory.disk_free_bytes, **shown_models,
+            warm_runtimes=agent.warm_runtimes,
         )
 
     def listing(self, viewer: Principal) -> list[Worker]:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mloc_shared.protocol import GpuStat, HeldModel, Inventory, Lease, PreemptNotice
+from mloc_shared.protocol import GpuStat, HeldModel, Inventory, Lease, PreemptNotice, WarmRuntimeStat
 
 from mloc_server.services.queue import QueuedTask, TaskMeta, TaskQueue
 from mloc_server.services.scheduler import AgentView, Requirement, pick_gpus
@@ -48,6 +48,7 @@ class LeaseState:
     points: list[NewPoint] = field(default_factory=list)  # progress history not written yet (services/history.py)
     last_point_step: int | None = None
     points_stored: int | None = None  # rows this attempt holds, as the last write said (None: not known)
+    start: str | None = None  # how the agent started its process ("warm" | "cold"), from its completion
     delivered: bool = True  # False while a handed-off offer waits for a poll reply to carry it
     preempt: PreemptNotice | None = None  # asked to checkpoint and stop (services/preemption.py, a drain)
     preempt_sent: bool = False  # a poll reply carried it (heartbeat replies carry it until the end)
@@ -81,6 +82,7 @@ class AgentState:
     poll_free: int = 0
     reserved: int = 0  # handoffs reserved for the held poll, not yet committed
     gpu_stats: list[GpuStat] | None = None
+    warm_runtimes: list[WarmRuntimeStat] | None = None
     seen_dirty: bool = False
     # it made a call with its credential since it was registered: someone holds it (a join token may
     # then never take its name; before that, its registration's answer may just have been lost)

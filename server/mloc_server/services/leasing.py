@@ -184,6 +184,7 @@ class Leasing:
                 outcomes[i] = await self._late_completion(agent, task_id, c)
                 continue
             state, error = c.outcome, c.error
+            lease.start = c.start or lease.start
             if lease.timed_out:
                 state, error = "failed", f"timed out after {lease.meta.timeout_s:g}s (timeout_s)"
             elif lease.cancel_requested and c.outcome != "succeeded":
@@ -211,7 +212,7 @@ class Leasing:
                 if points:  # the curve's last points land with the end
                     tx.add_progress_points(b for _, b in points)
                 return [tx.finish_task(lease.task_id, c.epoch, state, now, result=c.result, error=error,
-                                       exit_code=c.exit_code, progress=lease.progress)
+                                       exit_code=c.exit_code, progress=lease.progress, start=lease.start)
                         for _, lease, c, state, error in batch]
 
             try:
@@ -254,7 +255,7 @@ class Leasing:
         def write(tx: StoreTx) -> str | None:
             if points:
                 tx.add_progress_points(b for _, b in points)
-            return tx.requeue_task(lease.task_id, lease.epoch, reason, now + backoff, now)
+            return tx.requeue_task(lease.task_id, lease.epoch, reason, now + backoff, now, start=lease.start)
 
         try:
             state = await self._db.write(write)
@@ -283,7 +284,8 @@ class Leasing:
         now = self.clock.time()
         try:
             state = await self._db.write(
-                lambda tx: tx.requeue_task(lease.task_id, lease.epoch, reason, now, now, preempted=True))
+                lambda tx: tx.requeue_task(lease.task_id, lease.epoch, reason, now, now, preempted=True,
+                                           start=lease.start))
         except Exception:
             lease.closing = False
             raise

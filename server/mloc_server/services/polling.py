@@ -46,6 +46,7 @@ class Polling:
             agent.gpu_stats = req.gpu_stats
         if req.models is not None:  # only when they changed: written by the reaper's next flush
             agent.set_models(req.models, req.disk_free_bytes)
+        agent.warm_runtimes = req.warm_runtimes
         agent.wake("superseded")  # an older poll of this agent still held: answer it empty
         lost, reoffer = await self._reconcile(agent, req)
         agent.freed_since_poll = 0

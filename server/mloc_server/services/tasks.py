@@ -217,6 +217,7 @@ class Tasks:
              "gpus": json.loads(a.gpus), "started_at": a.started_at, "ended_at": a.ended_at,
              "outcome": a.outcome or ("running" if a.ended_at is None else None), "error": a.error,
              "model_cached": a.model_cached,
+             "start": a.start,
              **({"members": [self._agent_name(m) for m in json.loads(a.members)]} if a.members else {})}
             for a in await self.db.task_attempts(task_id)
         ]

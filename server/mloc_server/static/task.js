@@ -58,7 +58,7 @@
         t.state === "running" ? "ETA " + duration(eta(t)) : ""].filter(Boolean).join(" · ") })] : []));
     facts(t);
     fill($("attempts-body"), (t.attempt_history || []).map((a) => el("tr", {},
-      el("td", { text: String(a.attempt) }), el("td", { text: (a.agent || "–") + MODEL_CACHED[String(a.model_cached)] }), el("td", { text: a.gpus.join(",") || "–" }),
+      el("td", { text: String(a.attempt) }), el("td", { text: (a.agent || "–") + MODEL_CACHED[String(a.model_cached)] + (a.start ? " · " + a.start + " start" : "") }), el("td", { text: a.gpus.join(",") || "–" }),
       el("td", { text: when(a.started_at) }), el("td", { text: when(a.ended_at) }),
       el("td", { text: duration((a.ended_at || MLOC.now()) - a.started_at) }),
       el("td", {}, badge(a.outcome || "running")), el("td", { class: "mono", text: a.error || "" }))), 8, "not started yet");

@@ -73,13 +73,13 @@ class StoreTx(ABC):
     @abstractmethod
     def finish_task(self, task_id: str, epoch: int, state: str, now: float, *, result: dict[str, Any] | None = None,
                     error: str | None = None, exit_code: int | None = None,
-                    progress: dict[str, Any] | None = None) -> bool:
+                    progress: dict[str, Any] | None = None, start: str | None = None) -> bool:
         """Move a task running at ``epoch`` to a final state and close its attempt; False when the
         epoch is stale or the task is not running (its lease was lost meanwhile)."""
 
     @abstractmethod
     def requeue_task(self, task_id: str, epoch: int, reason: str, not_before: float, now: float, *,
-                     preempted: bool = False) -> str | None:
+                     preempted: bool = False, start: str | None = None) -> str | None:
         """A lease was lost: close the attempt and queue the task again after ``not_before``, or end it
         (cancelled when a cancel was asked, failed when out of attempts). Returns the new state, or
         None when the epoch is stale."""

@@ -94,6 +94,7 @@ class AttemptRow(SQLModel, table=True):
     error: str | None = None
     members: str | None = None  # a gang's attempt: JSON list of agent ids, by node rank
     model_cached: bool | None = None  # its agent held the task's hub model (None: the spec names none)
+    start: str | None = None  # "warm" | "cold": how the agent started its process (docs/warm-starts.md)
 
 
 class AgentRow(SQLModel, table=True):

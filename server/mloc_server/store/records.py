@@ -69,6 +69,7 @@ class StoredAttempt(BaseModel):
     error: str | None
     members: str | None = Field(None, description="JSON list of a gang attempt's agent ids, by node rank")
     model_cached: bool | None = Field(None, description="its agent held the task's hub model when it was leased")
+    start: str | None = Field(None, description="warm | cold: how the agent started the attempt's process")
 
 
 @dataclass

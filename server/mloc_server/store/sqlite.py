@@ -43,13 +43,13 @@ class SqliteTx(StoreTx):
 
     def finish_task(self, task_id: str, epoch: int, state: str, now: float, *, result: dict[str, Any] | None = None,
                     error: str | None = None, exit_code: int | None = None,
-                    progress: dict[str, Any] | None = None) -> bool:
+                    progress: dict[str, Any] | None = None, start: str | None = None) -> bool:
         return repo.finish_task(self.con, task_id, epoch, state, now, result=result, error=error,
-                                exit_code=exit_code, progress=progress)
+                                exit_code=exit_code, progress=progress, start=start)
 
     def requeue_task(self, task_id: str, epoch: int, reason: str, not_before: float, now: float, *,
-                     preempted: bool = False) -> str | None:
-        return repo.requeue_task(self.con, task_id, epoch, reason, not_before, now, preempted=preempted)
+                     preempted: bool = False, start: str | None = None) -> str | None:
+        return repo.requeue_task(self.con, task_id, epoch, reason, not_before, now, preempted=preempted, start=start)
 
     def cancel_queued(self, task_id: str, now: float) -> bool:
         return repo.cancel_queued(self.con, task_id, now)

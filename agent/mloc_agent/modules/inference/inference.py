@@ -30,6 +30,9 @@ class InferenceModule(BaseModule):
     task_type = "inference"
     # transformers is enough for engine: transformers; engine: vllm checks for vllm when it starts
     requires: ClassVar[tuple[str, ...]] = ("torch", "transformers")
+    # vllm only where this runtime has it (MLOC_RUNTIMES points inference at the vLLM environment)
+    warm_imports: ClassVar[tuple[str, ...]] = ("torch", "transformers", "transformers.models.auto.modeling_auto",
+                                               "mloc_agent.modules.inference.engines", "vllm")
 
     async def execute(self, progress_callback: ProgressCallback | None = None) -> dict[str, Any]:
         from mloc_agent.modules.errors import TaskInputError

@@ -31,6 +31,8 @@ STATE_FILE = "ppo_state.json"
 class PPOModule(BaseModule):
     task_type = "ppo"
     requires: ClassVar[tuple[str, ...]] = ("torch", "transformers", "peft", "datasets", "safetensors")
+    warm_imports: ClassVar[tuple[str, ...]] = ("torch", "transformers", "transformers.models.auto.modeling_auto",
+                                               "peft", "datasets", "safetensors", "mloc_agent.modules.ppo.models")
     checkpoints_on_preempt = classmethod(lambda cls, spec: True)  # its loop polls the preempt file
 
     async def execute(self, progress_callback: ProgressCallback | None = None) -> dict[str, Any]:

@@ -53,6 +53,10 @@ class TrainingModule(BaseModule):
     """Base of sft, dpo, grpo and reward_model; subclasses set the class attributes and build_trainer."""
 
     requires: ClassVar[tuple[str, ...]] = TRAINING_REQUIRES
+    warm_imports: ClassVar[tuple[str, ...]] = (
+        "torch", "transformers", "transformers.trainer", "transformers.models.auto.modeling_auto", "peft", "datasets",
+        "trl", "mloc_agent.modules.training.trainer_common", "mloc_agent.modules.training.data",
+        "mloc_agent.modules.training.progress", "mloc_agent.modules.training.preemption")
     lr_adapter: ClassVar[float] = 2e-4  # TRL's advice: about 10x the full fine-tune rate with LoRA
     lr_full: ClassVar[float] = 2e-5
     auto_class: ClassVar[str] = "AutoModelForCausalLM"

@@ -13,6 +13,7 @@ from mloc_agent.modules.training.base import TrainingJob, TrainingModule
 
 class DPOModule(TrainingModule):
     task_type = "dpo"
+    warm_imports = (*TrainingModule.warm_imports, "trl.trainer.dpo_trainer")
     lr_adapter = 5e-6  # TRL's LoRA advice; DPOConfig's own default (full) is 1e-6
     lr_full = 1e-6
 

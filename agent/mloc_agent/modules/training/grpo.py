@@ -15,6 +15,7 @@ from mloc_agent.modules.training.base import TrainingJob, TrainingModule
 
 class GRPOModule(TrainingModule):
     task_type = "grpo"
+    warm_imports = (*TrainingModule.warm_imports, "trl.trainer.grpo_trainer")
     lr_adapter = 1e-5  # TRL's LoRA advice; GRPOConfig's own default (full) is 1e-6
     lr_full = 1e-6
 

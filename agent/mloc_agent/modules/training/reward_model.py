@@ -10,6 +10,7 @@ from mloc_agent.modules.training.base import TrainingJob, TrainingModule
 
 class RewardModelModule(TrainingModule):
     task_type = "reward_model"
+    warm_imports = (*TrainingModule.warm_imports, "trl.trainer.reward_trainer")
     lr_adapter = 1e-4
     lr_full = 1e-5
     auto_class = "AutoModelForSequenceClassification"

@@ -20,6 +20,7 @@ def template_marks_assistant(tokenizer: Any) -> bool:
 
 class SFTModule(TrainingModule):
     task_type = "sft"
+    warm_imports = (*TrainingModule.warm_imports, "trl.trainer.sft_trainer")
     lr_adapter = 2e-4
     lr_full = 2e-5
 

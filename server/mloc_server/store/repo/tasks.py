@@ -120,6 +120,7 @@ def finish_task(
     error: str | None = None,
     exit_code: int | None = None,
     progress: dict[str, Any] | None = None,
+    start: str | None = None,
 ) -> bool:
     """Move a running task at ``epoch`` to a final state; False if it was not (a stale epoch)."""
     cur = con.execute(
@@ -132,12 +133,12 @@ def finish_task(
     )
     if cur.rowcount != 1:
         return False
-    _end_attempt(con, task_id, epoch, state, error, now)
+    _end_attempt(con, task_id, epoch, state, error, now, start)
     return True
 
 def requeue_task(
     con: sqlite3.Connection, task_id: str, epoch: int, reason: str, not_before: float, now: float, *,
-    preempted: bool = False,
+    preempted: bool = False, start: str | None = None,
 ) -> str | None:
     """A lease was lost: queue the task again, or fail it when attempts are used up. A ``preempted``
     attempt (it checkpointed on request) is not a failed one: it counts in ``preemptions``, not
@@ -152,7 +153,7 @@ def requeue_task(
     ).fetchone()
     if row is None:
         return None
-    _end_attempt(con, task_id, epoch, "preempted" if preempted else "lost", reason, now)
+    _end_attempt(con, task_id, epoch, "preempted" if preempted else "lost", reason, now, start)
     if preempted:
         con.execute("UPDATE tasks SET preemptions=COALESCE(preemptions, 0)+1 WHERE id=?", (task_id,))
     if row["cancel_requested"]:
@@ -174,10 +175,12 @@ def requeue_task(
     )
     return "queued"
 
-def _end_attempt(con: sqlite3.Connection, task_id: str, epoch: int, outcome: str, error: str | None, now: float):
+def _end_attempt(con: sqlite3.Connection, task_id: str, epoch: int, outcome: str, error: str | None, now: float,
+                 start: str | None = None):
     con.execute(
-        "UPDATE attempts SET ended_at=?, outcome=?, error=? WHERE task_id=? AND epoch=? AND ended_at IS NULL",
-        (now, outcome, error, task_id, epoch),
+        "UPDATE attempts SET ended_at=?, outcome=?, error=?, start=COALESCE(?, start) "
+        "WHERE task_id=? AND epoch=? AND ended_at IS NULL",
+        (now, outcome, error, start, task_id, epoch),
     )
 
 def cancel_queued(con: sqlite3.Connection, task_id: str, now: float) -> bool:
@@ -245,7 +248,7 @@ async def list_tasks(
 
 async def task_attempts(db: Database, task_id: str) -> list[sqlite3.Row]:
     return await db.read(
-        "SELECT attempt, epoch, agent_id, gpus, started_at, ended_at, outcome, error, members, model_cached "
+        "SELECT attempt, epoch, agent_id, gpus, started_at, ended_at, outcome, error, members, model_cached, start "
         "FROM attempts "
         "WHERE task_id=? ORDER BY attempt",
         (task_id,),
