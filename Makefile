@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml shared/pyproject.toml server/pyproject.toml agent/pypro
 # The ML stack for the agent's task modules. torch first, pinned, so nothing pulls a CUDA build.
 $(ML_STAMP): $(STAMP) agent/pyproject.toml
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e "./agent[train,rag,agents]"
+	$(PIP) install -q -e "./agent[train,eval,rag,agents]"
 	$(PIP) check
 	touch $@
 

@@ -27,6 +27,8 @@ PUBLIC = {
     ("GET", "/health"): "liveness for load balancers and systemd",
     ("GET", "/"): "the status page's shell: HTML/JS, no data (its data comes from the API)",
     ("GET", "/tasks/{task_id}"): "the task page's shell, likewise",
+    ("GET", "/compare"): "the compare page's shell, likewise",
+    ("GET", "/pipelines/{pipeline_id}"): "the pipeline page's shell, likewise",
     ("GET", "/api/v1/openapi.json"): "the API's public description, no data",
 }
 SIGNED = {"/api/v1/blobs/{key}": "presigned artifact URLs: the signature is the credential (403 without one)"}

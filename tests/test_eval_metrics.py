@@ -12,10 +12,10 @@ from mloc_agent.modules.eval import lm_harness, metrics
 
 
 def needs(metric: str) -> None:
-    """The generation metrics' libraries belong to the agent's ML extra: their absence fails, naming them."""
+    """The generation metrics' libraries belong to the agent's eval extra: their absence fails, naming them."""
     module, requirement = metrics.PACKAGES[metric]
     if importlib.util.find_spec(module) is None:
-        pytest.fail(f"{module} is not installed: {metric} needs '{requirement}' (agent/pyproject.toml, train extra)",
+        pytest.fail(f"{module} is not installed: {metric} needs '{requirement}' (agent/pyproject.toml, eval extra)",
                     pytrace=False)
 
 

@@ -18,13 +18,14 @@ INLINE_PARSE = 8 << 10  # bytes
 @routes.post("/api/v1/pipelines")
 async def submit(request: web.Request) -> web.Response:
     """A pipeline file (``tasks:`` mapping step names to specs) or a task spec with a ``sweep:`` block."""
+    principal = user(request)  # who asks first: without a token it is a 401, whatever the body
     body = await request.read()
     data, node = parse_document(body) if len(body) <= INLINE_PARSE else await asyncio.to_thread(parse_document, body)
     if not is_multi(data):
         raise ValidationFailed("a pipeline is a mapping with 'tasks' (step name: task spec), or a task spec with a "
                                "'sweep' block", field="tasks",
                                hint="submit a single task to /api/v1/tasks (mloc submit picks the right one)")
-    return ok(await state(request).pipelines.submit(data, node, user(request)), status=201)
+    return ok(await state(request).pipelines.submit(data, node, principal), status=201)
 
 
 @routes.get("/api/v1/pipelines")

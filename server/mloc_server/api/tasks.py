@@ -84,6 +84,7 @@ async def get_task(request: web.Request) -> web.Response:
 @routes.get("/api/v1/tasks/{task_id}/progress")
 async def task_progress(request: web.Request) -> web.Response:
     """The task's progress history (the loss curve); ``since=T``: only points received after T."""
+    principal = user(request)  # who asks comes first: a request without a token is a 401, whatever its query
     raw = request.query.get("since")
     since = None
     if raw:
@@ -94,17 +95,18 @@ async def task_progress(request: web.Request) -> web.Response:
         if not math.isfinite(since):
             raise ValidationFailed("query parameter since must be a number (the t of the last point you have)",
                                    field="since")
-    return ok(await state(request).tasks.progress(request.match_info["task_id"], user(request), since))
+    return ok(await state(request).tasks.progress(request.match_info["task_id"], principal, since))
 
 
 @routes.get("/api/v1/compare")
 async def compare(request: web.Request) -> web.Response:
     """Final metrics and differing hyperparameters of the tasks named by ``ids`` (comma-separated)."""
+    principal = user(request)
     ids = [i.strip() for i in request.query.get("ids", "").split(",") if i.strip()]
     if not 1 <= len(ids) <= MAX_COMPARED:
         raise ValidationFailed(f"ids must name 1..{MAX_COMPARED} task ids, comma-separated (ids=ID,ID)",
                                field="ids")
-    return ok(await state(request).tasks.compare(list(dict.fromkeys(ids)), user(request)))
+    return ok(await state(request).tasks.compare(list(dict.fromkeys(ids)), principal))
 
 
 @routes.post("/api/v1/tasks/{task_id}/cancel")

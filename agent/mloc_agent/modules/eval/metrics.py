@@ -27,7 +27,8 @@ def require(metrics: list[str]) -> None:
     for metric in metrics:
         if metric in PACKAGES and importlib.util.find_spec(PACKAGES[metric][0]) is None:
             raise Unavailable(f"eval.generation.metrics: {metric} needs the {PACKAGES[metric][0]} package on this "
-                              f"agent (pip install '{PACKAGES[metric][1]}'), or leave {metric} out of the list")
+                              f"agent (pip install 'mloc-agent[eval]', which brings {PACKAGES[metric][1]}), "
+                              f"or leave {metric} out of the list")
 
 
 def normalize(text: str) -> str:
