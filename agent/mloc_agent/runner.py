@@ -93,6 +93,32 @@ class ForkServer(Protocol):
     def on_exit(self, pid: int, callback: Callable[[int], None]) -> None: ...
 
 
+class _TaskPipes:
+    """A task's stdout, stderr and channel pipes: the child's ends go to the child (cold: Popen; warm: the
+    template, over SCM_RIGHTS) and are closed here once handed over; ours are followed from the loop."""
+
+    def __init__(self) -> None:
+        self.out_r, self.out_w = os.pipe()
+        self.err_r, self.err_w = os.pipe()
+        self.channel_r, self.channel_w = os.pipe()
+
+    def close_childs(self) -> None:
+        for fd in (self.out_w, self.err_w, self.channel_w):
+            os.close(fd)
+
+    def close_ours(self) -> None:
+        """The child never started: nothing will follow our ends."""
+        for fd in (self.out_r, self.err_r, self.channel_r):
+            os.close(fd)
+
+    def follow(self, on_output: Callable[[str, bytes], None],
+               on_channel: Callable[[bytes], None]) -> list[PipeFollower]:
+        loop = asyncio.get_running_loop()
+        return [PipeFollower(loop, self.out_r, lambda b: on_output("stdout", b)),
+                PipeFollower(loop, self.err_r, lambda b: on_output("stderr", b)),
+                PipeFollower(loop, self.channel_r, on_channel)]
+
+
 class TaskProcess:
     """One running task process (the leader of its own process group), started cold (``start``: Popen,
     its exit seen through a pidfd) or warm (``start_forked``: forked by a template, which reports its exit)."""
@@ -136,28 +162,19 @@ class TaskProcess:
         (task_contract.channel_env). ``leaves_group``: the task starts processes in sessions of their
         own (torchrun's ranks), found by the warden's mark and the task id instead of the group."""
         # our own pipes, handed to the child as plain fds: no file objects to build and take apart
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        read_fd, write_fd = os.pipe()
-        env = warden.mark({**env, **channel_env(write_fd)})
+        ends = _TaskPipes()
+        env = warden.mark({**env, **channel_env(ends.channel_w)})
         try:
             popen = subprocess.Popen(
-                argv, stdin=_devnull(), stdout=out_w, stderr=err_w, env=env, cwd=str(cwd),
-                start_new_session=True, pass_fds=(write_fd,),
+                argv, stdin=_devnull(), stdout=ends.out_w, stderr=ends.err_w, env=env, cwd=str(cwd),
+                start_new_session=True, pass_fds=(ends.channel_w,),
             )
         except BaseException:
-            for fd in (out_r, err_r, read_fd):
-                os.close(fd)
+            ends.close_ours()
             raise
         finally:
-            for fd in (out_w, err_w, write_fd):
-                os.close(fd)
-        loop = asyncio.get_running_loop()
-        pipes = [
-            PipeFollower(loop, out_r, lambda b: on_output("stdout", b)),
-            PipeFollower(loop, err_r, lambda b: on_output("stderr", b)),
-            PipeFollower(loop, read_fd, on_channel),
-        ]
+            ends.close_childs()
+        pipes = ends.follow(on_output, on_channel)
         marks = (agent_mark(warden.instance).encode(), f"{TASK_ID}={env.get(TASK_ID, '')}".encode())
         return cls(popen.pid, pipes, marks if leaves_group and env.get(TASK_ID) else (), popen=popen)
 
@@ -169,26 +186,16 @@ class TaskProcess:
         """Start the task host warm: forked by ``template`` (warm_template.py) with the same pipes, marked
         environment and working dir a cold start gets; the channel sits at fd CHANNEL_FD. Raises what the
         template's refusal or failure raises (the caller then starts it cold)."""
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        read_fd, write_fd = os.pipe()
+        ends = _TaskPipes()
         env = warden.mark({**env, **channel_env(CHANNEL_FD)})
         try:
-            pid = await template.fork(env, cwd, [_devnull(), out_w, err_w, write_fd])
+            pid = await template.fork(env, cwd, [_devnull(), ends.out_w, ends.err_w, ends.channel_w])
         except BaseException:
-            for fd in (out_r, err_r, read_fd):
-                os.close(fd)
+            ends.close_ours()
             raise
         finally:
-            for fd in (out_w, err_w, write_fd):
-                os.close(fd)
-        loop = asyncio.get_running_loop()
-        pipes = [
-            PipeFollower(loop, out_r, lambda b: on_output("stdout", b)),
-            PipeFollower(loop, err_r, lambda b: on_output("stderr", b)),
-            PipeFollower(loop, read_fd, on_channel),
-        ]
-        proc = cls(pid, pipes)
+            ends.close_childs()
+        proc = cls(pid, ends.follow(on_output, on_channel))
         template.on_exit(pid, proc._set_exit)
         return proc
 
